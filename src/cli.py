@@ -1,0 +1,144 @@
+"""Command-line parsers generated from configuration dataclasses.
+
+Every script describes its options once, as a dataclass whose fields carry a `help` text in
+their metadata. `build_parser` turns the fields into argparse flags (types, choices and
+defaults from the annotations) and adds `--config FILE.yaml`; `parse_config` applies the
+YAML file first and the explicit flags over it, then constructs the dataclass (whose
+`__post_init__` validates values).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import types
+import typing
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import yaml
+
+ConfigT = TypeVar("ConfigT")
+
+
+def config_field(default: Any, help: str, **kwargs: Any) -> Any:  # noqa: A002
+    """A dataclass field with a help text for the generated command line."""
+    if isinstance(default, (dict, list)):
+        return dataclasses.field(
+            default_factory=lambda: type(default)(default), metadata={"help": help}, **kwargs
+        )
+    return dataclasses.field(default=default, metadata={"help": help}, **kwargs)
+
+
+def _strip_optional(annotation: Any) -> tuple[Any, bool]:
+    """Return (inner type, whether None is allowed) for `X | None` annotations."""
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        if len(args) == 1:
+            return args[0], True
+    return annotation, False
+
+
+def _yaml_value(text: str) -> Any:
+    """Parse a structured flag value (a list or mapping) written as YAML or JSON."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise argparse.ArgumentTypeError(f"not valid YAML/JSON: {text!r} ({error})") from error
+
+
+def _none_or(convert: Any) -> Any:
+    def parse(text: str) -> Any:
+        return None if text.lower() in {"none", "null"} else convert(text)
+
+    parse.__name__ = getattr(convert, "__name__", "value")
+    return parse
+
+
+def _argument_options(annotation: Any) -> dict[str, Any]:
+    """argparse keyword arguments (type, choices, action) for one field annotation."""
+    inner, optional = _strip_optional(annotation)
+    origin = typing.get_origin(inner)
+    if inner is bool:
+        return {"action": argparse.BooleanOptionalAction}
+    if origin is Literal:
+        choices = list(typing.get_args(inner))
+        return {"type": _none_or(type(choices[0])) if optional else type(choices[0]),
+                "choices": choices + ([None] if optional else [])}
+    if origin in (dict, list, tuple) or inner in (dict, list, tuple) or inner is Any:
+        return {"type": _yaml_value, "metavar": "YAML"}
+    convert = {int: int, float: float, str: str, Path: Path}.get(inner)
+    if convert is None:
+        convert = _yaml_value
+    return {"type": _none_or(convert) if optional else convert}
+
+
+def build_parser(config_cls: type, description: str | None = None) -> argparse.ArgumentParser:
+    """An argparse parser with one flag per dataclass field, plus `--config FILE.yaml`."""
+    parser = argparse.ArgumentParser(
+        description=description or (config_cls.__doc__ or "").strip().splitlines()[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        allow_abbrev=False,
+    )
+    parser.add_argument(
+        "--config", type=Path, default=None,
+        help="YAML file of option values; flags given on the command line override it",
+    )
+    hints = typing.get_type_hints(config_cls)
+    for field in dataclasses.fields(config_cls):
+        default = (
+            field.default if field.default is not dataclasses.MISSING
+            else field.default_factory()  # type: ignore[misc]
+        )
+        parser.add_argument(
+            f"--{field.name}",
+            dest=field.name,
+            default=argparse.SUPPRESS,
+            help=f"{field.metadata.get('help', '')} (default: {default!r})",
+            **_argument_options(hints[field.name]),
+        )
+    return parser
+
+
+def load_yaml_config(path: Path, config_cls: type) -> dict[str, Any]:
+    """Read a YAML file of option values, rejecting names that are not config fields."""
+    if not path.is_file():
+        raise SystemExit(f"error: --config {path}: no such file")
+    try:
+        values = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise SystemExit(f"error: --config {path}: not valid YAML ({error})") from error
+    if not isinstance(values, dict):
+        raise SystemExit(f"error: --config {path}: expected a mapping of option: value")
+    known = {f.name for f in dataclasses.fields(config_cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise SystemExit(
+            f"error: --config {path}: unknown option(s) {', '.join(unknown)}; "
+            f"run with --help for the list"
+        )
+    return values
+
+
+def parse_config(
+    config_cls: type[ConfigT],
+    argv: Sequence[str] | None = None,
+    description: str | None = None,
+) -> ConfigT:
+    """Build `config_cls` from `--config` YAML and command-line flags (flags win).
+
+    Invalid values raise SystemExit with the dataclass's own validation message.
+    """
+    parser = build_parser(config_cls, description)
+    namespace = vars(parser.parse_args(sys.argv[1:] if argv is None else argv))
+    yaml_path = namespace.pop("config")
+    values = load_yaml_config(yaml_path, config_cls) if yaml_path else {}
+    values.update(namespace)
+    try:
+        return config_cls(**values)
+    except (TypeError, ValueError) as error:
+        parser.exit(2, f"{parser.prog}: error: {error}\n")
+        raise  # unreachable: parser.exit raises SystemExit
