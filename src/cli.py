@@ -66,8 +66,10 @@ def _argument_options(annotation: Any) -> dict[str, Any]:
         return {"action": argparse.BooleanOptionalAction}
     if origin is Literal:
         choices = list(typing.get_args(inner))
-        return {"type": _none_or(type(choices[0])) if optional else type(choices[0]),
-                "choices": choices + ([None] if optional else [])}
+        return {
+            "type": _none_or(type(choices[0])) if optional else type(choices[0]),
+            "choices": choices + ([None] if optional else []),
+        }
     if origin in (dict, list, tuple) or inner in (dict, list, tuple) or inner is Any:
         return {"type": _yaml_value, "metavar": "YAML"}
     convert = {int: int, float: float, str: str, Path: Path}.get(inner)
@@ -76,28 +78,33 @@ def _argument_options(annotation: Any) -> dict[str, Any]:
     return {"type": _none_or(convert) if optional else convert}
 
 
+def _shown(default: Any) -> str:
+    return str(default) if isinstance(default, Path) else repr(default)
+
+
 def build_parser(config_cls: type, description: str | None = None) -> argparse.ArgumentParser:
     """An argparse parser with one flag per dataclass field, plus `--config FILE.yaml`."""
     parser = argparse.ArgumentParser(
         description=description or (config_cls.__doc__ or "").strip().splitlines()[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=argparse.HelpFormatter,
         allow_abbrev=False,
     )
     parser.add_argument(
-        "--config", type=Path, default=None,
+        "--config",
+        type=Path,
+        default=None,
         help="YAML file of option values; flags given on the command line override it",
     )
     hints = typing.get_type_hints(config_cls)
     for field in dataclasses.fields(config_cls):
         default = (
-            field.default if field.default is not dataclasses.MISSING
-            else field.default_factory()  # type: ignore[misc]
+            field.default if field.default is not dataclasses.MISSING else field.default_factory()  # type: ignore[misc]
         )
         parser.add_argument(
             f"--{field.name}",
             dest=field.name,
             default=argparse.SUPPRESS,
-            help=f"{field.metadata.get('help', '')} (default: {default!r})",
+            help=f"{field.metadata.get('help', '')} (default: {_shown(default)})",
             **_argument_options(hints[field.name]),
         )
     return parser

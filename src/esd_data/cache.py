@@ -1,0 +1,345 @@
+"""Build and reuse the processed cache: one float16 (C, H, W) .npy per parent tile + manifest.
+
+A tile is rebuilt only when its fingerprint changes: the names, sizes and modification times
+of its raw files, the preprocessing parameters and the cache format, so a cache hit opens no
+raw file. Each tile's arrays are written atomically and its record (`TileN.json`, holding the
+fingerprint and per-channel statistics) is written last, so an interrupted run never leaves a
+tile that a later run trusts. The manifest is removed before any change and written last.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import multiprocessing
+import time
+import warnings
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from src.atomic import remove_temporaries, write_json, write_npy
+from src.esd_data.manifest import FORMAT_VERSION, MANIFEST_FILE, Manifest, TileRecord
+from src.esd_data.preprocessing import PreprocessConfig, preprocess_tile
+from src.esd_data.reader import (
+    NoDataWarning,
+    TileError,
+    find_tile_dirs,
+    inspect_tile,
+    read_inventory,
+    tile_number,
+)
+from src.esd_data.sensors import LABEL_GRID
+from src.esd_data.split import split_tiles
+from src.esd_data.subtiles import check_tile_size_gt
+
+TILES_FOLDER = "tiles"
+STORAGE_DTYPE = np.float16
+
+
+class PrepareError(RuntimeError):
+    """Raw data that cannot be prepared; the message lists every problem of every tile."""
+
+
+@dataclass(frozen=True)
+class TileStats:
+    """Per-channel count, mean and sum of squared deviations of one tile (Chan et al. merge)."""
+
+    count: int
+    mean: np.ndarray
+    m2: np.ndarray
+
+    @staticmethod
+    def merge(parts: list[TileStats]) -> tuple[np.ndarray, np.ndarray]:
+        """Pooled (mean, std) over tiles; a constant channel gets std 1 so it normalises to 0."""
+        count, mean, m2 = 0, np.zeros_like(parts[0].mean), np.zeros_like(parts[0].m2)
+        for part in parts:
+            total = count + part.count
+            delta = part.mean - mean
+            mean = mean + delta * part.count / total
+            m2 = m2 + part.m2 + delta**2 * count * part.count / total
+            count = total
+        std = np.sqrt(m2 / count)
+        return mean, np.where(std > 1e-8, std, 1.0)
+
+
+@dataclass(frozen=True)
+class PrepareSummary:
+    """What `prepare_dataset` did."""
+
+    manifest: Manifest
+    rebuilt: list[str]
+    reused: list[str]
+    bytes_written: int
+    seconds: float
+
+    def __str__(self) -> str:
+        splits = ", ".join(f"{k} {len(v)}" for k, v in self.manifest.split.items() if v)
+        mib = self.bytes_written / 2**20
+        return (
+            f"prepared {len(self.rebuilt) + len(self.reused)} tiles ({splits}); "
+            f"{len(self.rebuilt)} processed, {len(self.reused)} reused from cache; "
+            f"{mib:.1f} MiB written in {self.seconds:.1f} s; "
+            f"{len(self.manifest.channels)} channels, {self.manifest.tile_shape[0]} px tiles, "
+            f"{self.manifest.cell_px} px per label cell"
+        )
+
+
+def tile_fingerprint(tile_dir: Path, preprocessing: PreprocessConfig) -> str:
+    """Hash of the tile's file names, sizes and mtimes, the parameters and the format."""
+    entries = sorted(
+        (p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in tile_dir.iterdir() if p.is_file()
+    )
+    payload = json.dumps([FORMAT_VERSION, preprocessing.to_dict(), entries])
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+def _paths(processed_dir: Path, tile_id: str) -> tuple[Path, Path, Path]:
+    folder = processed_dir / TILES_FOLDER
+    return folder / f"{tile_id}.npy", folder / f"{tile_id}.labels.npy", folder / f"{tile_id}.json"
+
+
+def _load_record(processed_dir: Path, tile_id: str, fingerprint: str) -> dict | None:
+    """A tile's cached record when it matches `fingerprint` and its arrays are complete."""
+    image, labels, record_path = _paths(processed_dir, tile_id)
+    try:
+        record = json.loads(record_path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    if record.get("fingerprint") != fingerprint or not image.is_file():
+        return None
+    if image.stat().st_size != record["image_bytes"]:
+        return None
+    if record["has_labels"] and not labels.is_file():
+        return None
+    return record
+
+
+def process_tile(
+    tile_dir: Path, processed_dir: Path, preprocessing: PreprocessConfig, fingerprint: str
+) -> tuple[dict, list[str]]:
+    """Read, preprocess and store one validated tile; return its record and any warnings."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        inventory = inspect_tile(tile_dir, require_labels=False)
+        raw = read_inventory(inventory)
+        stack, channels = preprocess_tile(raw, preprocessing)
+    stored = stack.astype(STORAGE_DTYPE)
+    del stack
+    means, m2 = np.empty(stored.shape[0]), np.empty(stored.shape[0])
+    for c, plane in enumerate(stored):
+        values = plane.astype(np.float64)
+        means[c] = values.mean()
+        m2[c] = np.square(values - means[c]).sum()
+    image, labels, record_path = _paths(processed_dir, raw.tile_id)
+    write_npy(image, stored)
+    if raw.ground_truth is not None:
+        write_npy(labels, raw.ground_truth.astype(np.uint8))
+    record = {
+        "fingerprint": fingerprint,
+        "channels": channels,
+        "shape": list(stored.shape),
+        "image_bytes": image.stat().st_size,
+        "has_labels": raw.ground_truth is not None,
+        "count": int(stored.shape[1] * stored.shape[2]),
+        "mean": means.tolist(),
+        "m2": m2.tolist(),
+    }
+    write_json(record_path, record)
+    return record, [str(w.message) for w in caught]
+
+
+def _check_all(tile_dirs: list[Path]) -> None:
+    """Validate tiles from their headers before any is processed; one error for all problems."""
+    errors = []
+    for tile_dir in tile_dirs:
+        try:
+            inspect_tile(tile_dir, require_labels=False)
+        except TileError as error:
+            errors.append(str(error))
+    if errors:
+        raise PrepareError("\n".join(errors))
+
+
+def _results(
+    stale: dict[Path, str], processed_dir: Path, preprocessing: PreprocessConfig, workers: int
+):
+    """Yield (tile folder, result or TileError) as tiles finish, in worker processes when > 1."""
+    if workers <= 1 or len(stale) <= 1:
+        for tile_dir, fingerprint in stale.items():
+            try:
+                yield tile_dir, process_tile(tile_dir, processed_dir, preprocessing, fingerprint)
+            except TileError as error:
+                yield tile_dir, error
+        return
+    start_methods = multiprocessing.get_all_start_methods()
+    context = multiprocessing.get_context("fork" if "fork" in start_methods else None)
+    with ProcessPoolExecutor(min(workers, len(stale)), mp_context=context) as pool:
+        futures = {
+            pool.submit(process_tile, tile_dir, processed_dir, preprocessing, fingerprint): tile_dir
+            for tile_dir, fingerprint in stale.items()
+        }
+        for future in as_completed(futures):
+            try:
+                yield futures[future], future.result()
+            except TileError as error:
+                yield futures[future], error
+
+
+def _run_tiles(
+    stale: dict[Path, str], processed_dir: Path, preprocessing: PreprocessConfig, workers: int
+) -> dict[str, dict]:
+    """Process the stale tiles with a progress bar; PrepareError lists every tile that failed."""
+    records: dict[str, dict] = {}
+    errors: list[str] = []
+    with tqdm(total=len(stale), desc="preparing tiles", unit="tile", disable=not stale) as bar:
+        for tile_dir, result in _results(stale, processed_dir, preprocessing, workers):
+            bar.update()
+            if isinstance(result, TileError):
+                errors.append(str(result))
+                continue
+            record, messages = result
+            records[tile_dir.name] = record
+            for message in messages:
+                warnings.warn(message, NoDataWarning, stacklevel=3)
+    if errors:
+        raise PrepareError("\n".join(errors))
+    return records
+
+
+def prepare_dataset(
+    raw_dir: Path,
+    processed_dir: Path,
+    tile_size_gt: int = 4,
+    seed: int = 0,
+    val_fraction: float = 0.2,
+    test_fraction: float = 0.0,
+    workers: int = 2,
+    preprocessing: PreprocessConfig | None = None,
+) -> PrepareSummary:
+    """Validate, preprocess and cache every tile of `raw_dir`, split them, write the manifest.
+
+    Tiles without `groundTruth.tif` go to the `predict` split. Raises PrepareError (every
+    problem of every tile) or FileNotFoundError before anything is written for bad raw data.
+    """
+    start = time.perf_counter()
+    preprocessing = preprocessing or PreprocessConfig()
+    check_tile_size_gt(tile_size_gt)
+    raw_dir, processed_dir = Path(raw_dir), Path(processed_dir)
+    tile_dirs = find_tile_dirs(raw_dir)
+    fingerprints = {d: tile_fingerprint(d, preprocessing) for d in tile_dirs}
+    records = {d.name: _load_record(processed_dir, d.name, fp) for d, fp in fingerprints.items()}
+    stale = {d: fp for d, fp in fingerprints.items() if records[d.name] is None}
+    overall = hashlib.sha256(
+        json.dumps([sorted(fingerprints.values()), seed, val_fraction, test_fraction]).encode()
+    ).hexdigest()
+    manifest_path = processed_dir / MANIFEST_FILE
+    try:
+        previous = Manifest.load(processed_dir) if manifest_path.is_file() else None
+    except (ValueError, TypeError, KeyError):
+        previous = None
+    if previous is not None and previous.fingerprint == overall and not stale:
+        if previous.tile_size_gt != tile_size_gt:
+            previous = _replace_tile_size(previous, tile_size_gt, processed_dir)
+        return PrepareSummary(previous, [], list(records), 0, time.perf_counter() - start)
+
+    _check_all(list(stale))
+    manifest_path.unlink(missing_ok=True)
+    tiles_folder = processed_dir / TILES_FOLDER
+    tiles_folder.mkdir(parents=True, exist_ok=True)
+    remove_temporaries(tiles_folder)
+    fresh = _run_tiles(stale, processed_dir, preprocessing, workers)
+    records.update(fresh)
+    _remove_orphans(tiles_folder, set(records))
+
+    manifest = _build_manifest(
+        raw_dir,
+        records,
+        fingerprints,
+        overall,
+        seed,
+        val_fraction,
+        test_fraction,
+        tile_size_gt,
+        preprocessing,
+    )
+    manifest.save(processed_dir)
+    return PrepareSummary(
+        manifest,
+        sorted(fresh, key=tile_number),
+        [d.name for d in tile_dirs if d not in stale],
+        sum(record["image_bytes"] for record in fresh.values()),
+        time.perf_counter() - start,
+    )
+
+
+def _replace_tile_size(manifest: Manifest, tile_size_gt: int, processed_dir: Path) -> Manifest:
+    values = {**manifest.__dict__, "tile_size_gt": tile_size_gt}
+    updated = Manifest(**values)
+    updated.save(processed_dir)
+    return updated
+
+
+def _remove_orphans(tiles_folder: Path, keep: set[str]) -> None:
+    """Delete cached tiles whose raw folder no longer exists."""
+    for path in tiles_folder.iterdir():
+        if path.name.split(".")[0] not in keep:
+            path.unlink()
+
+
+def _build_manifest(
+    raw_dir: Path,
+    records: dict[str, dict],
+    fingerprints: dict[Path, str],
+    overall: str,
+    seed: int,
+    val_fraction: float,
+    test_fraction: float,
+    tile_size_gt: int,
+    preprocessing: PreprocessConfig,
+) -> Manifest:
+    channels = next(iter(records.values()))["channels"]
+    shapes = {tuple(r["shape"]) for r in records.values()}
+    if len(shapes) != 1 or any(r["channels"] != channels for r in records.values()):
+        raise PrepareError(
+            f"tiles of {raw_dir} differ in size or channels ({sorted(shapes)}): every tile of a "
+            f"data set must have the same raster size and dates"
+        )
+    labelled = [name for name, r in records.items() if r["has_labels"]]
+    if not labelled:
+        raise PrepareError(f"no tile of {raw_dir} has a groundTruth.tif: nothing to train on")
+    split = split_tiles(labelled, seed, val_fraction, test_fraction)
+    split["predict"] = sorted(set(records) - set(labelled))
+    mean, std = TileStats.merge(
+        [
+            TileStats(records[t]["count"], np.array(records[t]["mean"]), np.array(records[t]["m2"]))
+            for t in split["train"]
+        ]
+    )
+    _, height, width = shapes.pop()
+    tiles = {}
+    for tile_dir, fingerprint in fingerprints.items():
+        image, labels, _ = _paths(Path(), tile_dir.name)
+        has_labels = records[tile_dir.name]["has_labels"]
+        tiles[tile_dir.name] = TileRecord(
+            image.as_posix(), labels.as_posix() if has_labels else None, fingerprint
+        )
+    return Manifest(
+        raw_dir=str(raw_dir),
+        seed=seed,
+        val_fraction=val_fraction,
+        test_fraction=test_fraction,
+        split=split,
+        channels=channels,
+        preprocessing=preprocessing.to_dict(),
+        tile_shape=(height, width),
+        cell_px=height // LABEL_GRID,
+        tile_size_gt=tile_size_gt,
+        mean=mean.tolist(),
+        std=std.tolist(),
+        fingerprint=overall,
+        tiles=tiles,
+    )

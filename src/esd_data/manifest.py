@@ -1,0 +1,125 @@
+"""The processed data set's manifest: split, channels, geometry, normalisation, fingerprint."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from src.atomic import write_json
+
+MANIFEST_FILE = "manifest.json"
+FORMAT_VERSION = 1
+
+BandSelection = dict[str, list[str] | None]
+"""Sensor name → band, date or `date/band` names to keep (None keeps all of that sensor)."""
+
+
+@dataclass(frozen=True)
+class TileRecord:
+    """Where one parent tile's processed arrays are, relative to the processed folder."""
+
+    image: str
+    labels: str | None
+    fingerprint: str
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """Everything a dataset needs to serve a processed folder, as recorded by `prepare`."""
+
+    raw_dir: str
+    seed: int
+    val_fraction: float
+    test_fraction: float
+    split: dict[str, list[str]]
+    channels: list[str]
+    preprocessing: dict[str, object]
+    tile_shape: tuple[int, int]
+    cell_px: int
+    tile_size_gt: int
+    mean: list[float]
+    std: list[float]
+    fingerprint: str
+    tiles: dict[str, TileRecord]
+    format_version: int = FORMAT_VERSION
+    unlabelled_split: str = field(default="predict")
+
+    def save(self, processed_dir: Path) -> None:
+        """Atomically write `manifest.json` into `processed_dir`."""
+        write_json(Path(processed_dir) / MANIFEST_FILE, asdict(self))
+
+    @classmethod
+    def load(cls, processed_dir: Path) -> Manifest:
+        """Read `processed_dir/manifest.json`, with a clear error when it is missing or stale."""
+        path = Path(processed_dir) / MANIFEST_FILE
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"{path} does not exist: prepare the data first with "
+                f"`python -m scripts.prepare --raw_dir RAW --processed_dir {processed_dir}`"
+            )
+        try:
+            values = json.loads(path.read_text())
+        except json.JSONDecodeError as error:
+            raise ValueError(
+                f"{path} is not valid JSON ({error}): run scripts.prepare again"
+            ) from error
+        if values.get("format_version") != FORMAT_VERSION:
+            raise ValueError(
+                f"{path} has format version {values.get('format_version')}, this code reads "
+                f"{FORMAT_VERSION}: run scripts.prepare again"
+            )
+        values["tiles"] = {k: TileRecord(**v) for k, v in values["tiles"].items()}
+        values["tile_shape"] = tuple(values["tile_shape"])
+        return cls(**values)
+
+    def tiles_in(self, split: str) -> list[str]:
+        """The parent tiles of a split (`train`, `val`, `test` or `predict`)."""
+        if split not in self.split:
+            raise ValueError(f"unknown split {split!r}; this data set has {sorted(self.split)}")
+        return self.split[split]
+
+    def select_channels(self, bands: BandSelection | None) -> list[int]:
+        """Resolve a band selection to channel indices (all channels for None).
+
+        Channels are named `sensor/date/band` (e.g. `sentinel2/2020-08-11/B04`, or
+        `viirs/max/DNB`). For each sensor in `bands`, each requested name matches channels
+        by band, by date, or by `date/band`; channels come in the order requested, dates
+        chronologically. Unknown sensors or names raise ValueError listing what exists.
+        """
+        if bands is None:
+            return list(range(len(self.channels)))
+        parsed = [tuple(name.split("/")) for name in self.channels]
+        problems: list[str] = []
+        indices: list[int] = []
+        for sensor, wanted in bands.items():
+            own = [i for i, (s, _, _) in enumerate(parsed) if s == sensor]
+            if not own:
+                sensors = sorted({s for s, _, _ in parsed})
+                problems.append(f"unknown sensor {sensor!r} (available: {', '.join(sensors)})")
+                continue
+            for name in [None] if wanted is None else list(wanted):
+                matched = [
+                    i
+                    for i in own
+                    if name is None or name in (parsed[i][1], parsed[i][2], "/".join(parsed[i][1:]))
+                ]
+                if not matched:
+                    names = sorted({parsed[i][2] for i in own} | {parsed[i][1] for i in own})
+                    problems.append(
+                        f"{sensor} has no band or date {name!r} (available: {', '.join(names)})"
+                    )
+                indices += [i for i in matched if i not in indices]
+        if problems:
+            raise ValueError("invalid band selection: " + "; ".join(problems))
+        if not indices:
+            raise ValueError("the band selection selects no channel")
+        return indices
+
+    def normalisation(self, indices: list[int]) -> tuple[np.ndarray, np.ndarray]:
+        """Per-channel (mean, std) as float32 arrays for the selected channels."""
+        mean = np.asarray(self.mean, dtype=np.float32)[indices]
+        std = np.asarray(self.std, dtype=np.float32)[indices]
+        return mean, std
