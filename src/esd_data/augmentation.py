@@ -1,0 +1,82 @@
+"""Training augmentation, each transform with its own probability.
+
+`FlipRotate` runs per sample in the data-loader workers (torch's RNG, which Lightning seeds
+per worker) and moves the image and its label grid together; `NoiseBlur` runs on whole
+batches after they reach the device and changes the image only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+from torchvision.transforms.v2 import functional as F
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Probabilities and strengths of the training augmentations (0 turns one off)."""
+
+    hflip_p: float = 0.5
+    vflip_p: float = 0.5
+    rot90_p: float = 0.5
+    noise_p: float = 0.25
+    noise_std: float = 0.05
+    blur_p: float = 0.1
+    blur_sigma: float = 1.0
+
+    def __post_init__(self) -> None:
+        for name in ("hflip_p", "vflip_p", "rot90_p", "noise_p", "blur_p"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(
+                    f"{name} must be a probability in [0, 1], got {getattr(self, name)}"
+                )
+        if self.noise_std < 0 or self.blur_sigma <= 0:
+            raise ValueError("noise_std must be >= 0 and blur_sigma > 0")
+
+
+class FlipRotate:
+    """Random horizontal flip, vertical flip and 90° rotation of an image and its labels.
+
+    Works on numpy arrays and returns views, so the dataset copies the pixels only once.
+    """
+
+    def __init__(self, config: AugmentConfig) -> None:
+        self.config = config
+
+    def __call__(self, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        draws = torch.rand(3)
+        if draws[0] < self.config.hflip_p:
+            x, y = x[..., ::-1], y[..., ::-1]
+        if draws[1] < self.config.vflip_p:
+            x, y = x[..., ::-1, :], y[..., ::-1, :]
+        if draws[2] < self.config.rot90_p:
+            k = int(torch.randint(1, 4, ()))
+            x, y = np.rot90(x, k, (-2, -1)), np.rot90(y, k, (-2, -1))
+        return x, y
+
+
+class NoiseBlur(nn.Module):
+    """Per-sample Gaussian noise and Gaussian blur on a (B, C, H, W) batch, on its device."""
+
+    def __init__(self, config: AugmentConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.kernel_size = 2 * int(3 * config.blur_sigma + 0.5) + 1
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Return an augmented copy of `x` (unchanged when both probabilities are 0)."""
+        batch = x.shape[0]
+        if self.config.blur_p > 0:
+            chosen = torch.rand(batch, device=x.device) < self.config.blur_p
+            if chosen.any():
+                x = x.clone()
+                x[chosen] = F.gaussian_blur(
+                    x[chosen], [self.kernel_size] * 2, [self.config.blur_sigma] * 2
+                )
+        if self.config.noise_p > 0 and self.config.noise_std > 0:
+            chosen = torch.rand(batch, 1, 1, 1, device=x.device) < self.config.noise_p
+            x = x + chosen * torch.randn_like(x) * self.config.noise_std
+        return x

@@ -1,0 +1,123 @@
+"""`ESDDataModule`: prepares the processed cache and serves the subtiles of each split."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from torch.utils.data import DataLoader
+
+from src.esd_data.augmentation import AugmentConfig, FlipRotate, NoiseBlur
+from src.esd_data.cache import prepare_dataset
+from src.esd_data.dataset import ESDDataset
+from src.esd_data.manifest import BandSelection, Manifest
+from src.esd_data.preprocessing import PreprocessConfig
+from src.esd_data.subtiles import check_tile_size_gt
+
+
+class ESDDataModule(L.LightningDataModule):
+    """Parent-tile-split subtiles of DFC2021 tiles for Lightning.
+
+    `prepare_data` builds (or reuses) the processed cache from `raw_dir`; with `raw_dir=None`
+    an already prepared `processed_dir` is used as it is. Training batches get `FlipRotate`
+    in the workers and `NoiseBlur` on the device; validation, test and predict batches are
+    left untransformed.
+    """
+
+    def __init__(
+        self,
+        processed_dir: Path,
+        raw_dir: Path | None = None,
+        tile_size_gt: int = 4,
+        bands: BandSelection | None = None,
+        batch_size: int = 8,
+        num_workers: int = 2,
+        seed: int = 0,
+        val_fraction: float = 0.2,
+        test_fraction: float = 0.0,
+        prepare_workers: int = 2,
+        preprocessing: PreprocessConfig | None = None,
+        augment: AugmentConfig | None = None,
+        predict_split: str = "val",
+    ) -> None:
+        super().__init__()
+        check_tile_size_gt(tile_size_gt)
+        self.processed_dir = Path(processed_dir)
+        self.raw_dir = Path(raw_dir) if raw_dir is not None else None
+        self.tile_size_gt = tile_size_gt
+        self.bands = bands
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.seed = seed
+        self.val_fraction = val_fraction
+        self.test_fraction = test_fraction
+        self.prepare_workers = prepare_workers
+        self.preprocessing = preprocessing or PreprocessConfig()
+        self.augment = augment if augment is not None else AugmentConfig()
+        self.predict_split = predict_split
+        self.batch_augment = NoiseBlur(self.augment)
+        self.datasets: dict[str, ESDDataset] = {}
+
+    def prepare_data(self) -> None:
+        """Build or reuse the processed cache (runs once per node)."""
+        if self.raw_dir is not None:
+            prepare_dataset(
+                self.raw_dir,
+                self.processed_dir,
+                self.tile_size_gt,
+                self.seed,
+                self.val_fraction,
+                self.test_fraction,
+                self.prepare_workers,
+                self.preprocessing,
+            )
+
+    @property
+    def manifest(self) -> Manifest:
+        """The processed folder's manifest (after `prepare_data`)."""
+        return Manifest.load(self.processed_dir)
+
+    def setup(self, stage: str | None = None) -> None:
+        """Create the datasets of every split that has tiles."""
+        manifest = self.manifest
+        for split, tiles in manifest.split.items():
+            if tiles and split not in self.datasets:
+                transform = FlipRotate(self.augment) if split == "train" else None
+                self.datasets[split] = ESDDataset(
+                    self.processed_dir, split, self.tile_size_gt, self.bands, transform, manifest
+                )
+
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        if split not in self.datasets:
+            raise ValueError(
+                f"the processed data in {self.processed_dir} has no {split!r} tiles; "
+                f"adjust val_fraction / test_fraction and prepare again"
+            )
+        return DataLoader(
+            self.datasets[split],
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            num_workers=self.num_workers,
+            pin_memory=True,
+            persistent_workers=self.num_workers > 0,
+            drop_last=False,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader(self.predict_split, shuffle=False)
+
+    def on_after_batch_transfer(self, batch: dict[str, Any], dataloader_idx: int) -> dict[str, Any]:
+        """Noise and blur on training batches, on the device they were moved to."""
+        if self.trainer is not None and self.trainer.training:
+            batch["X"] = self.batch_augment(batch["X"])
+        return batch

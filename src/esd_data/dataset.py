@@ -1,0 +1,96 @@
+"""`ESDDataset`: subtiles of processed parent tiles, normalised, with labels 0..3."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from src.esd_data.manifest import BandSelection, Manifest
+from src.esd_data.subtiles import check_tile_size_gt, subtile_window
+
+IGNORE_LABEL = -1
+"""Label of subtiles whose parent tile has no ground truth (the `predict` split)."""
+
+PairTransform = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
+"""Takes and returns (image (C, H, W), labels (t, t)) numpy arrays, e.g. `FlipRotate`."""
+
+
+class ESDDataset(Dataset):
+    """Every t×t-cell subtile of the parent tiles of one split of a processed folder.
+
+    An item is a dict: `X` float32 (C, t·cell_px, t·cell_px), normalised with the training
+    tiles' per-channel mean and std; `y` int64 (t, t) with labels 0..3 (−1 without ground
+    truth); `tile` (parent tile id), `row` and `col` (the subtile's position in the grid).
+    Tiles are memory-mapped, so only the subtile's pixels of the selected channels are read.
+    """
+
+    def __init__(
+        self,
+        processed_dir: Path,
+        split: str,
+        tile_size_gt: int | None = None,
+        bands: BandSelection | None = None,
+        transform: PairTransform | None = None,
+        manifest: Manifest | None = None,
+    ) -> None:
+        self.processed_dir = Path(processed_dir)
+        self.manifest = manifest or Manifest.load(self.processed_dir)
+        self.tile_size_gt = tile_size_gt or self.manifest.tile_size_gt
+        self.per_side = check_tile_size_gt(self.tile_size_gt)
+        self.subtile_px = self.tile_size_gt * self.manifest.cell_px
+        self.channels = self.manifest.select_channels(bands)
+        self.channel_names = [self.manifest.channels[i] for i in self.channels]
+        self._channel_index: slice | list[int] = (
+            slice(None)
+            if self.channels == list(range(len(self.manifest.channels)))
+            else self.channels
+        )
+        mean, std = self.manifest.normalisation(self.channels)
+        self._mean = torch.from_numpy(mean)[:, None, None]
+        self._std = torch.from_numpy(std)[:, None, None]
+        self.transform = transform
+        self.tiles = self.manifest.tiles_in(split)
+        self.index = [
+            (tile, row, col)
+            for tile in self.tiles
+            for row in range(self.per_side)
+            for col in range(self.per_side)
+        ]
+        self._images: dict[str, np.ndarray] = {}
+        self._labels: dict[str, np.ndarray | None] = {}
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def _open(self, tile: str) -> tuple[np.ndarray, np.ndarray | None]:
+        """The tile's memory-mapped image and its labels (opened once per process)."""
+        if tile not in self._images:
+            record = self.manifest.tiles[tile]
+            self._images[tile] = np.load(self.processed_dir / record.image, mmap_mode="r")
+            self._labels[tile] = (
+                np.load(self.processed_dir / record.labels) if record.labels else None
+            )
+        return self._images[tile], self._labels[tile]
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        tile, row, col = self.index[index]
+        image, labels = self._open(tile)
+        rows, cols = subtile_window(row, col, self.subtile_px)
+        x = image[self._channel_index, rows, cols]
+        cell_rows, cell_cols = subtile_window(row, col, self.tile_size_gt)
+        if labels is None:
+            y = np.full((self.tile_size_gt, self.tile_size_gt), IGNORE_LABEL + 1)
+        else:
+            y = labels[cell_rows, cell_cols]
+        if self.transform is not None:
+            x, y = self.transform(x, y)
+        # One copy of the (possibly flipped) float16 view; torch converts to float32 faster.
+        X = torch.from_numpy(np.ascontiguousarray(x)).float()
+        X.sub_(self._mean).div_(self._std)
+        Y = torch.from_numpy(y.astype(np.int64)) - 1
+        return {"X": X, "y": Y, "tile": tile, "row": row, "col": col}
