@@ -246,8 +246,8 @@ def prepare_dataset(
             previous = _replace_tile_size(previous, tile_size_gt, processed_dir)
         return PrepareSummary(previous, [], list(records), 0, time.perf_counter() - start)
 
+    manifest_path.unlink(missing_ok=True)  # stale from here on: never trusted again
     _check_all(list(stale))
-    manifest_path.unlink(missing_ok=True)
     tiles_folder = processed_dir / TILES_FOLDER
     tiles_folder.mkdir(parents=True, exist_ok=True)
     remove_temporaries(tiles_folder)

@@ -44,6 +44,10 @@ class TileError(ValueError):
         )
 
 
+class _RasterError(Exception):
+    """A readable TIFF that is not a usable raster (the message says why)."""
+
+
 class NoDataWarning(UserWarning):
     """A raster holds non-finite (NaN or infinite) pixels, which are treated as no-data."""
 
@@ -124,14 +128,14 @@ def _header(path: Path) -> tuple[tuple[int, ...], np.dtype]:
     """Shape and dtype of a single-page TIFF, checking that its pixel data is all there."""
     with tifffile.TiffFile(path) as tif:
         if len(tif.pages) != 1:
-            raise ValueError(f"has {len(tif.pages)} pages, expected a single-band raster")
+            raise _RasterError(f"has {len(tif.pages)} pages, expected a single-band raster")
         page = tif.pages[0]
         end = max(
             (o + n for o, n in zip(page.dataoffsets, page.databytecounts, strict=True)), default=0
         )
         size = path.stat().st_size
         if end > size:
-            raise ValueError(f"truncated: pixel data ends at byte {end}, file has {size} bytes")
+            raise _RasterError(f"truncated: pixel data ends at byte {end}, file has {size} bytes")
         return tuple(page.shape), np.dtype(page.dtype)
 
 
@@ -202,6 +206,8 @@ def inspect_tile(tile_dir: Path, require_labels: bool = True) -> TileInventory:
         found[spec.name][(date, band)] = path.name
         try:
             headers[path.name] = _header(path)
+        except _RasterError as error:
+            problems.append((path.name, str(error)))
         except Exception as error:  # noqa: BLE001 - tifffile raises many types on bad files
             problems.append((path.name, f"not a readable TIFF ({error})"))
     dates, files = {}, {}

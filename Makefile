@@ -1,0 +1,32 @@
+# The two commands of the README: `make demo` (main job on synthetic data) and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+DEMO := data/demo
+DEMO_TILES ?= 12
+DEMO_TILE_PX ?= 160
+
+.PHONY: demo test lint clean-demo
+
+$(VENV)/.installed: requirements.txt requirements-dev.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements-dev.txt
+	touch $@
+
+$(DEMO)/raw/.complete: | $(VENV)/.installed
+	$(PY) -m scripts.make_synthetic --out $(DEMO)/raw --n_tiles $(DEMO_TILES) --seed 0 --tile_px $(DEMO_TILE_PX)
+	touch $@
+
+demo: $(VENV)/.installed $(DEMO)/raw/.complete
+	$(PY) -m scripts.prepare --raw_dir $(DEMO)/raw --processed_dir $(DEMO)/processed --workers 2
+
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+test: lint
+	$(PY) -m pytest
+
+clean-demo:
+	rm -rf $(DEMO)
