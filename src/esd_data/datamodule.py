@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import torch
 from torch.utils.data import DataLoader
 
 from src.esd_data.augmentation import AugmentConfig, FlipRotate, NoiseBlur
@@ -99,7 +100,7 @@ class ESDDataModule(L.LightningDataModule):
             batch_size=self.batch_size,
             shuffle=shuffle,
             num_workers=self.num_workers,
-            pin_memory=True,
+            pin_memory=torch.cuda.is_available(),
             persistent_workers=self.num_workers > 0,
             drop_last=False,
         )

@@ -1,0 +1,183 @@
+"""ESDDataset, subtiles, augmentation and ESDDataModule on prepared synthetic data."""
+
+from __future__ import annotations
+
+import lightning as L
+import numpy as np
+import pytest
+import torch
+
+from src.esd_data.augmentation import AugmentConfig, FlipRotate, NoiseBlur
+from src.esd_data.datamodule import ESDDataModule
+from src.esd_data.dataset import ESDDataset
+from src.esd_data.manifest import Manifest
+from src.esd_data.subtiles import VALID_TILE_SIZES, cut_subtiles, stitch_subtiles
+
+NO_AUGMENT = AugmentConfig(hflip_p=0, vflip_p=0, rot90_p=0, noise_p=0, blur_p=0)
+
+
+@pytest.mark.parametrize("t", [1, 2, 4, 8, 16])
+def test_cut_and_stitch_reproduce_the_tile(synthetic_processed, t):
+    image = np.load(synthetic_processed / "tiles" / "Tile5.npy")
+    labels = np.load(synthetic_processed / "tiles" / "Tile5.labels.npy")
+    per_side = 16 // t
+    pieces = cut_subtiles(image, per_side)
+    assert pieces.shape == (per_side**2, 99, 4 * t, 4 * t)
+    last = per_side**2 - 1  # bottom-right subtile
+    np.testing.assert_array_equal(pieces[last], image[:, -4 * t :, -4 * t :])
+    if per_side > 1:  # first subtile of the second row
+        np.testing.assert_array_equal(pieces[per_side], image[:, 4 * t : 8 * t, : 4 * t])
+    np.testing.assert_array_equal(stitch_subtiles(pieces), image)
+    np.testing.assert_array_equal(stitch_subtiles(cut_subtiles(labels, per_side)), labels)
+
+
+def test_valid_tile_sizes_are_the_divisors_of_16():
+    assert VALID_TILE_SIZES == (1, 2, 4, 8, 16)
+
+
+@pytest.mark.parametrize("t", [2, 4])
+def test_every_val_subtile_is_served_and_restitches_the_tile(synthetic_processed, t):
+    manifest = Manifest.load(synthetic_processed)
+    dataset = ESDDataset(synthetic_processed, "val", tile_size_gt=t)
+    per_side = 16 // t
+    assert len(dataset) == len(manifest.split["val"]) * per_side**2
+    mean, std = manifest.normalisation(list(range(99)))
+    for tile in manifest.split["val"]:
+        items = [dataset[i] for i in range(len(dataset)) if dataset.index[i][0] == tile]
+        assert [(item["row"], item["col"]) for item in items] == [
+            (r, c) for r in range(per_side) for c in range(per_side)
+        ]
+        images = torch.stack([item["X"] for item in items]).numpy()
+        labels = torch.stack([item["y"] for item in items]).numpy()
+        assert images.dtype == np.float32 and images.shape[1:] == (99, 4 * t, 4 * t)
+        assert labels.dtype == np.int64 and labels.shape[1:] == (t, t)
+        stored = np.load(synthetic_processed / "tiles" / f"{tile}.npy").astype(np.float32)
+        restored = stitch_subtiles(images) * std[:, None, None] + mean[:, None, None]
+        np.testing.assert_allclose(restored, stored, atol=1e-5)
+        truth = np.load(synthetic_processed / "tiles" / f"{tile}.labels.npy")
+        np.testing.assert_array_equal(stitch_subtiles(labels), truth.astype(np.int64) - 1)
+
+
+def test_normalised_training_data_has_zero_mean_unit_std(synthetic_processed):
+    dataset = ESDDataset(synthetic_processed, "train")
+    X = torch.stack([dataset[i]["X"] for i in range(len(dataset))]).double()
+    mean, std = X.mean(dim=(0, 2, 3)), X.std(dim=(0, 2, 3))
+    varying = torch.tensor(Manifest.load(synthetic_processed).std) != 1.0
+    assert varying.sum() > 90
+    assert mean.abs().max() < 1e-3
+    assert (std[varying] - 1).abs().max() < 1e-3
+
+
+def test_band_selection_resolves_names(synthetic_processed):
+    dataset = ESDDataset(
+        synthetic_processed, "val", bands={"sentinel2": ["B04", "B03", "B02"], "viirs": ["max"]}
+    )
+    assert dataset.channel_names[:4] == [
+        f"sentinel2/{d}/B04" for d in ("2020-08-11", "2020-08-16", "2020-08-26", "2020-08-31")
+    ]
+    assert dataset.channel_names[-1] == "viirs/max/DNB" and len(dataset.channel_names) == 13
+    assert dataset[0]["X"].shape[0] == 13
+    full = ESDDataset(synthetic_processed, "val")
+    index = full.channel_names.index("sentinel2/2020-08-26/B03")
+    np.testing.assert_array_equal(
+        dataset[7]["X"][dataset.channel_names.index("sentinel2/2020-08-26/B03")],
+        full[7]["X"][index],
+    )
+    one_date = ESDDataset(synthetic_processed, "val", bands={"sentinel1": ["2020-08-04/VH"]})
+    assert one_date.channel_names == ["sentinel1/2020-08-04/VH"]
+
+
+def test_band_selection_errors_list_what_exists(synthetic_processed):
+    with pytest.raises(ValueError, match=r"sentinel2 has no band or date 'B10'.*B8A"):
+        ESDDataset(synthetic_processed, "val", bands={"sentinel2": ["B10"]})
+    with pytest.raises(ValueError, match=r"unknown sensor 'modis'.*landsat8"):
+        ESDDataset(synthetic_processed, "val", bands={"modis": None})
+
+
+def test_flips_and_rotations_move_image_and_labels_together():
+    labels = np.arange(16, dtype=np.uint8).reshape(4, 4)
+    image = np.repeat(np.repeat(labels, 3, axis=0), 3, axis=1)[None].astype(np.float16)
+    torch.manual_seed(0)
+    for config in [
+        AugmentConfig(hflip_p=1, vflip_p=0, rot90_p=0),
+        AugmentConfig(hflip_p=0, vflip_p=1, rot90_p=0),
+        AugmentConfig(hflip_p=0, vflip_p=0, rot90_p=1),
+        AugmentConfig(),
+    ]:
+        for _ in range(8):
+            x, y = FlipRotate(config)(image, labels)
+            np.testing.assert_array_equal(x[0, 1::3, 1::3], y)
+    x, y = FlipRotate(AugmentConfig(hflip_p=1, vflip_p=0, rot90_p=0))(image, labels)
+    np.testing.assert_array_equal(y, labels[:, ::-1])
+
+
+def test_noise_and_blur_change_only_what_they_should():
+    x = torch.randn(6, 3, 20, 20)
+    assert torch.equal(NoiseBlur(NO_AUGMENT)(x), x)
+    noisy = NoiseBlur(AugmentConfig(noise_p=1, noise_std=0.5, blur_p=0))(x)
+    assert (noisy - x).std().item() == pytest.approx(0.5, rel=0.1)
+    blurred = NoiseBlur(AugmentConfig(noise_p=0, blur_p=1, blur_sigma=1.0))(x)
+    assert blurred.std() < 0.6 * x.std()  # white noise loses most of its variance
+    assert blurred.mean().item() == pytest.approx(x.mean().item(), abs=0.05)
+
+
+def test_datamodule_prepares_and_serves_all_splits(synthetic_raw, tmp_path):
+    module = ESDDataModule(
+        tmp_path,
+        raw_dir=synthetic_raw,
+        batch_size=5,
+        num_workers=0,
+        val_fraction=0.25,
+        test_fraction=0.25,
+    )
+    module.prepare_data()
+    module.setup("fit")
+    batch = next(iter(module.train_dataloader()))
+    assert batch["X"].shape == (5, 99, 16, 16) and batch["y"].shape == (5, 4, 4)
+    assert batch["y"].min() >= 0 and batch["y"].max() <= 3
+    assert len(module.val_dataloader().dataset) == 3 * 16
+    assert len(module.test_dataloader().dataset) == 3 * 16
+    tiles = {split: set(ds.tiles) for split, ds in module.datasets.items()}
+    assert not (tiles["train"] & tiles["val"]) and not (tiles["val"] & tiles["test"])
+
+
+def test_validation_is_untransformed_and_training_is_augmented(synthetic_processed):
+    module = ESDDataModule(
+        synthetic_processed,
+        batch_size=8,
+        num_workers=0,
+        augment=AugmentConfig(noise_p=1, noise_std=1.0),
+    )
+    module.setup("fit")
+
+    class Probe(L.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.layer = torch.nn.Linear(1, 1)
+            self.seen = {"train": [], "val": []}
+
+        def training_step(self, batch, _):
+            self.seen["train"].append(batch["X"].std().item())
+            return self.layer(batch["X"].mean().view(1, 1)).sum()
+
+        def validation_step(self, batch, _):
+            self.seen["val"].append(batch["X"].clone())
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.0)
+
+    probe = Probe()
+    trainer = L.Trainer(
+        max_epochs=1,
+        limit_train_batches=3,
+        limit_val_batches=2,
+        num_sanity_val_steps=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    trainer.fit(probe, datamodule=module)
+    assert min(probe.seen["train"]) > 1.3  # unit-variance data plus unit-variance noise
+    plain = next(iter(module.val_dataloader()))["X"]
+    assert torch.equal(probe.seen["val"][0], plain)
