@@ -1,0 +1,150 @@
+"""The one place that maps `model_type` names to model builders.
+
+A builder takes `(in_channels, cell_px, out_channels)` positionally and its model's
+hyper-parameters as keyword-only arguments with defaults; `model_hparams` reads their names
+from the builder's signature. To add a model, write its builder and add it to `_BUILDERS`.
+
+A training config passes one shared set of hyper-parameters for all models, so it filters
+them first::
+
+    accepted = model_hparams(model_type)
+    model = build_model(model_type, in_channels, cell_px,
+                        **{k: v for k, v in hparams.items() if k in accepted})
+
+`build_model` itself rejects hyper-parameters the chosen model does not take.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import os
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from torch import nn
+
+from src.models.fcn_resnet_transfer import FCNResnetTransfer
+from src.models.segmentation_cnn import SegmentationCNN, default_pool_sizes
+from src.models.unet import UNet
+
+
+def _build_segmentation_cnn(
+    in_channels: int,
+    cell_px: int,
+    out_channels: int,
+    *,
+    depth: int = 2,
+    embedding_size: int = 64,
+    pool_sizes: Sequence[int] | None = None,
+    kernel_size: int = 3,
+) -> nn.Module:
+    if pool_sizes is None:
+        pool_sizes = default_pool_sizes(cell_px)
+    else:
+        pool_sizes = list(pool_sizes)
+        if math.prod(pool_sizes) != cell_px:
+            raise ValueError(
+                f"SegmentationCNN pool_sizes {pool_sizes} multiply to {math.prod(pool_sizes)}, "
+                f"but they must multiply to the label cell size cell_px={cell_px} (each "
+                f"encoder max-pools by its pool size, so the encoders together must reduce one "
+                f"cell to one pixel); e.g. {default_pool_sizes(cell_px)}, or leave pool_sizes "
+                "unset to get that default"
+            )
+    return SegmentationCNN(
+        in_channels,
+        out_channels,
+        depth=depth,
+        embedding_size=embedding_size,
+        pool_sizes=pool_sizes,
+        kernel_size=kernel_size,
+    )
+
+
+def _build_unet(
+    in_channels: int,
+    cell_px: int,
+    out_channels: int,
+    *,
+    n_encoders: int = 2,
+    embedding_size: int = 32,
+) -> nn.Module:
+    return UNet(
+        in_channels,
+        out_channels,
+        n_encoders=n_encoders,
+        embedding_size=embedding_size,
+        cell_px=cell_px,
+    )
+
+
+def _build_fcn_resnet_transfer(
+    in_channels: int,
+    cell_px: int,
+    out_channels: int,
+    *,
+    pretrained: bool = False,
+    weights_path: str | os.PathLike[str] | None = None,
+    freeze_backbone: bool | float = False,
+) -> nn.Module:
+    return FCNResnetTransfer(
+        in_channels,
+        out_channels,
+        cell_px,
+        pretrained=pretrained,
+        weights_path=weights_path,
+        freeze_backbone=freeze_backbone,
+    )
+
+
+_BUILDERS: dict[str, Callable[..., nn.Module]] = {
+    "SegmentationCNN": _build_segmentation_cnn,
+    "FCNResnetTransfer": _build_fcn_resnet_transfer,
+    "UNet": _build_unet,
+}
+
+MODEL_TYPES: tuple[str, ...] = tuple(_BUILDERS)
+
+
+def _builder(model_type: str) -> Callable[..., nn.Module]:
+    try:
+        return _BUILDERS[model_type]
+    except (KeyError, TypeError):
+        raise ValueError(
+            f"unknown model_type {model_type!r}; known model types: {', '.join(MODEL_TYPES)}"
+        ) from None
+
+
+def model_hparams(model_type: str) -> set[str]:
+    """Names of the hyper-parameters (keyword arguments) that `model_type`'s builder accepts."""
+    signature = inspect.signature(_builder(model_type))
+    return {
+        name
+        for name, parameter in signature.parameters.items()
+        if parameter.kind is inspect.Parameter.KEYWORD_ONLY
+    }
+
+
+def build_model(
+    model_type: str, in_channels: int, cell_px: int, out_channels: int = 4, **hparams: Any
+) -> nn.Module:
+    """Build `model_type` for `in_channels` inputs and cell_px-pixel label cells.
+
+    The model maps (B, in_channels, t·cell_px, t·cell_px) to logits (B, out_channels, t, t).
+    Unknown model types and hyper-parameters the model does not take raise ValueError.
+    """
+    builder = _builder(model_type)
+    for name, value in (
+        ("in_channels", in_channels),
+        ("cell_px", cell_px),
+        ("out_channels", out_channels),
+    ):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    unknown = set(hparams) - model_hparams(model_type)
+    if unknown:
+        raise ValueError(
+            f"{model_type} does not take hyper-parameter(s) {sorted(unknown)}; it accepts "
+            f"{sorted(model_hparams(model_type))} (filter shared hparams with model_hparams())"
+        )
+    return builder(in_channels, cell_px, out_channels, **hparams)
