@@ -51,6 +51,8 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.models.segmentation import FCN_ResNet101_Weights, fcn_resnet101
 
+from src.models.checks import check_input_size, check_positive_int
+
 PRETRAINED_WEIGHTS = FCN_ResNet101_Weights.COCO_WITH_VOC_LABELS_V1
 BACKBONE_BLOCKS: tuple[str, ...] = ("bn1", "layer1", "layer2", "layer3", "layer4")
 """The backbone's blocks in order, as counted by a fractional `freeze_backbone` (the stem's
@@ -59,11 +61,6 @@ conv1 is left out: it is rebuilt and always trains)."""
 _FIRST_CONV_KEY = "backbone.conv1.weight"
 _LAST_CLASSIFIER_PREFIX = "classifier.4."
 _AUX_PREFIX = "aux_classifier."
-
-
-def _check_positive_int(name: str, value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
 
 
 def default_weights_file() -> Path:
@@ -93,7 +90,7 @@ def resolve_weights_file(weights_path: str | os.PathLike[str] | None) -> Path:
 
 def adapt_first_conv_weight(weight: torch.Tensor, in_channels: int) -> torch.Tensor:
     """Adapt RGB conv kernels (out, 3, k, k) to `in_channels` inputs (timm / smp convention)."""
-    _check_positive_int("in_channels", in_channels)
+    check_positive_int("in_channels", in_channels)
     if weight.ndim != 4 or weight.shape[1] != 3:
         raise ValueError(f"expected RGB conv weights (out, 3, k, k), got {tuple(weight.shape)}")
     if in_channels == 3:
@@ -153,9 +150,9 @@ class FCNResnetTransfer(nn.Module):
         freeze_backbone: bool | float = False,
     ) -> None:
         super().__init__()
-        _check_positive_int("in_channels", in_channels)
-        _check_positive_int("out_channels", out_channels)
-        _check_positive_int("cell_px", cell_px)
+        check_positive_int("in_channels", in_channels)
+        check_positive_int("out_channels", out_channels)
+        check_positive_int("cell_px", cell_px)
         if not isinstance(pretrained, bool):
             raise ValueError(f"pretrained must be a bool, got {pretrained!r}")
         if weights_path is not None and not pretrained:
@@ -220,11 +217,6 @@ class FCNResnetTransfer(nn.Module):
         self.model.load_state_dict(adapted, strict=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        height, width = x.shape[-2:]
-        if height % self.cell_px or width % self.cell_px:
-            raise ValueError(
-                f"input size {height}×{width} is not a multiple of the label cell size "
-                f"cell_px={self.cell_px}"
-            )
+        check_input_size(x, self.cell_px)
         out = self.model(x)["out"]  # (B, out_channels, H, W)
         return F.avg_pool2d(out, kernel_size=self.cell_px)

@@ -24,6 +24,7 @@ from typing import Any
 
 from torch import nn
 
+from src.models.checks import check_positive_int
 from src.models.fcn_resnet_transfer import FCNResnetTransfer
 from src.models.segmentation_cnn import SegmentationCNN, default_pool_sizes
 from src.models.unet import UNet
@@ -139,8 +140,7 @@ def build_model(
         ("cell_px", cell_px),
         ("out_channels", out_channels),
     ):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        check_positive_int(name, value)
     unknown = set(hparams) - model_hparams(model_type)
     if unknown:
         raise ValueError(

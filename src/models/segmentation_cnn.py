@@ -17,6 +17,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from src.models.checks import check_input_size, check_positive_int
+
 
 def default_pool_sizes(cell_px: int) -> list[int]:
     """Prime factors of `cell_px`, largest first.
@@ -36,11 +38,6 @@ def default_pool_sizes(cell_px: int) -> list[int]:
     if remaining > 1:
         factors.append(remaining)
     return sorted(factors, reverse=True)
-
-
-def _check_positive_int(name: str, value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
 
 
 class SegmentationCNN(nn.Module):
@@ -67,12 +64,12 @@ class SegmentationCNN(nn.Module):
             ("embedding_size", embedding_size),
             ("kernel_size", kernel_size),
         ):
-            _check_positive_int(name, value)
+            check_positive_int(name, value)
         if kernel_size % 2 == 0:
             raise ValueError(f"kernel_size must be odd for 'same' padding, got {kernel_size}")
         pool_sizes = list(pool_sizes)
         for size in pool_sizes:
-            _check_positive_int("each pool size", size)
+            check_positive_int("each pool size", size)
 
         self.pool_sizes: tuple[int, ...] = tuple(pool_sizes)
         self.cell_px: int = math.prod(pool_sizes)
@@ -96,10 +93,5 @@ class SegmentationCNN(nn.Module):
         self.head = nn.Conv2d(channels, out_channels, kernel_size=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        height, width = x.shape[-2:]
-        if height % self.cell_px or width % self.cell_px:
-            raise ValueError(
-                f"input size {height}×{width} is not a multiple of the label cell size "
-                f"{self.cell_px} (= product of pool_sizes {list(self.pool_sizes)})"
-            )
+        check_input_size(x, self.cell_px)
         return self.head(self.encoders(x))

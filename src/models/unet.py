@@ -20,10 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-
-def _check_positive_int(name: str, value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+from src.models.checks import check_input_size, check_positive_int
 
 
 class DoubleConv(nn.Sequential):
@@ -92,7 +89,7 @@ class UNet(nn.Module):
             ("embedding_size", embedding_size),
             ("cell_px", cell_px),
         ):
-            _check_positive_int(name, value)
+            check_positive_int(name, value)
         self.cell_px = cell_px
         widths = [embedding_size * 2**level for level in range(n_encoders + 1)]
         self.stem = DoubleConv(in_channels, widths[0])
@@ -101,12 +98,7 @@ class UNet(nn.Module):
         self.head = nn.Conv2d(widths[0], out_channels, kernel_size=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        height, width = x.shape[-2:]
-        if height % self.cell_px or width % self.cell_px:
-            raise ValueError(
-                f"input size {height}×{width} is not a multiple of the label cell size "
-                f"cell_px={self.cell_px}"
-            )
+        check_input_size(x, self.cell_px)
         x = self.stem(x)
         skips = [x]
         for down in self.downs:
