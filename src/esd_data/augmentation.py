@@ -67,16 +67,19 @@ class NoiseBlur(nn.Module):
         self.kernel_size = 2 * int(3 * config.blur_sigma + 0.5) + 1
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Return an augmented copy of `x` (unchanged when both probabilities are 0)."""
-        batch = x.shape[0]
-        if self.config.blur_p > 0:
-            chosen = torch.rand(batch, device=x.device) < self.config.blur_p
-            if chosen.any():
-                x = x.clone()
-                x[chosen] = F.gaussian_blur(
-                    x[chosen], [self.kernel_size] * 2, [self.config.blur_sigma] * 2
-                )
-        if self.config.noise_p > 0 and self.config.noise_std > 0:
-            chosen = torch.rand(batch, 1, 1, 1, device=x.device) < self.config.noise_p
-            x = x + chosen * torch.randn_like(x) * self.config.noise_std
+        """Return an augmented copy of `x` (`x` itself when no sample is chosen).
+
+        Noise and blur are computed only for the chosen samples, which keeps the step cheap
+        on the CPU as well.
+        """
+        blur = torch.rand(x.shape[0], device=x.device) < self.config.blur_p
+        noise = torch.rand(x.shape[0], device=x.device) < self.config.noise_p
+        noise &= self.config.noise_std > 0
+        if not (blur.any() or noise.any()):
+            return x
+        x = x.clone()
+        if blur.any():
+            x[blur] = F.gaussian_blur(x[blur], [self.kernel_size] * 2, [self.config.blur_sigma] * 2)
+        if noise.any():
+            x[noise] += torch.randn_like(x[noise]) * self.config.noise_std
         return x

@@ -126,24 +126,21 @@ def process_tile(
         warnings.simplefilter("always")
         inventory = inspect_tile(tile_dir, require_labels=False)
         raw = read_inventory(inventory)
-        stack, channels = preprocess_tile(raw, preprocessing)
-    stored = stack.astype(STORAGE_DTYPE)
-    del stack
-    means, m2 = np.empty(stored.shape[0]), np.empty(stored.shape[0])
-    for c, plane in enumerate(stored):
-        values = plane.astype(np.float64)
-        means[c] = values.mean()
-        m2[c] = np.square(values - means[c]).sum()
-    image, labels, record_path = _paths(processed_dir, raw.tile_id)
+        stored, channels = preprocess_tile(raw, preprocessing, dtype=STORAGE_DTYPE)
+    labels_grid = raw.ground_truth
+    del raw  # free the raw rasters before writing
+    means = np.array([plane.mean(dtype=np.float64) for plane in stored])
+    m2 = np.array([plane.var(dtype=np.float64) for plane in stored]) * stored[0].size
+    image, labels, record_path = _paths(processed_dir, tile_dir.name)
     write_npy(image, stored)
-    if raw.ground_truth is not None:
-        write_npy(labels, raw.ground_truth.astype(np.uint8))
+    if labels_grid is not None:
+        write_npy(labels, labels_grid.astype(np.uint8))
     record = {
         "fingerprint": fingerprint,
         "channels": channels,
         "shape": list(stored.shape),
         "image_bytes": image.stat().st_size,
-        "has_labels": raw.ground_truth is not None,
+        "has_labels": labels_grid is not None,
         "count": int(stored.shape[1] * stored.shape[2]),
         "mean": means.tolist(),
         "m2": m2.tolist(),

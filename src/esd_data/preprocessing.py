@@ -87,18 +87,30 @@ def _integer_quantiles(x: np.ndarray, quantiles: tuple[float, float]) -> np.ndar
     return values[0] + (positions - below) * (values[1] - values[0])
 
 
+def _as_small_integers(x: np.ndarray) -> np.ndarray | None:
+    """`x` as uint16 when every value is an integer in 0..65535 (e.g. Landsat DNs), else None."""
+    if x.dtype.kind == "u" and x.dtype.itemsize <= 2:
+        return x
+    if x.dtype.kind != "f" or x.min() < 0 or x.max() > np.iinfo(np.uint16).max:
+        return None
+    as_int = x.astype(np.uint16)
+    return as_int if np.array_equal(as_int, x) else None
+
+
 def quantiles_over(
     x: np.ndarray, quantiles: tuple[float, float], axis: tuple[int, ...]
 ) -> np.ndarray:
     """Low/high quantiles of `x` over `axis`, shaped (2, *x.shape with axis kept as 1).
 
-    Unsigned 8/16-bit data (Sentinel-2, VIIRS) use an exact histogram, which is several times
-    faster than the partition that np.quantile runs; other dtypes use np.quantile.
+    Data that are small non-negative integers (Sentinel-2, VIIRS, Landsat 8 DNs) use an exact
+    histogram, several times faster than the partition that np.quantile runs; other data
+    use np.quantile. Both give np.quantile's default (linear) result.
     """
-    if x.dtype.kind != "u" or x.dtype.itemsize > 2:
+    integers = _as_small_integers(x)
+    if integers is None:
         return np.quantile(x, quantiles, axis=axis, keepdims=True)
     kept = [d for d in range(x.ndim) if d not in axis]
-    moved = np.moveaxis(x, kept, list(range(len(kept))))
+    moved = np.moveaxis(integers, kept, list(range(len(kept))))
     groups = moved.reshape(int(np.prod(moved.shape[: len(kept)])), -1)
     result = np.stack([_integer_quantiles(group, quantiles) for group in groups], axis=-1)
     shape = [1 if d in axis else x.shape[d] for d in range(x.ndim)]
@@ -189,16 +201,19 @@ PREPROCESSORS: dict[str, Callable[[SensorStack, PreprocessConfig], SensorChannel
 }
 
 
-def preprocess_tile(tile: RawTile, config: PreprocessConfig) -> tuple[np.ndarray, list[str]]:
-    """Preprocess every sensor of a tile into one float32 (C, H, W) stack and its channel names.
+def preprocess_tile(
+    tile: RawTile, config: PreprocessConfig, dtype: np.dtype | type = np.float32
+) -> tuple[np.ndarray, list[str]]:
+    """Preprocess every sensor of a tile into one (C, H, W) stack of `dtype` and channel names.
 
     Channels come sensor by sensor in `SENSORS` order (VIIRS, Sentinel-1, Sentinel-2,
     Landsat 8), each date-major in chronological date and natural band order; the VIIRS
     maximum projection, when enabled, follows the VIIRS dates as `viirs/max/DNB`.
     """
-    parts, names = [], []
-    for spec in SENSORS:
-        channels, sensor_names = PREPROCESSORS[spec.name](tile.sensors[spec.name], config)
-        parts.append(channels)
-        names += sensor_names
-    return np.concatenate(parts, axis=0), names
+    parts = [PREPROCESSORS[spec.name](tile.sensors[spec.name], config) for spec in SENSORS]
+    stack = np.empty((sum(len(names) for _, names in parts), *tile.shape), dtype=dtype)
+    start = 0
+    for channels, _ in parts:
+        stack[start : start + len(channels)] = channels
+        start += len(channels)
+    return stack, [name for _, names in parts for name in names]

@@ -1,0 +1,98 @@
+"""Data-layer benchmark on copies of the real Tile1: prepare speed, bytes per tile, loader rate.
+
+    python -m benchmarks.bench_data [--copies 4] [--real_dir ../shared/data/dfc2021/Train]
+
+Prints seconds per 800×800 tile (1 worker, and per worker with 2 workers), bytes on disk per
+tile, and training-loader throughput in subtiles per second (t=4, all channels, augmentation
+on, 2 loader workers), with and without the on-device noise/blur batch step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from src.esd_data.augmentation import AugmentConfig
+from src.esd_data.cache import prepare_dataset
+from src.esd_data.datamodule import ESDDataModule
+
+
+def make_copies(real_dir: Path, copies: int, raw: Path) -> None:
+    """Copy the real Tile1 `copies` times as Tile1 … TileN."""
+    for k in range(1, copies + 1):
+        shutil.copytree(real_dir / "Tile1", raw / "Train" / f"Tile{k}")
+
+
+def time_prepare(raw: Path, processed: Path, workers: int) -> float:
+    """Seconds for a cold `prepare_dataset` run."""
+    shutil.rmtree(processed, ignore_errors=True)
+    start = time.perf_counter()
+    prepare_dataset(raw, processed, tile_size_gt=4, val_fraction=0.25, workers=workers)
+    return time.perf_counter() - start
+
+
+def loader_rate(processed: Path, batches: int, on_device: bool) -> float:
+    """Training subtiles per second over `batches` batches after one warm-up batch."""
+    module = ESDDataModule(
+        processed, tile_size_gt=4, batch_size=8, num_workers=2, augment=AugmentConfig()
+    )
+    module.setup("fit")
+    loader = module.train_dataloader()
+    seen, start, iterator = 0, 0.0, None
+    while seen < batches:
+        iterator = iterator or iter(loader)
+        try:
+            batch = next(iterator)
+        except StopIteration:
+            iterator = None
+            continue
+        if on_device:
+            batch["X"] = module.batch_augment(batch["X"])
+        if start == 0.0:
+            start = time.perf_counter()
+            continue
+        seen += 1
+    return seen * 8 / (time.perf_counter() - start)
+
+
+def main() -> None:
+    default_real = os.environ.get("ESD_REAL_DATA_DIR", "../shared/data/dfc2021/Train")
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--real_dir", type=Path, default=Path(default_real))
+    parser.add_argument("--copies", type=int, default=4)
+    parser.add_argument("--batches", type=int, default=30)
+    args = parser.parse_args()
+    torch.set_num_threads(2)
+    with tempfile.TemporaryDirectory(prefix="esd-bench-") as scratch:
+        raw, processed = Path(scratch) / "raw", Path(scratch) / "processed"
+        make_copies(args.real_dir, args.copies, raw)
+        one = time_prepare(raw, processed, workers=1)
+        two = time_prepare(raw, processed, workers=2)
+        tile_bytes = sum(p.stat().st_size for p in (processed / "tiles").glob("Tile1.*"))
+        start = time.perf_counter()
+        prepare_dataset(raw, processed, tile_size_gt=4, val_fraction=0.25, workers=2)
+        cached = time.perf_counter() - start
+        print(f"tiles: {args.copies} copies of {args.real_dir / 'Tile1'} (800×800, 98 rasters)")
+        print(f"prepare, 1 worker:  {one / args.copies:.2f} s per tile")
+        print(
+            f"prepare, 2 workers: {two / args.copies:.2f} s per tile overall, "
+            f"{2 * two / args.copies:.2f} s per tile per worker"
+        )
+        print(f"prepare, cached:    {cached:.2f} s for all tiles (no raw file read)")
+        print(f"bytes on disk per tile: {tile_bytes / 1e6:.1f} MB")
+        for on_device in (False, True):
+            rate = loader_rate(processed, args.batches, on_device)
+            step = (
+                "loader + on-device noise/blur" if on_device else "loader (flip/rot90, normalise)"
+            )
+            print(f"train {step}: {rate:.0f} subtiles/s (t=4, 99 channels, batch 8, 2 workers)")
+
+
+if __name__ == "__main__":
+    main()
