@@ -11,6 +11,7 @@ from src.esd_data.augmentation import AugmentConfig, FlipRotate, NoiseBlur
 from src.esd_data.datamodule import ESDDataModule
 from src.esd_data.dataset import ESDDataset
 from src.esd_data.manifest import Manifest
+from src.esd_data.sampler import EpochShuffleSampler
 from src.esd_data.subtiles import VALID_TILE_SIZES, cut_subtiles, stitch_subtiles
 
 NO_AUGMENT = AugmentConfig(hflip_p=0, vflip_p=0, rot90_p=0, noise_p=0, blur_p=0)
@@ -181,3 +182,19 @@ def test_validation_is_untransformed_and_training_is_augmented(synthetic_process
     assert min(probe.seen["train"]) > 1.3  # unit-variance data plus unit-variance noise
     plain = next(iter(module.val_dataloader()))["X"]
     assert torch.equal(probe.seen["val"][0], plain)
+
+
+def test_epoch_sampler_order_and_augmentation_depend_only_on_seed_and_epoch(synthetic_processed):
+    sampler = EpochShuffleSampler(48, seed=5)
+    first, second = list(sampler), list(sampler)
+    assert sorted(i for i, _ in first) == list(range(48)) and {e for _, e in first} == {0}
+    assert [i for i, _ in first] != [i for i, _ in second] and {e for _, e in second} == {1}
+    sampler.set_epoch(1)
+    assert list(sampler) == second
+    dataset = ESDDataset(synthetic_processed, "train", transform=FlipRotate(AugmentConfig()))
+    torch.manual_seed(123)  # global RNG state must not matter
+    a = dataset[(7, 3)]["X"]
+    torch.manual_seed(456)
+    assert torch.equal(a, dataset[(7, 3)]["X"])
+    variants = {dataset[(7, epoch)]["X"].sum().item() for epoch in range(12)}
+    assert len(variants) > 1

@@ -1,8 +1,8 @@
 """Training augmentation, each transform with its own probability.
 
-`FlipRotate` runs per sample in the data-loader workers (torch's RNG, which Lightning seeds
-per worker) and moves the image and its label grid together; `NoiseBlur` runs on whole
-batches after they reach the device and changes the image only.
+`FlipRotate` runs per sample in the data-loader workers and moves the image and its label
+grid together; `NoiseBlur` runs on whole batches after they reach the device and changes the
+image only. Both take an optional torch.Generator so that a training run is reproducible.
 """
 
 from __future__ import annotations
@@ -46,14 +46,16 @@ class FlipRotate:
     def __init__(self, config: AugmentConfig) -> None:
         self.config = config
 
-    def __call__(self, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        draws = torch.rand(3)
+    def __call__(
+        self, x: np.ndarray, y: np.ndarray, generator: torch.Generator | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        draws = torch.rand(3, generator=generator)
         if draws[0] < self.config.hflip_p:
             x, y = x[..., ::-1], y[..., ::-1]
         if draws[1] < self.config.vflip_p:
             x, y = x[..., ::-1, :], y[..., ::-1, :]
         if draws[2] < self.config.rot90_p:
-            k = int(torch.randint(1, 4, ()))
+            k = int(torch.randint(1, 4, (), generator=generator))
             x, y = np.rot90(x, k, (-2, -1)), np.rot90(y, k, (-2, -1))
         return x, y
 
@@ -66,14 +68,15 @@ class NoiseBlur(nn.Module):
         self.config = config
         self.kernel_size = 2 * int(3 * config.blur_sigma + 0.5) + 1
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """Return an augmented copy of `x` (`x` itself when no sample is chosen).
 
         Noise and blur are computed only for the chosen samples, which keeps the step cheap
-        on the CPU as well.
+        on the CPU as well. `generator` (on x's device) makes the draws reproducible.
         """
-        blur = torch.rand(x.shape[0], device=x.device) < self.config.blur_p
-        noise = torch.rand(x.shape[0], device=x.device) < self.config.noise_p
+        draw = {"device": x.device, "generator": generator}
+        blur = torch.rand(x.shape[0], **draw) < self.config.blur_p
+        noise = torch.rand(x.shape[0], **draw) < self.config.noise_p
         noise &= self.config.noise_std > 0
         if not (blur.any() or noise.any()):
             return x
@@ -81,5 +84,6 @@ class NoiseBlur(nn.Module):
         if blur.any():
             x[blur] = F.gaussian_blur(x[blur], [self.kernel_size] * 2, [self.config.blur_sigma] * 2)
         if noise.any():
-            x[noise] += torch.randn_like(x[noise]) * self.config.noise_std
+            chosen = x[noise]
+            x[noise] = chosen + torch.randn(chosen.shape, **draw) * self.config.noise_std
         return x

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
@@ -14,6 +15,7 @@ from src.esd_data.cache import prepare_dataset
 from src.esd_data.dataset import ESDDataset
 from src.esd_data.manifest import BandSelection, Manifest
 from src.esd_data.preprocessing import PreprocessConfig
+from src.esd_data.sampler import EpochShuffleSampler
 from src.esd_data.subtiles import check_tile_size_gt
 
 
@@ -86,7 +88,13 @@ class ESDDataModule(L.LightningDataModule):
             if tiles and split not in self.datasets:
                 transform = FlipRotate(self.augment) if split == "train" else None
                 self.datasets[split] = ESDDataset(
-                    self.processed_dir, split, self.tile_size_gt, self.bands, transform, manifest
+                    self.processed_dir,
+                    split,
+                    self.tile_size_gt,
+                    self.bands,
+                    transform,
+                    manifest,
+                    seed=self.seed,
                 )
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
@@ -95,10 +103,11 @@ class ESDDataModule(L.LightningDataModule):
                 f"the processed data in {self.processed_dir} has no {split!r} tiles; "
                 f"adjust val_fraction / test_fraction and prepare again"
             )
+        dataset = self.datasets[split]
         return DataLoader(
-            self.datasets[split],
+            dataset,
             batch_size=self.batch_size,
-            shuffle=shuffle,
+            sampler=EpochShuffleSampler(len(dataset), self.seed) if shuffle else None,
             num_workers=self.num_workers,
             pin_memory=torch.cuda.is_available(),
             persistent_workers=self.num_workers > 0,
@@ -118,7 +127,15 @@ class ESDDataModule(L.LightningDataModule):
         return self._loader(self.predict_split, shuffle=False)
 
     def on_after_batch_transfer(self, batch: dict[str, Any], dataloader_idx: int) -> dict[str, Any]:
-        """Noise and blur on training batches, on the device they were moved to."""
-        if self.trainer is not None and self.trainer.training:
-            batch["X"] = self.batch_augment(batch["X"])
+        """Noise and blur on training batches, on the device they were moved to.
+
+        The draws are seeded from (seed, global step, rank), so a resumed run repeats them.
+        """
+        trainer = self.trainer
+        if trainer is not None and trainer.training:
+            device = batch["X"].device
+            key = (self.seed, trainer.global_step, trainer.global_rank, dataloader_idx)
+            seed = int(np.random.SeedSequence(key).generate_state(1)[0])
+            generator = torch.Generator(device=device).manual_seed(seed)
+            batch["X"] = self.batch_augment(batch["X"], generator)
         return batch

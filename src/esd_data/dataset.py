@@ -11,13 +11,14 @@ import torch
 from torch.utils.data import Dataset
 
 from src.esd_data.manifest import BandSelection, Manifest
+from src.esd_data.sampler import SampleKey
 from src.esd_data.subtiles import check_tile_size_gt, subtile_window
 
 IGNORE_LABEL = -1
 """Label of subtiles whose parent tile has no ground truth (the `predict` split)."""
 
-PairTransform = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
-"""Takes and returns (image (C, H, W), labels (t, t)) numpy arrays, e.g. `FlipRotate`."""
+PairTransform = Callable[[np.ndarray, np.ndarray, torch.Generator], tuple[np.ndarray, np.ndarray]]
+"""Takes (image (C, H, W), labels (t, t), generator) and returns the pair, e.g. `FlipRotate`."""
 
 
 class ESDDataset(Dataset):
@@ -37,6 +38,7 @@ class ESDDataset(Dataset):
         bands: BandSelection | None = None,
         transform: PairTransform | None = None,
         manifest: Manifest | None = None,
+        seed: int = 0,
     ) -> None:
         self.processed_dir = Path(processed_dir)
         self.manifest = manifest or Manifest.load(self.processed_dir)
@@ -54,6 +56,7 @@ class ESDDataset(Dataset):
         self._mean = torch.from_numpy(mean)[:, None, None]
         self._std = torch.from_numpy(std)[:, None, None]
         self.transform = transform
+        self.seed = seed
         self.tiles = self.manifest.tiles_in(split)
         self.index = [
             (tile, row, col)
@@ -77,7 +80,13 @@ class ESDDataset(Dataset):
             )
         return self._images[tile], self._labels[tile]
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
+    def __getitem__(self, key: int | SampleKey) -> dict[str, Any]:
+        """Subtile `key`, or `(index, epoch)` from `EpochShuffleSampler`.
+
+        The transform's random draws come from a generator seeded with (seed, epoch, index),
+        so they do not depend on which worker process serves the item.
+        """
+        index, epoch = (key, 0) if isinstance(key, int) else key
         tile, row, col = self.index[index]
         image, labels = self._open(tile)
         rows, cols = subtile_window(row, col, self.subtile_px)
@@ -88,7 +97,10 @@ class ESDDataset(Dataset):
         else:
             y = labels[cell_rows, cell_cols]
         if self.transform is not None:
-            x, y = self.transform(x, y)
+            generator = torch.Generator().manual_seed(
+                int(np.random.SeedSequence((self.seed, epoch, index)).generate_state(1)[0])
+            )
+            x, y = self.transform(x, y, generator)
         # One copy of the (possibly flipped) float16 view; torch converts to float32 faster.
         X = torch.from_numpy(np.ascontiguousarray(x)).float()
         X.sub_(self._mean).div_(self._std)
