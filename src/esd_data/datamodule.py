@@ -16,6 +16,7 @@ from src.esd_data.dataset import ESDDataset
 from src.esd_data.manifest import BandSelection, Manifest
 from src.esd_data.preprocessing import PreprocessConfig
 from src.esd_data.sampler import EpochShuffleSampler
+from src.esd_data.sensors import N_CLASSES
 from src.esd_data.subtiles import check_tile_size_gt
 
 
@@ -80,6 +81,15 @@ class ESDDataModule(L.LightningDataModule):
     def manifest(self) -> Manifest:
         """The processed folder's manifest (after `prepare_data`)."""
         return Manifest.load(self.processed_dir)
+
+    def inverse_class_frequencies(self) -> list[float]:
+        """Per-class weights total / (4 · count) from the training tiles' labels (after prepare)."""
+        manifest = self.manifest
+        counts = np.zeros(N_CLASSES)
+        for tile in manifest.split["train"]:
+            labels = np.load(self.processed_dir / manifest.tiles[tile].labels)
+            counts += np.bincount(labels.ravel() - 1, minlength=N_CLASSES)[:N_CLASSES]
+        return (counts.sum() / (N_CLASSES * np.maximum(counts, 1))).tolist()
 
     def setup(self, stage: str | None = None) -> None:
         """Create the datasets of every split that has tiles."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -9,12 +10,58 @@ from pathlib import Path
 import numpy as np
 
 from src.atomic import write_json
+from src.esd_data.preprocessing import MAX_PROJECTION_DATE
+from src.esd_data.sensors import SENSORS_BY_NAME
 
 MANIFEST_FILE = "manifest.json"
 FORMAT_VERSION = 1
 
 BandSelection = dict[str, list[str] | None]
 """Sensor name → band, date or `date/band` names to keep (None keeps all of that sensor)."""
+
+
+def check_band_selection(bands: object) -> None:
+    """Check a band selection's shape and names against the sensor specs (no data needed).
+
+    Each value must be None or a list of band names of that sensor, dates (YYYY-MM-DD, or
+    `max` for the VIIRS projection) or `date/band`; ValueError lists every problem.
+    """
+    if bands is None:
+        return
+    if not isinstance(bands, dict) or not bands:
+        raise ValueError(f"bands must be a mapping of sensor to band names, got {bands!r}")
+    problems = []
+    for sensor, names in bands.items():
+        spec = SENSORS_BY_NAME.get(sensor)
+        if spec is None:
+            problems.append(f"unknown sensor {sensor!r} (use {', '.join(SENSORS_BY_NAME)})")
+            continue
+        if names is None:
+            continue
+        if not isinstance(names, list) or not names:
+            problems.append(f"{sensor}: expected a list of names or None, got {names!r}")
+            continue
+        for name in names:
+            *date, band = str(name).split("/")
+            if not date and _is_date(band, sensor):
+                continue
+            if band not in spec.bands or (date and not _is_date(date[0], sensor)):
+                problems.append(
+                    f"{sensor} has no band {name!r} (bands: {', '.join(spec.bands)}; or a date "
+                    f"YYYY-MM-DD, or date/band)"
+                )
+    if problems:
+        raise ValueError("invalid band selection: " + "; ".join(problems))
+
+
+def _is_date(text: str, sensor: str) -> bool:
+    if sensor == "viirs" and text == MAX_PROJECTION_DATE:
+        return True
+    try:
+        dt.date.fromisoformat(text)
+    except ValueError:
+        return False
+    return True
 
 
 @dataclass(frozen=True)

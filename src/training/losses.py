@@ -1,0 +1,67 @@
+"""Segmentation losses on label-grid logits: cross-entropy, soft Dice, their sum, FP penalty."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from src.esd_data.dataset import IGNORE_LABEL
+
+LossName = Literal["ce", "dice", "ce+dice"]
+LOSS_NAMES: tuple[str, ...] = ("ce", "dice", "ce+dice")
+
+
+def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, eps: float = 1.0) -> torch.Tensor:
+    """1 − mean over classes of the soft Dice coefficient; cells labelled −1 are ignored."""
+    valid = (target != IGNORE_LABEL).unsqueeze(1)
+    probabilities = logits.softmax(dim=1) * valid
+    one_hot = F.one_hot(target.clamp(min=0), logits.shape[1]).movedim(-1, 1) * valid
+    dims = (0, *range(2, logits.ndim))
+    intersection = (probabilities * one_hot).sum(dims)
+    total = probabilities.sum(dims) + one_hot.sum(dims)
+    return 1.0 - ((2 * intersection + eps) / (total + eps)).mean()
+
+
+class SegmentationLoss(nn.Module):
+    """`ce_weight`·CE + `dice_weight`·Dice (per `name`) + `fp_penalty`·(class-1 false positives).
+
+    The false-positive term is the mean predicted probability of class 1 (index 0) on cells
+    whose true class is another one: it discourages calling unlit land a settlement.
+    """
+
+    def __init__(
+        self,
+        name: LossName = "ce",
+        class_weights: list[float] | None = None,
+        ce_weight: float = 1.0,
+        dice_weight: float = 1.0,
+        fp_penalty: float = 0.0,
+    ) -> None:
+        super().__init__()
+        if name not in LOSS_NAMES:
+            raise ValueError(f"unknown loss {name!r}; choose one of {', '.join(LOSS_NAMES)}")
+        self.name = name
+        self.ce_weight = ce_weight if "ce" in name else 0.0
+        self.dice_weight = dice_weight if "dice" in name else 0.0
+        self.fp_penalty = fp_penalty
+        weights = None if class_weights is None else torch.tensor(class_weights, dtype=torch.float)
+        self.register_buffer("class_weights", weights)
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """The scalar loss for logits (B, 4, t, t) and targets (B, t, t) in 0..3 (−1 ignored)."""
+        loss = logits.new_zeros(())
+        if self.ce_weight:
+            ce = F.cross_entropy(
+                logits, target, weight=self.class_weights, ignore_index=IGNORE_LABEL
+            )
+            loss = loss + self.ce_weight * ce
+        if self.dice_weight:
+            loss = loss + self.dice_weight * soft_dice_loss(logits, target)
+        if self.fp_penalty:
+            others = (target != 0) & (target != IGNORE_LABEL)
+            if others.any():
+                loss = loss + self.fp_penalty * logits.softmax(dim=1)[:, 0][others].mean()
+        return loss

@@ -1,0 +1,162 @@
+"""`ESDSegmentation`: one LightningModule that trains any registered segmentation model."""
+
+from __future__ import annotations
+
+import random
+from typing import Any, Literal
+
+import lightning as L
+import numpy as np
+import torch
+from torch import nn
+from torchmetrics import MeanMetric
+
+from src.models.registry import build_model
+from src.training.losses import LossName, SegmentationLoss
+from src.training.metrics import CONTEST_METRIC, segmentation_metrics
+
+OptimizerName = Literal["adam", "adamw", "sgd"]
+SchedulerName = Literal["plateau", "cosine", "none"]
+OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
+    "adam": torch.optim.Adam,
+    "adamw": torch.optim.AdamW,
+    "sgd": torch.optim.SGD,
+}
+RNG_STATE_KEY = "esd_rng_states"
+STAGES = ("train", "val", "test")
+
+
+class ESDSegmentation(L.LightningModule):
+    """Wraps `build_model(model_type, …)` with the loss, optimiser, scheduler and metrics.
+
+    Batches are the datamodule's dicts (`X` (B, C, H, W), `y` (B, t, t) in 0..3). Metrics are
+    accumulated over each epoch and logged as `train_*`, `val_*` and `test_*` (see
+    `src.training.metrics`); `val_f1_class1` is the contest's score. The data geometry
+    (`channels`, `cell_px`, `tile_size_gt`) is saved with the hyper-parameters so that
+    evaluation can check a checkpoint against the data it is given.
+    """
+
+    def __init__(
+        self,
+        model_type: str,
+        channels: list[str],
+        cell_px: int,
+        tile_size_gt: int,
+        model_hparams: dict[str, Any] | None = None,
+        loss: LossName = "ce",
+        class_weights: list[float] | None = None,
+        ce_weight: float = 1.0,
+        dice_weight: float = 1.0,
+        fp_penalty: float = 0.0,
+        optimizer: OptimizerName = "adam",
+        learning_rate: float = 1e-3,
+        weight_decay: float = 0.0,
+        scheduler: SchedulerName = "plateau",
+        monitor: str = "val_f1_class1",
+        monitor_mode: Literal["max", "min"] = "max",
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.model: nn.Module = build_model(
+            model_type, len(channels), cell_px, **(model_hparams or {})
+        )
+        self.loss = SegmentationLoss(loss, class_weights, ce_weight, dice_weight, fp_penalty)
+        self.train_metrics = segmentation_metrics("train_")
+        self.val_metrics = segmentation_metrics("val_")
+        self.test_metrics = segmentation_metrics("test_")
+        self.epoch_loss = nn.ModuleDict({f"{stage}_loss": MeanMetric() for stage in STAGES})
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits (B, 4, t, t) for images (B, C, t·cell_px, t·cell_px)."""
+        return self.model(x)
+
+    def _step(self, batch: dict[str, Any], stage: str) -> torch.Tensor:
+        logits = self(batch["X"])
+        loss = self.loss(logits, batch["y"])
+        self.epoch_loss[f"{stage}_loss"].update(loss.detach(), weight=batch["X"].shape[0])
+        getattr(self, f"{stage}_metrics").update(logits.detach().softmax(dim=1), batch["y"])
+        return loss
+
+    def _log_epoch_metrics(self, stage: str) -> None:
+        """Compute (synchronised across processes by torchmetrics), log and reset.
+
+        Every collective happens here, in the same order on every rank; the values are then
+        logged without `sync_dist`, so rank-zero-only callbacks (progress bar) never start a
+        collective that the other ranks do not join.
+        """
+        metrics = getattr(self, f"{stage}_metrics")
+        values = metrics.compute()
+        values[f"{stage}_loss"] = self.epoch_loss[f"{stage}_loss"].compute()
+        for name in (f"{stage}_{CONTEST_METRIC}", f"{stage}_loss"):
+            self.log(name, values.pop(name), prog_bar=stage == "val")
+        self.log_dict(values)
+        metrics.reset()
+        self.epoch_loss[f"{stage}_loss"].reset()
+
+    def on_train_epoch_end(self) -> None:
+        self._log_epoch_metrics("train")
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_epoch_metrics("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_epoch_metrics("test")
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        return self._step(batch, "train")
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._step(batch, "val")
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._step(batch, "test")
+
+    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
+        """Class probabilities (B, 4, t, t) with the subtiles' tile, row and column."""
+        return {
+            "probabilities": self(batch["X"]).softmax(dim=1),
+            "tile": batch["tile"],
+            "row": batch["row"],
+            "col": batch["col"],
+        }
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        hp = self.hparams
+        options: dict[str, Any] = {"lr": hp.learning_rate, "weight_decay": hp.weight_decay}
+        if hp.optimizer == "sgd":
+            options["momentum"] = 0.9
+        trainable = [p for p in self.parameters() if p.requires_grad]
+        optimizer = OPTIMIZERS[hp.optimizer](trainable, **options)
+        if hp.scheduler == "none":
+            return {"optimizer": optimizer}
+        if hp.scheduler == "cosine":
+            epochs = max(1, self.trainer.max_epochs or 1)
+            scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
+            return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler}}
+        scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+            optimizer, mode=hp.monitor_mode, factor=0.5, patience=3
+        )
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "monitor": hp.monitor, "strict": False},
+        }
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Store the Python, numpy and torch RNG states so that `--resume` continues exactly."""
+        checkpoint[RNG_STATE_KEY] = {
+            "python": random.getstate(),
+            "numpy": np.random.get_state(),  # noqa: NPY002 - the global state others use
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Restore the RNG states saved by `on_save_checkpoint` (when present)."""
+        states = checkpoint.get(RNG_STATE_KEY)
+        if states is None:
+            return
+        random.setstate(states["python"])
+        np.random.set_state(states["numpy"])  # noqa: NPY002
+        torch.set_rng_state(states["torch"])
+        if states["cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(states["cuda"])
