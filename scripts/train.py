@@ -150,6 +150,8 @@ class ESDConfig:
         values = {name: getattr(self, name) for name in model_hparams(self.model_type)}
         if "freeze_backbone" in values:
             values["freeze_backbone"] = values["freeze_backbone"] or False
+        if values.get("weights_path") is not None:
+            values["weights_path"] = str(values["weights_path"])  # plain types in checkpoints
         return values
 
 

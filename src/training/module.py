@@ -142,10 +142,15 @@ class ESDSegmentation(L.LightningModule):
         }
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Store the Python, numpy and torch RNG states so that `--resume` continues exactly."""
+        """Store the Python, numpy and torch RNG states so that `--resume` continues exactly.
+
+        Only tensors, numbers, strings and tuples are stored, so the checkpoint still loads
+        with torch.load(weights_only=True).
+        """
+        name, keys, position, has_gauss, cached = np.random.get_state()  # noqa: NPY002
         checkpoint[RNG_STATE_KEY] = {
             "python": random.getstate(),
-            "numpy": np.random.get_state(),  # noqa: NPY002 - the global state others use
+            "numpy": (name, torch.from_numpy(keys.astype(np.int64)), position, has_gauss, cached),
             "torch": torch.get_rng_state(),
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
         }
@@ -156,7 +161,10 @@ class ESDSegmentation(L.LightningModule):
         if states is None:
             return
         random.setstate(states["python"])
-        np.random.set_state(states["numpy"])  # noqa: NPY002
+        name, keys, position, has_gauss, cached = states["numpy"]
+        np.random.set_state(  # noqa: NPY002 - the global state other libraries use
+            (name, keys.numpy().astype(np.uint32), position, has_gauss, cached)
+        )
         torch.set_rng_state(states["torch"])
         if states["cuda"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(states["cuda"])
