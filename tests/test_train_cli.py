@@ -1,0 +1,154 @@
+"""`python -m scripts.train` as users run it: each model, logs, checkpoints, W&B offline, DDP."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from scripts.train import ESDConfig
+from src.esd_data.dataset import ESDDataset
+from src.training.metrics import segmentation_metrics
+from src.training.module import ESDSegmentation
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_train(tmp_path: Path, *flags: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    command = [
+        sys.executable, "-m", "scripts.train",
+        "--checkpoint_dir", str(tmp_path / "checkpoints"),
+        "--log_dir", str(tmp_path / "logs"),
+        "--num_workers", "0", "--batch_size", "8", "--max_epochs", "1",
+        "--wandb_run_name", "cli",
+        *flags,
+    ]  # fmt: skip
+    environment = {**os.environ, "WANDB_MODE": "offline", "WANDB_API_KEY": ""}
+    return subprocess.run(
+        command, cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=environment
+    )
+
+
+MODEL_FLAGS = {
+    "SegmentationCNN": ["--embedding_size", "8"],
+    "UNet": ["--embedding_size", "8", "--n_encoders", "1"],
+    "FCNResnetTransfer": ["--limit_train_batches", "2", "--limit_val_batches", "2"],
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model_type", list(MODEL_FLAGS))
+def test_each_model_trains_from_the_command_line(model_type, synthetic_raw, tmp_path):
+    result = run_train(
+        tmp_path,
+        f"--model_type={model_type}",
+        "--raw_dir", str(synthetic_raw),
+        "--processed_dir", str(tmp_path / "processed"),
+        "--wandb_mode", "offline",
+        *MODEL_FLAGS[model_type],
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "val_f1_class1:" in result.stdout
+    run = tmp_path / "checkpoints" / model_type / "cli"
+    assert (run / "last.ckpt").is_file()
+    assert len(list(run.glob("best-000-*.ckpt"))) == 1
+    with (tmp_path / "logs" / model_type / "cli" / "metrics.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert any(row.get("val_f1_class1") for row in rows)
+    assert {"val_iou_macro", "train_loss", "val_auroc_macro"} <= set(rows[0])
+    wandb_runs = list((tmp_path / "logs" / "wandb").glob("offline-run-*"))
+    assert len(wandb_runs) == 1
+    records = b"".join(p.read_bytes() for p in wandb_runs[0].glob("*.wandb"))
+    for key in (b"val_f1_class1", b"val_loss", b"train_iou_class2"):
+        assert key in records
+
+
+def test_help_lists_every_config_field():
+    result = subprocess.run(
+        [sys.executable, "-m", "scripts.train", "--help"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 0
+    for field in dataclasses.fields(ESDConfig):
+        assert f"--{field.name}" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--tile_size_gt", "3"], "tile_size_gt=3 must divide"),
+        (["--model_type", "ResNet9000"], "unknown model_type 'ResNet9000'"),
+        (["--resume", "nowhere/last.ckpt"], "resume checkpoint nowhere/last.ckpt does not exist"),
+        (["--bands", "{sentinel2: [B10]}"], "sentinel2 has no band 'B10'"),
+        (["--bands", "{modis: null}"], "unknown sensor 'modis'"),
+        (["--learning_rate", "fast"], "invalid float value: 'fast'"),
+        (["--optimiser", "adam"], "unrecognized arguments: --optimiser"),
+        (["--optimizer", "lbfgs"], "invalid choice: 'lbfgs'"),
+    ],
+)
+def test_bad_options_fail_before_any_work(flags, message, tmp_path):
+    processed = tmp_path / "processed"
+    result = run_train(
+        tmp_path,
+        "--raw_dir",
+        str(tmp_path / "raw"),
+        "--processed_dir",
+        str(processed),
+        *flags,
+        timeout=120,
+    )
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert not processed.exists() and not (tmp_path / "checkpoints").exists()
+
+
+def test_config_file_and_flag_precedence(synthetic_processed, tmp_path):
+    config_file = tmp_path / "train.yaml"
+    config_file.write_text(
+        f"processed_dir: {synthetic_processed}\nraw_dir: null\nmodel_type: SegmentationCNN\n"
+        "embedding_size: 4\nmax_epochs: 3\nwandb_mode: disabled\n"
+    )
+    result = run_train(tmp_path, "--config", str(config_file), "--max_epochs", "1")
+    assert result.returncode == 0, result.stderr[-3000:]
+    checkpoint = torch.load(
+        tmp_path / "checkpoints" / "SegmentationCNN" / "cli" / "last.ckpt", weights_only=True
+    )
+    assert checkpoint["epoch"] == 0  # the flag's 1 epoch, not the file's 3
+    assert checkpoint["hyper_parameters"]["model_hparams"]["embedding_size"] == 4
+    assert not (tmp_path / "logs" / "wandb").exists()
+
+
+@pytest.mark.slow
+def test_ddp_on_two_cpu_processes_logs_synchronised_metrics(synthetic_processed, tmp_path):
+    result = run_train(
+        tmp_path,
+        "--processed_dir", str(synthetic_processed), "--raw_dir", "none",
+        "--model_type", "SegmentationCNN", "--embedding_size", "8",
+        "--accelerator", "cpu", "--devices", "2", "--strategy", "ddp",
+        "--wandb_mode", "disabled",
+        timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "GLOBAL_RANK: 1" in result.stderr
+    with (tmp_path / "logs" / "SegmentationCNN" / "cli" / "metrics.csv").open() as handle:
+        logged = [r for r in csv.DictReader(handle) if r.get("val_f1_class1")][-1]
+    # Each rank validated half of the tiles; synchronised metrics equal one pass over all.
+    module = ESDSegmentation.load_from_checkpoint(
+        tmp_path / "checkpoints" / "SegmentationCNN" / "cli" / "last.ckpt"
+    ).eval()
+    dataset = ESDDataset(synthetic_processed, "val")
+    metrics = segmentation_metrics("val_")
+    with torch.no_grad():
+        for start in range(0, len(dataset), 8):
+            items = [dataset[i] for i in range(start, min(start + 8, len(dataset)))]
+            logits = module(torch.stack([item["X"] for item in items]))
+            metrics.update(logits.softmax(dim=1), torch.stack([item["y"] for item in items]))
+    expected = metrics.compute()
+    for key in ("val_f1_class1", "val_acc_overall", "val_iou_macro"):
+        assert float(logged[key]) == pytest.approx(expected[key].item(), abs=1e-5), key
