@@ -1,0 +1,132 @@
+"""Training throughput of each model: the Lightning module against a bare PyTorch loop.
+
+    python -m benchmarks.bench_train [--steps 6] [--models UNet SegmentationCNN FCNResnetTransfer]
+
+Per model: subtiles per second at t=4 (200×200 pixels, 50 px per label cell), 99 channels,
+batch 8, on the CPU, for `ESDSegmentation` under a Lightning Trainer (loss, torchmetrics
+updates, optimiser) and for the same model, batches, loss and optimiser in a plain loop;
+and the peak resident memory of each run (every run is its own process).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader
+
+from src.training.losses import SegmentationLoss
+from src.training.module import ESDSegmentation
+
+CHANNELS, CELL_PX, T, BATCH = 99, 50, 4, 8
+WARMUP = 2
+
+
+def batches(count: int) -> list[dict[str, torch.Tensor]]:
+    """Fixed random batches shaped like real t=4 subtiles."""
+    generator = torch.Generator().manual_seed(0)
+    side = T * CELL_PX
+    return [
+        {
+            "X": torch.randn(BATCH, CHANNELS, side, side, generator=generator),
+            "y": torch.randint(0, 4, (BATCH, T, T), generator=generator),
+        }
+        for _ in range(count)
+    ]
+
+
+def build(model_type: str) -> ESDSegmentation:
+    torch.manual_seed(0)
+    channels = [f"c{i}" for i in range(CHANNELS)]
+    return ESDSegmentation(model_type, channels, CELL_PX, T, scheduler="none")
+
+
+class _Timer(L.Callback):
+    def __init__(self) -> None:
+        self.start = 0.0
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:
+        if batch_idx == WARMUP:
+            self.start = time.perf_counter()
+
+
+def run_lightning(model_type: str, steps: int) -> float:
+    data = batches(steps + WARMUP)
+    loader = DataLoader(data, batch_size=None, shuffle=False)
+    timer = _Timer()
+    trainer = L.Trainer(
+        accelerator="cpu", max_steps=steps + WARMUP, logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, callbacks=[timer],
+    )  # fmt: skip
+    trainer.fit(build(model_type), train_dataloaders=loader)
+    return steps * BATCH / (time.perf_counter() - timer.start)
+
+
+def run_bare(model_type: str, steps: int) -> float:
+    data = batches(steps + WARMUP)
+    model = build(model_type).model.train()
+    loss_fn = SegmentationLoss("ce")
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    start = 0.0
+    for index, batch in enumerate(data):
+        if index == WARMUP:
+            start = time.perf_counter()
+        optimizer.zero_grad()
+        loss = loss_fn(model(batch["X"]), batch["y"])
+        loss.backward()
+        optimizer.step()
+    return steps * BATCH / (time.perf_counter() - start)
+
+
+def one(model_type: str, mode: str, steps: int) -> None:
+    """Run one measurement in this process and print it as JSON."""
+    torch.set_num_threads(2)
+    rate = (run_lightning if mode == "lightning" else run_bare)(model_type, steps)
+    peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({"rate": rate, "peak_mib": peak_mib}))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=6)
+    parser.add_argument(
+        "--models", nargs="+", default=["SegmentationCNN", "UNet", "FCNResnetTransfer"]
+    )
+    parser.add_argument("--one", nargs=2, metavar=("MODEL", "MODE"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.one:
+        one(*args.one, args.steps)
+        return
+    print(
+        f"t={T} ({T * CELL_PX}×{T * CELL_PX} px), {CHANNELS} channels, batch {BATCH}, CPU, "
+        f"{args.steps} timed steps after {WARMUP} warm-up steps"
+    )
+    print(
+        f"{'model':<18} {'bare loop':>14} {'Lightning':>14} {'overhead':>9} "
+        f"{'peak bare':>10} {'peak Lightning':>15}"
+    )
+    for model_type in args.models:
+        result = {}
+        for mode in ("bare", "lightning"):
+            output = subprocess.run(
+                [sys.executable, "-m", "benchmarks.bench_train", "--steps", str(args.steps),
+                 "--one", model_type, mode],
+                capture_output=True, text=True, check=True,
+            ).stdout  # fmt: skip
+            result[mode] = json.loads(output.strip().splitlines()[-1])
+        bare, lightning = result["bare"], result["lightning"]
+        overhead = 100 * (bare["rate"] / lightning["rate"] - 1)
+        print(
+            f"{model_type:<18} {bare['rate']:>9.1f} st/s {lightning['rate']:>9.1f} st/s "
+            f"{overhead:>8.1f}% {bare['peak_mib']:>7.0f} MiB {lightning['peak_mib']:>11.0f} MiB"
+        )
+
+
+if __name__ == "__main__":
+    main()
