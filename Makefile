@@ -5,6 +5,7 @@ PY := $(VENV)/bin/python
 DEMO := data/demo
 DEMO_TILES ?= 12
 DEMO_TILE_PX ?= 160
+DEMO_EPOCHS ?= 8
 
 .PHONY: demo test lint clean-demo
 
@@ -20,6 +21,9 @@ $(DEMO)/raw/.complete: | $(VENV)/.installed
 
 demo: $(VENV)/.installed $(DEMO)/raw/.complete
 	$(PY) -m scripts.prepare --raw_dir $(DEMO)/raw --processed_dir $(DEMO)/processed --workers 2
+	$(PY) -m scripts.train --model_type UNet --raw_dir $(DEMO)/raw --processed_dir $(DEMO)/processed \
+		--max_epochs $(DEMO_EPOCHS) --checkpoint_dir $(DEMO)/checkpoints --log_dir $(DEMO)/logs \
+		--wandb_run_name demo
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .

@@ -283,23 +283,22 @@ def train(config: ESDConfig, extra_callbacks: list[L.Callback] | None = None) ->
     os.environ[RUN_NAME_VARIABLE] = name
     try:
         trainer.fit(module, datamodule=data, ckpt_path=config.resume)
+        results: dict[str, Any] = _numbers(trainer.callback_metrics)
+        checkpoint = trainer.checkpoint_callback
+        best_score = checkpoint.best_model_score if checkpoint else None
+        results.update(
+            run_name=name,
+            best_model_path=checkpoint.best_model_path if checkpoint else "",
+            last_model_path=checkpoint.last_model_path if checkpoint else "",
+            best_model_score=None if best_score is None else float(best_score),
+        )
+        if data.manifest.split["test"] and not config.fast_dev_run:
+            ckpt = results["best_model_path"] or None
+            results.update(_numbers(trainer.test(module, datamodule=data, ckpt_path=ckpt)[0]))
     finally:
         os.environ.pop(RUN_NAME_VARIABLE, None)
-    results: dict[str, Any] = _numbers(trainer.callback_metrics)
-    checkpoint = trainer.checkpoint_callback
-    results.update(
-        run_name=name,
-        best_model_path=checkpoint.best_model_path if checkpoint else "",
-        last_model_path=checkpoint.last_model_path if checkpoint else "",
-        best_model_score=float(checkpoint.best_model_score)
-        if checkpoint and checkpoint.best_model_score is not None
-        else None,
-    )
-    if data.manifest.split["test"] and not config.fast_dev_run:
-        ckpt = results["best_model_path"] or None
-        results.update(_numbers(trainer.test(module, datamodule=data, ckpt_path=ckpt)[0]))
-    if wandb.run is not None:
-        wandb.finish()  # the next train() in this process starts a new W&B run
+        if wandb.run is not None:
+            wandb.finish()  # the next train() in this process starts a new W&B run
     return results
 
 
@@ -312,11 +311,21 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 1
     if int(os.environ.get("LOCAL_RANK", "0")) == 0:
-        print("final metrics:")
-        for key in sorted(results):
-            value = results[key]
-            print(f"  {key}: {value:.4f}" if isinstance(value, float) else f"  {key}: {value}")
+        print(format_results(results))
     return 0
+
+
+def format_results(results: dict[str, Any]) -> str:
+    """The run's checkpoints and its validation/test metrics, one per line."""
+    score = results["best_model_score"]
+    lines = [
+        f"run {results['run_name']}",
+        f"  best checkpoint: {results['best_model_path']} (score {score})",
+        f"  last checkpoint: {results['last_model_path']}",
+    ]
+    for key in sorted(k for k in results if k.startswith(("val_", "test_"))):
+        lines.append(f"  {key}: {results[key]:.4f}")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

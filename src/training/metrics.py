@@ -47,3 +47,18 @@ def segmentation_metrics(prefix: str) -> MetricCollection:
         )
     metrics["auroc_macro"] = MulticlassAUROC(average="macro", **common)
     return MetricCollection(metrics, prefix=prefix, compute_groups=False)
+
+
+def logged_metric_names() -> set[str]:
+    """Every epoch metric that `ESDSegmentation` logs (`train_*`, `val_*`, `test_*`)."""
+    names = set()
+    for stage in ("train", "val", "test"):
+        collection = segmentation_metrics(f"{stage}_")
+        names.add(f"{stage}_loss")
+        for key, metric in collection.items(keep_base=False):
+            if isinstance(metric, ClasswiseWrapper):
+                base = key.removesuffix("per_class")
+                names.update(f"{base}{label}" for label in CLASS_LABELS)
+            else:
+                names.add(key)
+    return names
