@@ -24,6 +24,8 @@ demo: $(VENV)/.installed $(DEMO)/raw/.complete
 	$(PY) -m scripts.train --model_type UNet --raw_dir $(DEMO)/raw --processed_dir $(DEMO)/processed \
 		--max_epochs $(DEMO_EPOCHS) --checkpoint_dir $(DEMO)/checkpoints --log_dir $(DEMO)/logs \
 		--wandb_run_name demo
+	$(PY) -m scripts.evaluate --model_path $(DEMO)/checkpoints/UNet/demo/last.ckpt \
+		--processed_dir $(DEMO)/processed --results_dir $(DEMO)/predictions/UNet
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .

@@ -12,7 +12,7 @@ from torch.utils.data import Dataset
 
 from src.esd_data.manifest import BandSelection, Manifest
 from src.esd_data.sampler import SampleKey
-from src.esd_data.subtiles import check_tile_size_gt, subtile_window
+from src.esd_data.subtiles import window_origins
 
 IGNORE_LABEL = -1
 """Label of subtiles whose parent tile has no ground truth (the `predict` split)."""
@@ -26,8 +26,10 @@ class ESDDataset(Dataset):
 
     An item is a dict: `X` float32 (C, t·cell_px, t·cell_px), normalised with the training
     tiles' per-channel mean and std; `y` int64 (t, t) with labels 0..3 (−1 without ground
-    truth); `tile` (parent tile id), `row` and `col` (the subtile's position in the grid).
-    Tiles are memory-mapped, so only the subtile's pixels of the selected channels are read.
+    truth); `tile` (parent tile id), `row` and `col` (the subtile's position in the grid; its
+    first label cell is `origins[row]`, `origins[col]`). With `stride_gt` < t the windows
+    overlap (for restitching with context). Tiles are memory-mapped, so only the subtile's
+    pixels of the selected channels are read.
     """
 
     def __init__(
@@ -39,12 +41,13 @@ class ESDDataset(Dataset):
         transform: PairTransform | None = None,
         manifest: Manifest | None = None,
         seed: int = 0,
+        stride_gt: int | None = None,
     ) -> None:
         self.processed_dir = Path(processed_dir)
         self.manifest = manifest or Manifest.load(self.processed_dir)
         self.tile_size_gt = tile_size_gt or self.manifest.tile_size_gt
-        self.per_side = check_tile_size_gt(self.tile_size_gt)
-        self.subtile_px = self.tile_size_gt * self.manifest.cell_px
+        self.origins = window_origins(self.tile_size_gt, stride_gt)
+        self.per_side = len(self.origins)
         self.channels = self.manifest.select_channels(bands)
         self.channel_names = [self.manifest.channels[i] for i in self.channels]
         self._channel_index: slice | list[int] = (
@@ -80,6 +83,10 @@ class ESDDataset(Dataset):
             )
         return self._images[tile], self._labels[tile]
 
+    def tile_labels(self, tile: str) -> np.ndarray | None:
+        """The tile's (16, 16) ground truth, labels 1..4 (None without ground truth)."""
+        return self._open(tile)[1]
+
     def __getitem__(self, key: int | SampleKey) -> dict[str, Any]:
         """Subtile `key`, or `(index, epoch)` from `EpochShuffleSampler`.
 
@@ -89,9 +96,12 @@ class ESDDataset(Dataset):
         index, epoch = (key, 0) if isinstance(key, int) else key
         tile, row, col = self.index[index]
         image, labels = self._open(tile)
-        rows, cols = subtile_window(row, col, self.subtile_px)
+        t, cell_px = self.tile_size_gt, self.manifest.cell_px
+        top, left = self.origins[row], self.origins[col]
+        rows = slice(top * cell_px, (top + t) * cell_px)
+        cols = slice(left * cell_px, (left + t) * cell_px)
         x = image[self._channel_index, rows, cols]
-        cell_rows, cell_cols = subtile_window(row, col, self.tile_size_gt)
+        cell_rows, cell_cols = slice(top, top + t), slice(left, left + t)
         if labels is None:
             y = np.full((self.tile_size_gt, self.tile_size_gt), IGNORE_LABEL + 1)
         else:

@@ -16,8 +16,9 @@ from src.esd_data.sensors import SENSORS_BY_NAME
 MANIFEST_FILE = "manifest.json"
 FORMAT_VERSION = 1
 
-BandSelection = dict[str, list[str] | None]
-"""Sensor name → band, date or `date/band` names to keep (None keeps all of that sensor)."""
+BandSelection = dict[str, list[str] | None] | list[str]
+"""Sensor name → band, date or `date/band` names to keep (None keeps all of that sensor),
+or a list of full channel names (`sentinel2/2020-08-11/B04`)."""
 
 
 def check_band_selection(bands: object) -> None:
@@ -138,6 +139,14 @@ class Manifest:
         """
         if bands is None:
             return list(range(len(self.channels)))
+        if isinstance(bands, list):  # full channel names, e.g. from a checkpoint
+            missing = [name for name in bands if name not in self.channels]
+            if missing:
+                raise ValueError(
+                    f"the processed data has no channel(s) {', '.join(missing[:5])}"
+                    f"{' …' if len(missing) > 5 else ''} ({len(missing)} missing)"
+                )
+            return [self.channels.index(name) for name in bands]
         parsed = [tuple(name.split("/")) for name in self.channels]
         problems: list[str] = []
         indices: list[int] = []

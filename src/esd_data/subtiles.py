@@ -19,9 +19,19 @@ def check_tile_size_gt(tile_size_gt: int) -> int:
     return LABEL_GRID // tile_size_gt
 
 
-def subtile_window(row: int, col: int, size: int) -> tuple[slice, slice]:
-    """The (rows, cols) slices of subtile (row, col) when subtiles are `size` wide."""
-    return slice(row * size, (row + 1) * size), slice(col * size, (col + 1) * size)
+def window_origins(tile_size_gt: int, stride_gt: int | None = None) -> list[int]:
+    """First label cell of each window along one axis: every `stride_gt` cells, last flush.
+
+    With the default stride (= `tile_size_gt`) the windows are the subtile grid; a smaller
+    stride gives overlapping windows whose last one ends at the tile's edge.
+    """
+    check_tile_size_gt(tile_size_gt)
+    stride = stride_gt or tile_size_gt
+    if not 1 <= stride <= tile_size_gt:
+        raise ValueError(f"stride_gt={stride_gt} must be between 1 and tile_size_gt={tile_size_gt}")
+    last = LABEL_GRID - tile_size_gt
+    origins = list(range(0, last + 1, stride))
+    return origins if origins[-1] == last else [*origins, last]
 
 
 def cut_subtiles(array: np.ndarray, per_side: int) -> np.ndarray:

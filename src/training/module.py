@@ -112,9 +112,9 @@ class ESDSegmentation(L.LightningModule):
         self._step(batch, "test")
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
-        """Class probabilities (B, 4, t, t) with the subtiles' tile, row and column."""
+        """Logits (B, 4, t, t) with the subtiles' tile, row and column."""
         return {
-            "probabilities": self(batch["X"]).softmax(dim=1),
+            "logits": self(batch["X"]),
             "tile": batch["tile"],
             "row": batch["row"],
             "col": batch["col"],

@@ -1,0 +1,41 @@
+"""Scores of restitched 16×16 label maps (labels 1..4), computed with scikit-learn.
+
+`f1_class1` is the contest's score: F1 of class 1 (settlements without electricity) against
+the rest, which is the per-class F1 of class 1. Per-class scores use zero for an undefined
+ratio (a class never predicted, or absent); macro averages are over the classes present in
+the truth or the prediction.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from sklearn.metrics import (
+    accuracy_score,
+    f1_score,
+    jaccard_score,
+    precision_score,
+    recall_score,
+)
+
+from src.esd_data.sensors import N_CLASSES
+
+LABELS = list(range(1, N_CLASSES + 1))
+_PER_CLASS = {
+    "iou": jaccard_score,
+    "f1": f1_score,
+    "precision": precision_score,
+    "recall": recall_score,
+}
+
+
+def label_scores(truth: np.ndarray, prediction: np.ndarray) -> dict[str, float]:
+    """Accuracy and per-class (`f1_class1`, …) and macro IoU / F1 / precision / recall."""
+    truth, prediction = np.ravel(truth), np.ravel(prediction)
+    present = sorted(set(truth.tolist()) | set(prediction.tolist()))
+    scores = {"accuracy": float(accuracy_score(truth, prediction))}
+    for name, score in _PER_CLASS.items():
+        values = score(truth, prediction, labels=LABELS, average=None, zero_division=0)
+        for label, value in zip(LABELS, values, strict=True):
+            scores[f"{name}_class{label}"] = float(value)
+        scores[f"{name}_macro"] = float(np.mean([values[label - 1] for label in present]))
+    return scores
