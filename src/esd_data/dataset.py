@@ -112,7 +112,7 @@ class ESDDataset(Dataset):
             )
             x, y = self.transform(x, y, generator)
         # One copy of the (possibly flipped) float16 view; torch converts to float32 faster.
-        X = torch.from_numpy(np.ascontiguousarray(x)).float()
+        X = torch.from_numpy(np.array(x, order="C", copy=True)).float()
         X.sub_(self._mean).div_(self._std)
         Y = torch.from_numpy(y.astype(np.int64)) - 1
         return {"X": X, "y": Y, "tile": tile, "row": row, "col": col}
