@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 from scipy import ndimage
 
 from src.esd_data.reader import RawTile, SensorStack
@@ -214,6 +215,7 @@ def preprocess_tile(
     stack = np.empty((sum(len(names) for _, names in parts), *tile.shape), dtype=dtype)
     start = 0
     for channels, _ in parts:
-        stack[start : start + len(channels)] = channels
+        # torch's float32 → float16 conversion is several times faster than numpy's.
+        torch.from_numpy(stack[start : start + len(channels)]).copy_(torch.from_numpy(channels))
         start += len(channels)
     return stack, [name for _, names in parts for name in names]
