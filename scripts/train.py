@@ -27,6 +27,7 @@ from src.esd_data.augmentation import AugmentConfig
 from src.esd_data.datamodule import ESDDataModule
 from src.esd_data.manifest import check_band_selection
 from src.esd_data.subtiles import check_tile_size_gt
+from src.models.fcn_resnet_transfer import resolve_weights_file
 from src.models.registry import MODEL_TYPES, model_hparams
 from src.training.loggers import WandbMode, build_loggers
 from src.training.losses import LossName
@@ -140,6 +141,11 @@ class ESDConfig:
                 problems.append(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.learning_rate <= 0:
             problems.append(f"learning_rate must be positive, got {self.learning_rate}")
+        if self.model_type == "FCNResnetTransfer" and self.pretrained:
+            try:
+                resolve_weights_file(self.weights_path)
+            except FileNotFoundError as error:
+                problems.append(str(error))
         if not 0.0 <= self.freeze_backbone <= 1.0:
             problems.append(f"freeze_backbone must be in [0, 1], got {self.freeze_backbone}")
         if problems:

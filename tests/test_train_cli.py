@@ -90,6 +90,10 @@ def test_help_lists_every_config_field():
         (["--learning_rate", "fast"], "invalid float value: 'fast'"),
         (["--optimiser", "adam"], "unrecognized arguments: --optimiser"),
         (["--optimizer", "lbfgs"], "invalid choice: 'lbfgs'"),
+        (
+            ["--model_type", "FCNResnetTransfer", "--pretrained", "--weights_path", "no.pth"],
+            "pretrained FCN-ResNet101 weights not found",
+        ),
     ],
 )
 def test_bad_options_fail_before_any_work(flags, message, tmp_path):

@@ -160,11 +160,34 @@ def preprocess_sentinel1(stack: SensorStack, config: PreprocessConfig) -> Sensor
 def _preprocess_optical(
     stack: SensorStack, quantiles: tuple[float, float], gamma: float
 ) -> SensorChannels:
-    """Clip per band over all dates, gamma-correct (x^(1/gamma)), min–max per band."""
-    x = clip_to_quantiles(fill_non_finite(stack.data), quantiles, axis=(0, 2, 3))
+    """Clip per band over all dates, gamma-correct (x^(1/gamma)), min–max per band.
+
+    Integer data (reflectances, DNs) go through one lookup table per band, which does the
+    three steps at once: the clipped band's minimum and maximum are its clip quantiles.
+    """
+    data = fill_non_finite(stack.data)
+    integers = _as_small_integers(data)
+    if integers is not None:
+        return _flat(_optical_lookup(integers, quantiles, gamma)), channel_names(stack)
+    x = clip_to_quantiles(data, quantiles, axis=(0, 2, 3))
     np.power(x, 1.0 / gamma, out=x)
     minmax_scale(x, axis=(0, 2, 3))
     return _flat(x), channel_names(stack)
+
+
+def _optical_lookup(
+    integers: np.ndarray, quantiles: tuple[float, float], gamma: float
+) -> np.ndarray:
+    """`_preprocess_optical` of (T, B, H, W) unsigned integers via per-band lookup tables."""
+    low, high = quantiles_over(integers, quantiles, axis=(0, 2, 3))
+    levels = np.arange(int(integers.max()) + 1, dtype=np.float64)
+    out = np.empty(integers.shape, dtype=np.float32)
+    for band in range(integers.shape[1]):
+        lo, hi = low[0, band, 0, 0] ** (1 / gamma), high[0, band, 0, 0] ** (1 / gamma)
+        clipped = np.clip(levels, low[0, band, 0, 0], high[0, band, 0, 0]) ** (1 / gamma)
+        table = (clipped - lo) / (hi - lo) if hi > lo else np.zeros_like(levels)
+        out[:, band] = table.astype(np.float32)[integers[:, band]]
+    return out
 
 
 def preprocess_sentinel2(stack: SensorStack, config: PreprocessConfig) -> SensorChannels:
