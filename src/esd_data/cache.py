@@ -76,6 +76,8 @@ class PrepareSummary:
     reused: list[str]
     bytes_written: int
     seconds: float
+    seconds_per_tile: float | None
+    """Mean time one worker spent on one rebuilt tile (read, preprocess, write)."""
 
     def __str__(self) -> str:
         splits = ", ".join(f"{k} {len(v)}" for k, v in self.manifest.split.items() if v)
@@ -83,8 +85,13 @@ class PrepareSummary:
         return (
             f"prepared {len(self.rebuilt) + len(self.reused)} tiles ({splits}); "
             f"{len(self.rebuilt)} processed, {len(self.reused)} reused from cache; "
-            f"{mib:.1f} MiB written in {self.seconds:.1f} s; "
-            f"{len(self.manifest.channels)} channels, {self.manifest.tile_shape[0]} px tiles, "
+            f"{mib:.1f} MiB written in {self.seconds:.1f} s"
+            + (
+                f" ({self.seconds_per_tile:.2f} s per tile per worker); "
+                if self.seconds_per_tile
+                else "; "
+            )
+            + f"{len(self.manifest.channels)} channels, {self.manifest.tile_shape[0]} px tiles, "
             f"{self.manifest.cell_px} px per label cell"
         )
 
@@ -134,6 +141,7 @@ def process_tile(
     tile_dir: Path, processed_dir: Path, preprocessing: PreprocessConfig, fingerprint: str
 ) -> tuple[dict, list[str]]:
     """Read, preprocess and store one validated tile; return its record and any warnings."""
+    start = time.perf_counter()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         inventory = inspect_tile(tile_dir, require_labels=False)
@@ -155,6 +163,7 @@ def process_tile(
         "count": int(stored.shape[1] * stored.shape[2]),
         "mean": means.tolist(),
         "m2": m2.tolist(),
+        "seconds": round(time.perf_counter() - start, 3),
     }
     write_json(record_path, record)
     return record, [str(w.message) for w in caught]
@@ -262,7 +271,7 @@ def prepare_dataset(
     if previous is not None and previous.fingerprint == overall and not stale:
         if previous.tile_size_gt != tile_size_gt:
             previous = _replace_tile_size(previous, tile_size_gt, processed_dir)
-        return PrepareSummary(previous, [], list(records), 0, time.perf_counter() - start)
+        return PrepareSummary(previous, [], list(records), 0, time.perf_counter() - start, None)
 
     manifest_path.unlink(missing_ok=True)  # stale from here on: never trusted again
     _check_all(list(stale))
@@ -291,6 +300,7 @@ def prepare_dataset(
         [d.name for d in tile_dirs if d not in stale],
         sum(record["image_bytes"] for record in fresh.values()),
         time.perf_counter() - start,
+        float(np.mean([record["seconds"] for record in fresh.values()])) if fresh else None,
     )
 
 
