@@ -32,7 +32,7 @@ def config_field(default: Any, help: str, **kwargs: Any) -> Any:  # noqa: A002
     return dataclasses.field(default=default, metadata={"help": help}, **kwargs)
 
 
-def _strip_optional(annotation: Any) -> tuple[Any, bool]:
+def strip_optional(annotation: Any) -> tuple[Any, bool]:
     """Return (inner type, whether None is allowed) for `X | None` annotations."""
     origin = typing.get_origin(annotation)
     if origin in (typing.Union, types.UnionType):
@@ -60,7 +60,7 @@ def _none_or(convert: Any) -> Any:
 
 def _argument_options(annotation: Any) -> dict[str, Any]:
     """argparse keyword arguments (type, choices, action) for one field annotation."""
-    inner, optional = _strip_optional(annotation)
+    inner, optional = strip_optional(annotation)
     origin = typing.get_origin(inner)
     if inner is bool:
         return {"action": argparse.BooleanOptionalAction}
@@ -95,19 +95,33 @@ def build_parser(config_cls: type, description: str | None = None) -> argparse.A
         default=None,
         help="YAML file of option values; flags given on the command line override it",
     )
+    add_config_arguments(parser, config_cls)
+    return parser
+
+
+def add_config_arguments(
+    parser: argparse.ArgumentParser,
+    config_cls: type,
+    title: str | None = None,
+    description: str | None = None,
+) -> None:
+    """Add one flag per field of `config_cls` (default=SUPPRESS: only given flags are parsed).
+
+    With a `title`, the flags form their own group in `--help` (a second dataclass's options).
+    """
+    target = parser.add_argument_group(title, description) if title else parser
     hints = typing.get_type_hints(config_cls)
     for field in dataclasses.fields(config_cls):
         default = (
             field.default if field.default is not dataclasses.MISSING else field.default_factory()  # type: ignore[misc]
         )
-        parser.add_argument(
+        target.add_argument(
             f"--{field.name}",
             dest=field.name,
             default=argparse.SUPPRESS,
             help=f"{field.metadata.get('help', '')} (default: {_shown(default)})",
             **_argument_options(hints[field.name]),
         )
-    return parser
 
 
 def load_yaml_config(path: Path, config_cls: type) -> dict[str, Any]:

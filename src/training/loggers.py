@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import netrc
 import os
 import sys
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlparse
 
 from lightning.pytorch.loggers import CSVLogger, Logger, WandbLogger
 
@@ -13,14 +15,13 @@ WandbMode = Literal["auto", "online", "offline", "disabled"]
 
 
 def wandb_logged_in() -> bool:
-    """Whether a W&B API key is configured (environment or ~/.netrc); no network is used."""
+    """Whether a W&B API key is configured (WANDB_API_KEY or ~/.netrc); no network is used."""
     if os.environ.get("WANDB_API_KEY"):
         return True
-    import wandb
-
+    host = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname
     try:
-        return bool(wandb.api.api_key)
-    except Exception:  # noqa: BLE001 - a broken netrc or settings file means "not logged in"
+        return netrc.netrc().authenticators(host or "api.wandb.ai") is not None
+    except (FileNotFoundError, netrc.NetrcParseError, OSError):
         return False
 
 
