@@ -142,11 +142,15 @@ def channel_names(stack: SensorStack) -> list[str]:
     return [f"{stack.sensor}/{d.isoformat()}/{b}" for d in stack.dates for b in stack.bands]
 
 
-def _flat(x: np.ndarray) -> np.ndarray:
-    return x.reshape(-1, *x.shape[-2:])
+def _store(out: np.ndarray, x: np.ndarray) -> None:
+    """Write float32 channels (…, H, W) into `out` (C, H, W) of any float dtype.
+
+    torch converts float32 to float16 several times faster than numpy does.
+    """
+    torch.from_numpy(out).copy_(torch.from_numpy(np.ascontiguousarray(x)).reshape(out.shape))
 
 
-def preprocess_sentinel1(stack: SensorStack, config: PreprocessConfig) -> SensorChannels:
+def preprocess_sentinel1(stack: SensorStack, config: PreprocessConfig, out: np.ndarray) -> None:
     """log10 of floored backscatter, clip, 2-D blur and min–max, each per (date, band)."""
     x = np.log10(np.maximum(fill_non_finite(stack.data), config.s1_log_floor, dtype=np.float32))
     x = clip_to_quantiles(x, config.s1_clip_quantiles, axis=(2, 3))
@@ -154,70 +158,74 @@ def preprocess_sentinel1(stack: SensorStack, config: PreprocessConfig) -> Sensor
         sigma = (0, 0, config.s1_blur_sigma, config.s1_blur_sigma)
         x = ndimage.gaussian_filter(x, sigma=sigma, mode="reflect", output=np.float32)
     minmax_scale(x, axis=(2, 3))
-    return _flat(x), channel_names(stack)
+    _store(out, x)
 
 
 def _preprocess_optical(
-    stack: SensorStack, quantiles: tuple[float, float], gamma: float
-) -> SensorChannels:
+    stack: SensorStack, quantiles: tuple[float, float], gamma: float, out: np.ndarray
+) -> None:
     """Clip per band over all dates, gamma-correct (x^(1/gamma)), min–max per band.
 
     Integer data (reflectances, DNs) go through one lookup table per band, which does the
-    three steps at once: the clipped band's minimum and maximum are its clip quantiles.
+    three steps at once (the clipped band's minimum and maximum are its clip quantiles) and
+    writes straight into `out`.
     """
     data = fill_non_finite(stack.data)
     integers = _as_small_integers(data)
-    if integers is not None:
-        return _flat(_optical_lookup(integers, quantiles, gamma)), channel_names(stack)
-    x = clip_to_quantiles(data, quantiles, axis=(0, 2, 3))
-    np.power(x, 1.0 / gamma, out=x)
-    minmax_scale(x, axis=(0, 2, 3))
-    return _flat(x), channel_names(stack)
-
-
-def _optical_lookup(
-    integers: np.ndarray, quantiles: tuple[float, float], gamma: float
-) -> np.ndarray:
-    """`_preprocess_optical` of (T, B, H, W) unsigned integers via per-band lookup tables."""
+    if integers is None:
+        x = clip_to_quantiles(data, quantiles, axis=(0, 2, 3))
+        np.power(x, 1.0 / gamma, out=x)
+        minmax_scale(x, axis=(0, 2, 3))
+        _store(out, x)
+        return
     low, high = quantiles_over(integers, quantiles, axis=(0, 2, 3))
     levels = np.arange(int(integers.max()) + 1, dtype=np.float64)
-    out = np.empty(integers.shape, dtype=np.float32)
-    for band in range(integers.shape[1]):
-        lo, hi = low[0, band, 0, 0] ** (1 / gamma), high[0, band, 0, 0] ** (1 / gamma)
-        clipped = np.clip(levels, low[0, band, 0, 0], high[0, band, 0, 0]) ** (1 / gamma)
-        table = (clipped - lo) / (hi - lo) if hi > lo else np.zeros_like(levels)
-        out[:, band] = table.astype(np.float32)[integers[:, band]]
-    return out
+    dates, bands = integers.shape[:2]
+    for band in range(bands):
+        lo, hi = low[0, band, 0, 0], high[0, band, 0, 0]
+        scaled_lo, scaled_hi = lo ** (1 / gamma), hi ** (1 / gamma)
+        table = np.zeros_like(levels)
+        if scaled_hi > scaled_lo:
+            table = (np.clip(levels, lo, hi) ** (1 / gamma) - scaled_lo) / (scaled_hi - scaled_lo)
+        table = table.astype(out.dtype)
+        for date in range(dates):
+            np.take(table, integers[date, band], out=out[date * bands + band])
 
 
-def preprocess_sentinel2(stack: SensorStack, config: PreprocessConfig) -> SensorChannels:
+def preprocess_sentinel2(stack: SensorStack, config: PreprocessConfig, out: np.ndarray) -> None:
     """Sentinel-2 reflectances: the optical recipe with the Sentinel-2 quantiles and gamma."""
-    return _preprocess_optical(stack, config.s2_clip_quantiles, config.s2_gamma)
+    _preprocess_optical(stack, config.s2_clip_quantiles, config.s2_gamma, out)
 
 
-def preprocess_landsat8(stack: SensorStack, config: PreprocessConfig) -> SensorChannels:
+def preprocess_landsat8(stack: SensorStack, config: PreprocessConfig, out: np.ndarray) -> None:
     """Landsat 8 DNs: the optical recipe with the Landsat quantiles and gamma."""
-    return _preprocess_optical(stack, config.landsat_clip_quantiles, config.landsat_gamma)
+    _preprocess_optical(stack, config.landsat_clip_quantiles, config.landsat_gamma, out)
 
 
-def preprocess_viirs(stack: SensorStack, config: PreprocessConfig) -> SensorChannels:
-    """Clip and min–max per date; optionally append the scaled maximum over the clipped dates."""
+def preprocess_viirs(stack: SensorStack, config: PreprocessConfig, out: np.ndarray) -> None:
+    """Clip and min–max per date; then, optionally, the scaled maximum over the clipped dates."""
     x = clip_to_quantiles(fill_non_finite(stack.data), config.viirs_clip_quantiles, axis=(1, 2, 3))
-    names = channel_names(stack)
-    projection = None
+    dates = len(stack.dates) * len(stack.bands)
     if config.viirs_max_projection:
         projection = x.max(axis=0)
         minmax_scale(projection, axis=(1, 2))
-        names += [f"viirs/{MAX_PROJECTION_DATE}/{band}" for band in stack.bands]
+        _store(out[dates:], projection)
     minmax_scale(x, axis=(1, 2, 3))
-    channels = _flat(x) if projection is None else np.concatenate([_flat(x), projection])
-    return channels, names
+    _store(out[:dates], x)
 
 
-SensorChannels = tuple[np.ndarray, list[str]]
-"""A sensor's preprocessed (C, H, W) float32 channels and their names."""
+def sensor_channel_names(stack: SensorStack, config: PreprocessConfig) -> list[str]:
+    """The names of the channels a sensor's stack preprocesses into."""
+    names = channel_names(stack)
+    if stack.sensor == "viirs" and config.viirs_max_projection:
+        names += [f"viirs/{MAX_PROJECTION_DATE}/{band}" for band in stack.bands]
+    return names
 
-PREPROCESSORS: dict[str, Callable[[SensorStack, PreprocessConfig], SensorChannels]] = {
+
+Preprocessor = Callable[[SensorStack, PreprocessConfig, np.ndarray], None]
+"""Writes a sensor's preprocessed channels into the given (C, H, W) slice of the tile stack."""
+
+PREPROCESSORS: dict[str, Preprocessor] = {
     "viirs": preprocess_viirs,
     "sentinel1": preprocess_sentinel1,
     "sentinel2": preprocess_sentinel2,
@@ -234,11 +242,11 @@ def preprocess_tile(
     Landsat 8), each date-major in chronological date and natural band order; the VIIRS
     maximum projection, when enabled, follows the VIIRS dates as `viirs/max/DNB`.
     """
-    parts = [PREPROCESSORS[spec.name](tile.sensors[spec.name], config) for spec in SENSORS]
-    stack = np.empty((sum(len(names) for _, names in parts), *tile.shape), dtype=dtype)
+    names = {spec.name: sensor_channel_names(tile.sensors[spec.name], config) for spec in SENSORS}
+    stack = np.empty((sum(map(len, names.values())), *tile.shape), dtype=dtype)
     start = 0
-    for channels, _ in parts:
-        # torch's float32 → float16 conversion is several times faster than numpy's.
-        torch.from_numpy(stack[start : start + len(channels)]).copy_(torch.from_numpy(channels))
-        start += len(channels)
-    return stack, [name for _, names in parts for name in names]
+    for spec in SENSORS:
+        count = len(names[spec.name])
+        PREPROCESSORS[spec.name](tile.sensors[spec.name], config, stack[start : start + count])
+        start += count
+    return stack, [name for sensor_names in names.values() for name in sensor_names]
