@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +14,7 @@ from src.esd_data.preprocessing import MAX_PROJECTION_DATE
 from src.esd_data.sensors import SENSORS_BY_NAME
 
 MANIFEST_FILE = "manifest.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 BandSelection = dict[str, list[str] | None] | list[str]
 """Sensor name → band, date or `date/band` names to keep (None keeps all of that sensor),
@@ -93,7 +93,6 @@ class Manifest:
     fingerprint: str
     tiles: dict[str, TileRecord]
     format_version: int = FORMAT_VERSION
-    unlabelled_split: str = field(default="predict")
 
     def save(self, processed_dir: Path) -> None:
         """Atomically write `manifest.json` into `processed_dir`."""

@@ -74,11 +74,6 @@ class TileInventory:
     dates: dict[str, tuple[dt.date, ...]]
     has_labels: bool
 
-    @property
-    def tile_id(self) -> str:
-        """The folder name, e.g. `Tile7`."""
-        return self.tile_dir.name
-
 
 @dataclass(frozen=True)
 class RawTile:
