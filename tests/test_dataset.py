@@ -180,8 +180,11 @@ def test_validation_is_untransformed_and_training_is_augmented(synthetic_process
     )
     trainer.fit(probe, datamodule=module)
     assert min(probe.seen["train"]) > 1.3  # unit-variance data plus unit-variance noise
-    plain = next(iter(module.val_dataloader()))["X"]
-    assert torch.equal(probe.seen["val"][0], plain)
+    stored = next(iter(module.val_dataloader()))["X"]
+    assert stored.dtype == torch.float16  # what crosses from the workers
+    normalised = ESDDataset(synthetic_processed, "val")
+    expected = torch.stack([normalised[i]["X"] for i in range(8)])
+    assert torch.allclose(probe.seen["val"][0], expected, atol=1e-6)
 
 
 def test_epoch_sampler_order_and_augmentation_depend_only_on_seed_and_epoch(synthetic_processed):

@@ -24,9 +24,10 @@ class ESDDataModule(L.LightningDataModule):
     """Parent-tile-split subtiles of DFC2021 tiles for Lightning.
 
     `prepare_data` builds (or reuses) the processed cache from `raw_dir`; with `raw_dir=None`
-    an already prepared `processed_dir` is used as it is. Training batches get `FlipRotate`
-    in the workers and `NoiseBlur` on the device; validation, test and predict batches are
-    left untransformed.
+    an already prepared `processed_dir` is used as it is. The loaders yield `X` as stored
+    (float16); `on_after_batch_transfer`, which a Trainer calls, normalises it on the device.
+    Training batches get `FlipRotate` in the workers and `NoiseBlur` on the device;
+    validation, test and predict batches are only normalised.
     """
 
     def __init__(
@@ -105,6 +106,7 @@ class ESDDataModule(L.LightningDataModule):
                     transform,
                     manifest,
                     seed=self.seed,
+                    normalise=False,  # on the device, in on_after_batch_transfer
                 )
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
@@ -137,10 +139,13 @@ class ESDDataModule(L.LightningDataModule):
         return self._loader(self.predict_split, shuffle=False)
 
     def on_after_batch_transfer(self, batch: dict[str, Any], dataloader_idx: int) -> dict[str, Any]:
-        """Noise and blur on training batches, on the device they were moved to.
+        """Normalise every batch on its device; add noise and blur to training batches.
 
-        The draws are seeded from (seed, global step, rank), so a resumed run repeats them.
+        The loaders carry float16 as stored (half the bytes of float32 through worker shared
+        memory); outside a Trainer call this hook on each batch yourself. The augmentation
+        draws are seeded from (seed, global step, rank), so a resumed run repeats them.
         """
+        batch["X"] = next(iter(self.datasets.values())).normalise_batch(batch["X"])
         trainer = self.trainer
         if trainer is not None and trainer.training:
             device = batch["X"].device
