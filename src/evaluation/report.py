@@ -93,7 +93,7 @@ def write_run_outputs(
         matrix = confusion_matrix(truth, predicted, labels=LABELS)
         metrics["confusion_matrix"] = matrix.tolist()
         plot_confusion_matrix(matrix, CLASS_TITLES, results_dir / "confusion_matrix.png")
-        plot_roc_curves(truth - 1, probabilities, CLASS_TITLES, results_dir / "roc_curves.png")
+        plot_roc_curves(truth - 1, probabilities, CLASS_NAMES, results_dir / "roc_curves.png")
         report = classification_report(
             truth, predicted, labels=LABELS, target_names=CLASS_TITLES, zero_division=0, digits=4
         )
