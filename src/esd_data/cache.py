@@ -28,6 +28,7 @@ from src.esd_data.preprocessing import PreprocessConfig, preprocess_tile
 from src.esd_data.reader import (
     NoDataWarning,
     TileError,
+    TileInventory,
     find_tile_dirs,
     inspect_tile,
     read_inventory,
@@ -138,13 +139,13 @@ def _channel_moments(stack: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def process_tile(
-    tile_dir: Path, processed_dir: Path, preprocessing: PreprocessConfig, fingerprint: str
+    inventory: TileInventory, processed_dir: Path, preprocessing: PreprocessConfig, fingerprint: str
 ) -> tuple[dict, list[str]]:
     """Read, preprocess and store one validated tile; return its record and any warnings."""
     start = time.perf_counter()
+    tile_dir = inventory.tile_dir
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        inventory = inspect_tile(tile_dir, require_labels=False)
         raw = read_inventory(inventory)
         stored, channels = preprocess_tile(raw, preprocessing, dtype=STORAGE_DTYPE)
     labels_grid = raw.ground_truth
@@ -169,26 +170,29 @@ def process_tile(
     return record, [str(w.message) for w in caught]
 
 
-def _check_all(tile_dirs: list[Path]) -> None:
+def _check_all(tile_dirs: list[Path]) -> dict[Path, TileInventory]:
     """Validate tiles from their headers before any is processed; one error for all problems."""
-    errors = []
+    inventories, errors = {}, []
     for tile_dir in tile_dirs:
         try:
-            inspect_tile(tile_dir, require_labels=False)
+            inventories[tile_dir] = inspect_tile(tile_dir, require_labels=False)
         except TileError as error:
             errors.append(str(error))
     if errors:
         raise PrepareError("\n".join(errors))
+    return inventories
 
 
-def _results(
-    stale: dict[Path, str], processed_dir: Path, preprocessing: PreprocessConfig, workers: int
-):
+Jobs = dict[Path, tuple[TileInventory, str]]
+"""Tile folder → (its validated inventory, its fingerprint)."""
+
+
+def _results(jobs: Jobs, processed_dir: Path, preprocessing: PreprocessConfig, workers: int):
     """Yield (tile folder, result or TileError) as tiles finish, in worker processes when > 1."""
-    if workers <= 1 or len(stale) <= 1:
-        for tile_dir, fingerprint in stale.items():
+    if workers <= 1 or len(jobs) <= 1:
+        for tile_dir, (inventory, fingerprint) in jobs.items():
             try:
-                yield tile_dir, process_tile(tile_dir, processed_dir, preprocessing, fingerprint)
+                yield tile_dir, process_tile(inventory, processed_dir, preprocessing, fingerprint)
             except TileError as error:
                 yield tile_dir, error
         return
@@ -201,13 +205,15 @@ def _results(
     else:
         context = multiprocessing.get_context("spawn")
     pool = ProcessPoolExecutor(
-        min(workers, len(stale)), mp_context=context, initializer=torch.set_num_threads,
+        min(workers, len(jobs)), mp_context=context, initializer=torch.set_num_threads,
         initargs=(1,),  # one thread per worker process: the processes are the parallelism
     )  # fmt: skip
     with pool:
         futures = {
-            pool.submit(process_tile, tile_dir, processed_dir, preprocessing, fingerprint): tile_dir
-            for tile_dir, fingerprint in stale.items()
+            pool.submit(
+                process_tile, inventory, processed_dir, preprocessing, fingerprint
+            ): tile_dir
+            for tile_dir, (inventory, fingerprint) in jobs.items()
         }
         for future in as_completed(futures):
             try:
@@ -217,13 +223,13 @@ def _results(
 
 
 def _run_tiles(
-    stale: dict[Path, str], processed_dir: Path, preprocessing: PreprocessConfig, workers: int
+    jobs: Jobs, processed_dir: Path, preprocessing: PreprocessConfig, workers: int
 ) -> dict[str, dict]:
     """Process the stale tiles with a progress bar; PrepareError lists every tile that failed."""
     records: dict[str, dict] = {}
     errors: list[str] = []
-    with tqdm(total=len(stale), desc="preparing tiles", unit="tile", disable=not stale) as bar:
-        for tile_dir, result in _results(stale, processed_dir, preprocessing, workers):
+    with tqdm(total=len(jobs), desc="preparing tiles", unit="tile", disable=not jobs) as bar:
+        for tile_dir, result in _results(jobs, processed_dir, preprocessing, workers):
             bar.update()
             if isinstance(result, TileError):
                 errors.append(str(result))
@@ -274,11 +280,12 @@ def prepare_dataset(
         return PrepareSummary(previous, [], list(records), 0, time.perf_counter() - start, None)
 
     manifest_path.unlink(missing_ok=True)  # stale from here on: never trusted again
-    _check_all(list(stale))
+    inventories = _check_all(list(stale))
     tiles_folder = processed_dir / TILES_FOLDER
     tiles_folder.mkdir(parents=True, exist_ok=True)
     remove_temporaries(tiles_folder)
-    fresh = _run_tiles(stale, processed_dir, preprocessing, workers)
+    jobs = {tile_dir: (inventories[tile_dir], fp) for tile_dir, fp in stale.items()}
+    fresh = _run_tiles(jobs, processed_dir, preprocessing, workers)
     records.update(fresh)
     _remove_orphans(tiles_folder, set(records))
 
