@@ -113,17 +113,17 @@ class ESDDataset(Dataset):
         x = image[self._channel_index, rows, cols]
         cell_rows, cell_cols = slice(top, top + t), slice(left, left + t)
         if labels is None:
-            y = np.full((self.tile_size_gt, self.tile_size_gt), IGNORE_LABEL + 1)
+            y = np.full((t, t), IGNORE_LABEL, dtype=np.int64)
         else:
-            y = labels[cell_rows, cell_cols]
+            y = labels[cell_rows, cell_cols].astype(np.int64) - 1
         if self.transform is not None:
             generator = torch.Generator().manual_seed(
                 int(np.random.SeedSequence((self.seed, epoch, index)).generate_state(1)[0])
             )
             x, y = self.transform(x, y, generator)
-        # One copy of the (possibly flipped) float16 view; torch converts to float32 faster.
+        # One copy of the (possibly flipped) float16 view.
         X = torch.from_numpy(np.array(x, order="C", copy=True))
         if self.normalise:
             X = self.normalise_batch(X)
-        Y = torch.from_numpy(y.astype(np.int64)) - 1
+        Y = torch.from_numpy(np.ascontiguousarray(y))
         return {"X": X, "y": Y, "tile": tile, "row": row, "col": col}

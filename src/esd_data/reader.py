@@ -66,13 +66,14 @@ class SensorStack:
 
 @dataclass(frozen=True)
 class TileInventory:
-    """The validated file layout of one tile folder (no pixels read)."""
+    """The validated file layout of one tile folder and its ground truth (no pixels read)."""
 
     tile_dir: Path
     shape: tuple[int, int]
     files: dict[str, tuple[tuple[str, ...], ...]]
     dates: dict[str, tuple[dt.date, ...]]
-    has_labels: bool
+    labels: np.ndarray | None
+    """(16, 16) labels 1..4, or None for a tile without groundTruth.tif."""
 
 
 @dataclass(frozen=True)
@@ -219,13 +220,14 @@ def inspect_tile(tile_dir: Path, require_labels: bool = True) -> TileInventory:
     if shapes and (len(shape) != 2 or shape[0] != shape[1] or shape[0] % LABEL_GRID):
         problems.append(("rasters", f"shape {shape} is not a square multiple of {LABEL_GRID}"))
     labels_path = tile_dir / GROUND_TRUTH_FILE
+    labels = None
     if labels_path.is_file():
-        _read_ground_truth(labels_path, problems)
+        labels = _read_ground_truth(labels_path, problems)
     elif require_labels:
         problems.append((GROUND_TRUTH_FILE, "missing ground-truth file"))
     if problems:
         raise TileError(tile_dir, problems)
-    return TileInventory(tile_dir, (shape[0], shape[1]), files, dates, labels_path.is_file())
+    return TileInventory(tile_dir, (shape[0], shape[1]), files, dates, labels)
 
 
 def _warn_non_finite(stack: np.ndarray, files: tuple[tuple[str, ...], ...], tile: Path) -> None:
@@ -267,10 +269,4 @@ def read_inventory(inventory: TileInventory) -> RawTile:
         stacks[spec.name] = SensorStack(
             spec.name, data, inventory.dates[spec.name], spec.bands, grid
         )
-    labels = None
-    if inventory.has_labels:
-        problems: list[tuple[str, str]] = []
-        labels = _read_ground_truth(tile_dir / GROUND_TRUTH_FILE, problems)
-        if problems:
-            raise TileError(tile_dir, problems)
-    return RawTile(tile_dir.name, stacks, labels)
+    return RawTile(tile_dir.name, stacks, inventory.labels)
