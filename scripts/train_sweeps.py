@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from scripts.train import ESDConfig
-from src.cli import add_config_arguments, build_parser, config_field, load_yaml_config
+from src.cli import add_config_arguments, build_parser, config_field, parse_values
 from src.sweeps.optuna_backend import OptunaRun, SweepError, run_optuna
 from src.sweeps.results import records_from_study, records_from_wandb, write_results
 from src.sweeps.spec import SweepSpec, SweepSpecError, load_sweep_file
@@ -103,10 +103,7 @@ def parse_arguments(
     Bad values exit with status 2 and the dataclasses' validation messages.
     """
     parser = build_sweep_parser()
-    namespace = vars(parser.parse_args(sys.argv[1:] if argv is None else argv))
-    yaml_path = namespace.pop("config")
-    values = load_yaml_config(yaml_path, _Options) if yaml_path else {}
-    values.update(namespace)
+    values = parse_values(parser, _Options, argv)
     sweep_fields = {f.name for f in dataclasses.fields(SweepConfig)}
     sweep_values = {k: v for k, v in values.items() if k in sweep_fields}
     training_values = {k: v for k, v in values.items() if k not in sweep_fields}

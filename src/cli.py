@@ -144,6 +144,20 @@ def load_yaml_config(path: Path, config_cls: type) -> dict[str, Any]:
     return values
 
 
+def parse_values(
+    parser: argparse.ArgumentParser, config_cls: type, argv: Sequence[str] | None = None
+) -> dict[str, Any]:
+    """The option values of `--config` YAML (names checked against `config_cls`) and flags.
+
+    Flags given on the command line override the file; options given nowhere are absent.
+    """
+    namespace = vars(parser.parse_args(sys.argv[1:] if argv is None else argv))
+    yaml_path = namespace.pop("config")
+    values = load_yaml_config(yaml_path, config_cls) if yaml_path else {}
+    values.update(namespace)
+    return values
+
+
 def parse_config(
     config_cls: type[ConfigT],
     argv: Sequence[str] | None = None,
@@ -154,10 +168,7 @@ def parse_config(
     Invalid values raise SystemExit with the dataclass's own validation message.
     """
     parser = build_parser(config_cls, description)
-    namespace = vars(parser.parse_args(sys.argv[1:] if argv is None else argv))
-    yaml_path = namespace.pop("config")
-    values = load_yaml_config(yaml_path, config_cls) if yaml_path else {}
-    values.update(namespace)
+    values = parse_values(parser, config_cls, argv)
     try:
         return config_cls(**values)
     except (TypeError, ValueError) as error:
