@@ -21,12 +21,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from scripts.train import ESDConfig
 from src.cli import add_config_arguments, build_parser, config_field, parse_values
 from src.sweeps.optuna_backend import OptunaRun, SweepError, run_optuna
 from src.sweeps.results import records_from_study, records_from_wandb, write_results
 from src.sweeps.spec import SweepSpec, SweepSpecError, load_sweep_file
 from src.sweeps.wandb_backend import choose_backend, read_trials, run_wandb
+from src.training.config import ESDConfig
 
 Backend = Literal["auto", "wandb", "optuna"]
 

@@ -14,7 +14,7 @@ import dataclasses
 import sys
 import types
 import typing
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -30,6 +30,22 @@ def config_field(default: Any, help: str, **kwargs: Any) -> Any:  # noqa: A002
             default_factory=lambda: type(default)(default), metadata={"help": help}, **kwargs
         )
     return dataclasses.field(default=default, metadata={"help": help}, **kwargs)
+
+
+def plain(value: Any) -> Any:
+    """`value` with Paths as strings and tuples as lists (YAML and JSON types only)."""
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, Mapping):
+        return {str(k): plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    return value
+
+
+def config_values(config: Any) -> dict[str, Any]:
+    """Every field of a config dataclass instance as plain YAML/JSON types."""
+    return {f.name: plain(getattr(config, f.name)) for f in dataclasses.fields(config)}
 
 
 def strip_optional(annotation: Any) -> tuple[Any, bool]:

@@ -27,7 +27,9 @@ def test_defaults_types_and_structured_values():
         ["--raw_dir", "r", "--val_fraction", "0.3", "--preprocessing", "{s1_blur_sigma: 2}"],
     )
     assert config.raw_dir == Path("r") and config.val_fraction == 0.3
-    assert config.preprocess_config().s1_blur_sigma == 2
+    options = config.request().resolve(None)  # a new folder: the rest are the defaults
+    assert options.preprocessing.s1_blur_sigma == 2 and options.preprocessing.s2_gamma == 2.2
+    assert (options.val_fraction, options.test_fraction, options.seed) == (0.3, 0.0, 0)
     assert config.processed_dir == Path("data/processed") and config.workers == 2
 
 

@@ -201,3 +201,39 @@ def test_epoch_sampler_order_and_augmentation_depend_only_on_seed_and_epoch(synt
     assert torch.equal(a, dataset[(7, 3)]["X"])
     variants = {dataset[(7, epoch)]["X"].sum().item() for epoch in range(12)}
     assert len(variants) > 1
+
+
+def test_accumulated_micro_batches_get_their_own_noise(synthetic_processed):
+    noise_only = AugmentConfig(hflip_p=0, vflip_p=0, rot90_p=0, noise_p=1, noise_std=1.0, blur_p=0)
+    module = ESDDataModule(synthetic_processed, batch_size=4, num_workers=0, augment=noise_only)
+    module.setup("fit")
+    clean = ESDDataset(synthetic_processed, "train")
+    position = {key: i for i, key in enumerate(clean.index)}
+
+    class Probe(L.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.layer = torch.nn.Linear(1, 1)
+            self.noise = []
+
+        def training_step(self, batch, _):
+            keys = zip(batch["tile"], batch["row"].tolist(), batch["col"].tolist(), strict=True)
+            originals = torch.stack([clean[position[key]]["X"] for key in keys])
+            self.noise.append(batch["X"] - originals)
+            return self.layer(batch["X"].mean().view(1, 1)).sum()
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.0)
+
+    probe = Probe()
+    trainer = L.Trainer(
+        max_epochs=1, limit_train_batches=4, limit_val_batches=0, accumulate_grad_batches=2,
+        logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        enable_model_summary=False, use_distributed_sampler=False,
+    )  # fmt: skip
+    trainer.fit(probe, datamodule=module)
+    assert trainer.global_step == 2 and len(probe.noise) == 4
+    assert all(n.std() == pytest.approx(1.0, abs=0.05) for n in probe.noise)
+    # the two micro-batches of each optimiser step: independent draws, not the same noise
+    for first, second in ((0, 1), (2, 3)):
+        assert not torch.allclose(probe.noise[first], probe.noise[second], atol=0.1)

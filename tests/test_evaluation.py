@@ -23,9 +23,9 @@ from src.esd_data.dataset import ESDDataset
 from src.esd_data.manifest import Manifest
 from src.esd_data.preprocessing import PreprocessConfig
 from src.esd_data.synthetic import generate_synthetic_dataset
-from src.evaluation.evaluator import CheckpointError
 from src.evaluation.restitch import restitch_logits
 from src.evaluation.scores import label_scores
+from src.training.checkpoints import CheckpointError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -177,6 +177,12 @@ def test_checkpoint_for_other_data_is_a_clear_error(checkpoint, synthetic_raw, t
     )
     with pytest.raises(CheckpointError, match=r"trained on 99 channels, 1 of which .* lacks"):
         evaluate(EvalConfig(model_path=checkpoint, processed_dir=no_projection))
+    blurred = tmp_path / "blurred"
+    prepare_dataset(
+        synthetic_raw, blurred, workers=1, preprocessing=PreprocessConfig(s1_blur_sigma=2.0)
+    )
+    with pytest.raises(CheckpointError, match=r"other preprocessing .*s1_blur_sigma.*--raw_dir"):
+        evaluate(EvalConfig(model_path=checkpoint, processed_dir=blurred))
     small_raw, small = tmp_path / "small_raw", tmp_path / "small"
     generate_synthetic_dataset(small_raw, n_tiles=3, seed=1, tile_px=32)
     prepare_dataset(small_raw, small, workers=1)

@@ -17,21 +17,16 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.models.segmentation import fcn_resnet101
 
-from src.models import (
-    MODEL_TYPES,
-    FCNResnetTransfer,
-    SegmentationCNN,
-    UNet,
-    build_model,
-    default_pool_sizes,
-    model_hparams,
-)
 from src.models.fcn_resnet_transfer import (
     BACKBONE_BLOCKS,
+    FCNResnetTransfer,
     adapt_first_conv_weight,
     default_weights_file,
     frozen_block_names,
 )
+from src.models.registry import MODEL_TYPES, build_model, model_hparams
+from src.models.segmentation_cnn import SegmentationCNN, default_pool_sizes
+from src.models.unet import UNet
 
 CELL_PX = 5
 N_CLASSES = 4

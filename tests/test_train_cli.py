@@ -130,10 +130,12 @@ def test_config_file_and_flag_precedence(synthetic_processed, tmp_path):
 
 @pytest.mark.slow
 def test_ddp_on_two_cpu_processes_logs_synchronised_metrics(synthetic_processed, tmp_path):
+    # t=16: 3 validation subtiles (one per tile) on 2 processes, so a sampler that pads the
+    # shards to equal length would score one subtile twice.
     result = run_train(
         tmp_path,
         "--processed_dir", str(synthetic_processed), "--raw_dir", "none",
-        "--model_type", "SegmentationCNN", "--embedding_size", "8",
+        "--model_type", "SegmentationCNN", "--embedding_size", "8", "--tile_size_gt", "16",
         "--accelerator", "cpu", "--devices", "2", "--strategy", "ddp",
         "--wandb_mode", "disabled",
         timeout=300,
@@ -146,7 +148,8 @@ def test_ddp_on_two_cpu_processes_logs_synchronised_metrics(synthetic_processed,
     module = ESDSegmentation.load_from_checkpoint(
         tmp_path / "checkpoints" / "SegmentationCNN" / "cli" / "last.ckpt"
     ).eval()
-    dataset = ESDDataset(synthetic_processed, "val")
+    dataset = ESDDataset(synthetic_processed, "val", tile_size_gt=16)
+    assert len(dataset) % 2 == 1
     metrics = segmentation_metrics("val_")
     with torch.no_grad():
         for start in range(0, len(dataset), 8):
@@ -156,3 +159,26 @@ def test_ddp_on_two_cpu_processes_logs_synchronised_metrics(synthetic_processed,
     expected = metrics.compute()
     for key in ("val_f1_class1", "val_acc_overall", "val_iou_macro"):
         assert float(logged[key]) == pytest.approx(expected[key].item(), abs=1e-5), key
+
+
+@pytest.mark.slow
+def test_ranks_started_together_prepare_a_cold_cache_once(synthetic_raw, tmp_path):
+    # torchrun starts both ranks at once, so both reach the preparation of the empty folder.
+    processed = tmp_path / "processed"
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+        "-m", "scripts.train", "--raw_dir", str(synthetic_raw), "--processed_dir", str(processed),
+        "--model_type", "SegmentationCNN", "--embedding_size", "4", "--max_epochs", "1",
+        "--num_workers", "0", "--prepare_workers", "1", "--accelerator", "cpu", "--devices", "2",
+        "--strategy", "ddp", "--wandb_mode", "disabled", "--wandb_run_name", "cold",
+        "--checkpoint_dir", str(tmp_path / "checkpoints"), "--log_dir", str(tmp_path / "logs"),
+    ]  # fmt: skip
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    output = result.stdout + result.stderr
+    # A rank that processed tiles says so (rank 0 also reports a cache it reused).
+    reports = [line for line in output.splitlines() if line.startswith("data: prepared")]
+    processed = [line for line in reports if "0 processed, 12 reused" not in line]
+    assert len(processed) == 1 and "12 processed, 0 reused" in processed[0], reports
+    assert "GLOBAL_RANK: 0" in output and "GLOBAL_RANK: 1" in output
+    assert (tmp_path / "checkpoints" / "SegmentationCNN" / "cold" / "last.ckpt").is_file()

@@ -3,18 +3,31 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
+import json
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from sklearn.metrics import accuracy_score, f1_score, jaccard_score, recall_score
+from sklearn.metrics import (
+    accuracy_score,
+    f1_score,
+    jaccard_score,
+    recall_score,
+    roc_auc_score,
+)
 
 from scripts.train import ESDConfig, train
 from src.esd_data.manifest import Manifest
 from src.training.losses import SegmentationLoss
 from src.training.metrics import segmentation_metrics
 from src.training.module import ESDSegmentation
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def tiny_config(tmp_path: Path, processed: Path, **overrides) -> ESDConfig:
@@ -41,9 +54,9 @@ def read_csv(path: Path) -> list[dict[str, str]]:
 
 
 def epoch_rows(log_dir: Path, key: str) -> dict[int, float]:
-    """The last logged value of `key` for each epoch of a CSV log."""
+    """The last logged value of `key` for each epoch (or step, for rows without an epoch)."""
     rows = read_csv(next(log_dir.rglob("metrics.csv")))
-    return {int(r["epoch"]): float(r[key]) for r in rows if r.get(key)}
+    return {int(r["epoch"] or r["step"]): float(r[key]) for r in rows if r.get(key)}
 
 
 def test_metrics_equal_scikit_learn():
@@ -70,6 +83,20 @@ def test_metrics_equal_scikit_learn():
     assert values["val_f1_macro"] == pytest.approx(f1.mean(), abs=1e-6)
     contest = f1_score(truth == 0, predicted == 0)  # class 1 against the rest
     assert values["val_f1_class1"] == pytest.approx(contest, abs=1e-6)
+
+
+def test_auroc_macro_averages_the_classes_present():
+    generator = torch.Generator().manual_seed(3)
+    probabilities = torch.rand(30, 4, 4, 4, generator=generator).softmax(dim=1)
+    target = torch.randint(0, 2, (30, 4, 4), generator=generator)  # classes 1 and 2 only
+    metrics = segmentation_metrics("val_")
+    metrics.update(probabilities, target)
+    value = metrics.compute()["val_auroc_macro"].item()
+    truth = target.flatten().numpy()
+    scores = probabilities.movedim(1, -1).reshape(-1, 4).numpy()
+    present = [roc_auc_score(truth == k, scores[:, k]) for k in (0, 1)]
+    assert value == pytest.approx(np.mean(present), abs=1e-6)
+    assert value != pytest.approx(sum(present) / 4, abs=0.05)  # absent classes counted as 0
 
 
 @pytest.mark.parametrize("loss", ["ce", "dice", "ce+dice"])
@@ -118,31 +145,90 @@ def test_unet_learns_clearly_better_than_a_constant_predictor(synthetic_processe
     )
 
 
-def test_resume_continues_exactly(synthetic_processed, tmp_path):
-    # Loader workers (persistent) in one run and none in the other: the result must not care.
-    straight = tiny_config(tmp_path / "a", synthetic_processed, max_epochs=4, num_workers=2)
-    first = tiny_config(tmp_path / "b", synthetic_processed, max_epochs=2)
-    results_straight = train(straight)
-    results_first = train(first)
-    resumed = tiny_config(
-        tmp_path / "c",
-        synthetic_processed,
-        max_epochs=4,
-        resume=Path(results_first["last_model_path"]),
-    )
-    results_resumed = train(resumed)
-    a = torch.load(results_straight["last_model_path"], weights_only=True)
-    b = torch.load(results_resumed["last_model_path"], weights_only=True)
+# val_loss "maximised": the first epoch's (highest) loss stays the best, so every later epoch
+# fails to improve the monitored metric and `last.ckpt` must still follow the training.
+NEVER_IMPROVES = {"monitor": "val_loss", "monitor_mode": "max", "learning_rate": 3e-3}
+
+
+def test_last_checkpoint_is_the_last_epoch_when_the_best_is_the_first(
+    synthetic_processed, tmp_path
+):
+    config = tiny_config(tmp_path, synthetic_processed, max_epochs=3, **NEVER_IMPROVES)
+    results = train(config)
+    losses = epoch_rows(tmp_path / "logs", "val_loss")
+    assert max(losses, key=losses.get) == 0  # the case this test is about
+    best = torch.load(results["best_model_path"], weights_only=True)
+    last = torch.load(results["last_model_path"], weights_only=True)
+    assert best["epoch"] == 0 and Path(results["best_model_path"]).name.startswith("best-000-")
+    assert Path(results["last_model_path"]).name == "last.ckpt"
+    assert last["epoch"] == 2 and last["global_step"] > best["global_step"]
+
+
+def assert_same_run(straight: dict, other: dict, straight_logs: Path, other_logs: Path) -> None:
+    """Same final weights, epoch and step, and the same logged value of every epoch metric."""
+    a = torch.load(straight["last_model_path"], weights_only=True)
+    b = torch.load(other["last_model_path"], weights_only=True)
     assert (a["epoch"], a["global_step"]) == (b["epoch"], b["global_step"])
     for key, value in a["state_dict"].items():
         assert torch.equal(value, b["state_dict"][key]), key
-    for key in ("val_f1_class1", "val_loss", "train_loss"):
-        whole = epoch_rows(tmp_path / "a" / "logs", key)
-        first_half = epoch_rows(tmp_path / "b" / "logs", key)
-        second_half = epoch_rows(tmp_path / "c" / "logs", key)
-        assert sorted(first_half) == [0, 1] and sorted(second_half) == [2, 3]
-        assert whole == first_half | second_half
+    for key in ("val_f1_class1", "val_loss", "train_loss", "train_f1_class1", "lr-Adam"):
+        assert epoch_rows(other_logs, key) == epoch_rows(straight_logs, key), key
+    rows_a, rows_b = (read_csv(next(d.rglob("metrics.csv"))) for d in (straight_logs, other_logs))
+    assert len(rows_a) == len(rows_b)  # nothing logged twice
+
+
+def test_resume_from_last_continues_exactly(synthetic_processed, tmp_path):
+    # Loader workers (persistent) in the straight run and none in the others: no difference.
+    straight = tiny_config(
+        tmp_path / "a", synthetic_processed, max_epochs=4, num_workers=2, **NEVER_IMPROVES
+    )
+    first = tiny_config(tmp_path / "b", synthetic_processed, max_epochs=2, **NEVER_IMPROVES)
+    results_straight = train(straight)
+    results_first = train(first)
+    assert torch.load(results_first["best_model_path"], weights_only=True)["epoch"] == 0
+    resumed = dataclasses.replace(
+        first, max_epochs=4, resume=Path(results_first["last_model_path"])
+    )
+    results_resumed = train(resumed)
+    assert epoch_rows(tmp_path / "b" / "logs", "val_loss").keys() == {0, 1, 2, 3}
+    assert_same_run(
+        results_straight, results_resumed, tmp_path / "a" / "logs", tmp_path / "b" / "logs"
+    )
     assert results_straight["val_f1_class1"] == results_resumed["val_f1_class1"]
+
+
+KILLED_RUN = """
+import json, os, signal, sys
+import lightning as L
+from src.training.config import ESDConfig
+from src.training.train import train
+
+class KillDuringEpoch(L.Callback):
+    def on_train_batch_start(self, trainer, module, batch, batch_idx):
+        if trainer.current_epoch == 2 and batch_idx == 1:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+train(ESDConfig(**json.loads(sys.argv[1])), extra_callbacks=[KillDuringEpoch()])
+"""
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_from_its_last_completed_epoch(synthetic_processed, tmp_path):
+    straight = tiny_config(tmp_path / "a", synthetic_processed, max_epochs=4, **NEVER_IMPROVES)
+    results_straight = train(straight)
+    killed = tiny_config(tmp_path / "b", synthetic_processed, max_epochs=4, **NEVER_IMPROVES)
+    values = {k: str(v) if isinstance(v, Path) else v for k, v in vars(killed).items()}
+    process = subprocess.run(
+        [sys.executable, "-c", KILLED_RUN, json.dumps(values)],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert process.returncode == -signal.SIGKILL, process.stderr[-2000:]
+    last = tmp_path / "b" / "checkpoints" / "UNet" / "run" / "last.ckpt"
+    assert torch.load(last, weights_only=True)["epoch"] == 1  # the last completed epoch
+    results_resumed = train(dataclasses.replace(killed, resume=last))
+    assert_same_run(
+        results_straight, results_resumed, tmp_path / "a" / "logs", tmp_path / "b" / "logs"
+    )
 
 
 def test_class_weights_come_from_training_labels(synthetic_processed, tmp_path):

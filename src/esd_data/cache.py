@@ -34,7 +34,7 @@ from src.esd_data.reader import (
     read_inventory,
     tile_number,
 )
-from src.esd_data.sensors import LABEL_GRID
+from src.esd_data.sensors import GROUND_TRUTH_FILE, LABEL_GRID
 from src.esd_data.split import split_tiles
 from src.esd_data.subtiles import check_tile_size_gt
 
@@ -44,6 +44,10 @@ STORAGE_DTYPE = np.float16
 
 class PrepareError(RuntimeError):
     """Raw data that cannot be prepared; the message lists every problem of every tile."""
+
+
+class MissingLabelsWarning(UserWarning):
+    """Tiles of a labelled folder without `groundTruth.tif` (they go to the predict split)."""
 
 
 @dataclass(frozen=True)
@@ -151,6 +155,7 @@ def process_tile(
     labels_grid = raw.ground_truth
     del raw  # free the raw rasters before writing
     means, m2 = _channel_moments(stored)
+    content = hashlib.sha256(memoryview(stored).cast("B")).hexdigest()
     image, labels, record_path = _paths(processed_dir, tile_dir.name)
     write_npy(image, stored)
     if labels_grid is not None:
@@ -160,6 +165,7 @@ def process_tile(
         "channels": channels,
         "shape": list(stored.shape),
         "image_bytes": image.stat().st_size,
+        "sha256": content,
         "has_labels": labels_grid is not None,
         "count": int(stored.shape[1] * stored.shape[2]),
         "mean": means.tolist(),
@@ -252,11 +258,15 @@ def prepare_dataset(
     test_fraction: float = 0.0,
     workers: int = 2,
     preprocessing: PreprocessConfig | None = None,
+    purpose: str = "training",
 ) -> PrepareSummary:
     """Validate, preprocess and cache every tile of `raw_dir`, split them, write the manifest.
 
-    Tiles without `groundTruth.tif` go to the `predict` split. Raises PrepareError (every
-    problem of every tile) or FileNotFoundError before anything is written for bad raw data.
+    Tiles without `groundTruth.tif` go to the `predict` split (with a MissingLabelsWarning
+    naming them when other tiles have labels). With `purpose="evaluation"` nothing is split:
+    every tile, labelled or not, is in `predict` (for `scripts.evaluate --raw_dir`). Raises
+    PrepareError (every problem of every tile) or FileNotFoundError before anything is
+    written for bad raw data.
     """
     start = time.perf_counter()
     preprocessing = preprocessing or PreprocessConfig()
@@ -267,7 +277,9 @@ def prepare_dataset(
     records = {d.name: _load_record(processed_dir, d.name, fp) for d, fp in fingerprints.items()}
     stale = {d: fp for d, fp in fingerprints.items() if records[d.name] is None}
     overall = hashlib.sha256(
-        json.dumps([sorted(fingerprints.values()), seed, val_fraction, test_fraction]).encode()
+        json.dumps(
+            [sorted(fingerprints.values()), seed, val_fraction, test_fraction, purpose]
+        ).encode()
     ).hexdigest()
     manifest_path = processed_dir / MANIFEST_FILE
     try:
@@ -299,6 +311,7 @@ def prepare_dataset(
         test_fraction,
         tile_size_gt,
         preprocessing,
+        purpose,
     )
     manifest.save(processed_dir)
     return PrepareSummary(
@@ -335,6 +348,7 @@ def _build_manifest(
     test_fraction: float,
     tile_size_gt: int,
     preprocessing: PreprocessConfig,
+    purpose: str,
 ) -> Manifest:
     channels = next(iter(records.values()))["channels"]
     shapes = {tuple(r["shape"]) for r in records.values()}
@@ -344,14 +358,31 @@ def _build_manifest(
             f"data set must have the same raster size and dates"
         )
     labelled = [name for name, r in records.items() if r["has_labels"]]
-    if not labelled:
-        raise PrepareError(f"no tile of {raw_dir} has a groundTruth.tif: nothing to train on")
-    split = split_tiles(labelled, seed, val_fraction, test_fraction)
-    split["predict"] = sorted(set(records) - set(labelled))
+    unlabelled = sorted(set(records) - set(labelled), key=tile_number)
+    if purpose == "evaluation":
+        split = {"train": [], "val": [], "test": [], "predict": sorted(records, key=tile_number)}
+        statistics_tiles = split["predict"]
+    else:
+        if not labelled:
+            raise PrepareError(
+                f"no tile of {raw_dir} has a groundTruth.tif: nothing to train on (to predict "
+                f"unlabelled tiles, use `python -m scripts.evaluate --model_path CKPT "
+                f"--raw_dir {raw_dir}`)"
+            )
+        if unlabelled:
+            warnings.warn(
+                f"{len(unlabelled)} tile(s) of {raw_dir} have no {GROUND_TRUTH_FILE} and go "
+                f"to the predict split, not to training or validation: {', '.join(unlabelled)}",
+                MissingLabelsWarning,
+                stacklevel=3,
+            )
+        split = split_tiles(labelled, seed, val_fraction, test_fraction)
+        split["predict"] = unlabelled
+        statistics_tiles = split["train"]
     mean, std = TileStats.merge(
         [
             TileStats(records[t]["count"], np.array(records[t]["mean"]), np.array(records[t]["m2"]))
-            for t in split["train"]
+            for t in statistics_tiles
         ]
     )
     _, height, width = shapes.pop()
@@ -360,7 +391,11 @@ def _build_manifest(
         image, labels, _ = _paths(Path(), tile_dir.name)
         has_labels = records[tile_dir.name]["has_labels"]
         tiles[tile_dir.name] = TileRecord(
-            image.as_posix(), labels.as_posix() if has_labels else None, fingerprint
+            image.as_posix(),
+            labels.as_posix() if has_labels else None,
+            fingerprint,
+            records[tile_dir.name]["image_bytes"],
+            records[tile_dir.name]["sha256"],
         )
     return Manifest(
         raw_dir=str(raw_dir),
@@ -377,4 +412,5 @@ def _build_manifest(
         std=std.tolist(),
         fingerprint=overall,
         tiles=tiles,
+        purpose=purpose,
     )

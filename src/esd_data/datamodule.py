@@ -11,11 +11,11 @@ import torch
 from torch.utils.data import DataLoader
 
 from src.esd_data.augmentation import AugmentConfig, FlipRotate, NoiseBlur
-from src.esd_data.cache import prepare_dataset
+from src.esd_data.cache import PrepareSummary
 from src.esd_data.dataset import ESDDataset
 from src.esd_data.manifest import BandSelection, Manifest
-from src.esd_data.preprocessing import PreprocessConfig
-from src.esd_data.sampler import EpochShuffleSampler
+from src.esd_data.preparation import PrepareRequest, prepare_requested
+from src.esd_data.sampler import EpochShuffleSampler, ShardSampler
 from src.esd_data.sensors import N_CLASSES
 from src.esd_data.subtiles import check_tile_size_gt
 
@@ -23,11 +23,17 @@ from src.esd_data.subtiles import check_tile_size_gt
 class ESDDataModule(L.LightningDataModule):
     """Parent-tile-split subtiles of DFC2021 tiles for Lightning.
 
-    `prepare_data` builds (or reuses) the processed cache from `raw_dir`; with `raw_dir=None`
-    an already prepared `processed_dir` is used as it is. The loaders yield `X` as stored
-    (float16); `on_after_batch_transfer`, which a Trainer calls, normalises it on the device.
-    Training batches get `FlipRotate` in the workers and `NoiseBlur` on the device;
-    validation, test and predict batches are only normalised.
+    `prepare_data` builds (or reuses) the processed cache from `raw_dir` with the given
+    `preprocessing` overrides, `split_seed`, `val_fraction` and `test_fraction`; each left
+    None is as the folder was prepared (see `src.esd_data.preparation`; for a new folder the
+    defaults, with `seed` as the split seed). With
+    `raw_dir=None` an already prepared `processed_dir` is used as it is, after checking every
+    tile file against the manifest. The loaders yield `X` as stored (float16);
+    `on_after_batch_transfer`, which a Trainer calls, normalises it on the device. Training
+    batches get `FlipRotate` in the workers and `NoiseBlur` on the device; validation, test
+    and predict batches are only normalised. Under DDP each rank loads its own shard (the
+    Trainer must run with `use_distributed_sampler=False`): training shards are padded to
+    equal length, evaluation shards are not, so every subtile is scored exactly once.
     """
 
     def __init__(
@@ -39,10 +45,11 @@ class ESDDataModule(L.LightningDataModule):
         batch_size: int = 8,
         num_workers: int = 2,
         seed: int = 0,
-        val_fraction: float = 0.2,
-        test_fraction: float = 0.0,
+        preprocessing: dict[str, Any] | None = None,
+        split_seed: int | None = None,
+        val_fraction: float | None = None,
+        test_fraction: float | None = None,
         prepare_workers: int = 2,
-        preprocessing: PreprocessConfig | None = None,
         augment: AugmentConfig | None = None,
         predict_split: str = "val",
     ) -> None:
@@ -55,28 +62,37 @@ class ESDDataModule(L.LightningDataModule):
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.seed = seed
-        self.val_fraction = val_fraction
-        self.test_fraction = test_fraction
+        self.prepare_request = PrepareRequest(
+            preprocessing=preprocessing,
+            split_seed=split_seed,
+            val_fraction=val_fraction,
+            test_fraction=test_fraction,
+            new_folder_seed=seed,
+        )
         self.prepare_workers = prepare_workers
-        self.preprocessing = preprocessing or PreprocessConfig()
         self.augment = augment if augment is not None else AugmentConfig()
         self.predict_split = predict_split
         self.batch_augment = NoiseBlur(self.augment)
         self.datasets: dict[str, ESDDataset] = {}
+        self.summary: PrepareSummary | None = None
 
     def prepare_data(self) -> None:
-        """Build or reuse the processed cache (runs once per node)."""
+        """Build or reuse the processed cache, or check it when there is no `raw_dir`.
+
+        Safe to call from several processes at once: they prepare the folder once.
+        """
         if self.raw_dir is not None:
-            prepare_dataset(
-                self.raw_dir,
-                self.processed_dir,
-                self.tile_size_gt,
-                self.seed,
-                self.val_fraction,
-                self.test_fraction,
-                self.prepare_workers,
-                self.preprocessing,
+            self.summary = prepare_requested(
+                self.raw_dir, self.processed_dir, self.prepare_request, self.prepare_workers
             )
+            return
+        manifest = self.manifest
+        if manifest.purpose != "training":
+            raise ValueError(
+                f"{self.processed_dir} was prepared for evaluation (every tile unsplit): "
+                f"train on a folder prepared by scripts.prepare"
+            )
+        manifest.check_files(self.processed_dir)
 
     @property
     def manifest(self) -> Manifest:
@@ -109,6 +125,11 @@ class ESDDataModule(L.LightningDataModule):
                     normalise=False,  # on the device, in on_after_batch_transfer
                 )
 
+    def _shard(self) -> tuple[int, int]:
+        """(rank, world size) of this process in the Trainer's run (0, 1 without one)."""
+        trainer = self.trainer
+        return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         if split not in self.datasets:
             raise ValueError(
@@ -116,10 +137,16 @@ class ESDDataModule(L.LightningDataModule):
                 f"adjust val_fraction / test_fraction and prepare again"
             )
         dataset = self.datasets[split]
+        rank, world_size = self._shard()
+        sampler: EpochShuffleSampler | ShardSampler = (
+            EpochShuffleSampler(len(dataset), self.seed, rank, world_size)
+            if shuffle
+            else ShardSampler(len(dataset), rank, world_size)
+        )
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
-            sampler=EpochShuffleSampler(len(dataset), self.seed) if shuffle else None,
+            sampler=sampler,
             num_workers=self.num_workers,
             pin_memory=torch.cuda.is_available(),
             persistent_workers=self.num_workers > 0,
@@ -143,13 +170,16 @@ class ESDDataModule(L.LightningDataModule):
 
         The loaders carry float16 as stored (half the bytes of float32 through worker shared
         memory); outside a Trainer call this hook on each batch yourself. The augmentation
-        draws are seeded from (seed, global step, rank), so a resumed run repeats them.
+        draws are seeded from (seed, epoch, batch index in the epoch, rank), so a resumed run
+        repeats them and the micro-batches of one accumulated step get their own.
         """
         batch["X"] = next(iter(self.datasets.values())).normalise_batch(batch["X"])
         trainer = self.trainer
         if trainer is not None and trainer.training:
             device = batch["X"].device
-            key = (self.seed, trainer.global_step, trainer.global_rank, dataloader_idx)
+            # The hook runs before the loop counts the batch: its index is batch_idx + 1.
+            index = trainer.fit_loop.epoch_loop.batch_idx + 1
+            key = (self.seed, trainer.current_epoch, index, trainer.global_rank, dataloader_idx)
             seed = int(np.random.SeedSequence(key).generate_state(1)[0])
             generator = torch.Generator(device=device).manual_seed(seed)
             batch["X"] = self.batch_augment(batch["X"], generator)

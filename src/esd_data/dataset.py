@@ -33,6 +33,8 @@ class ESDDataset(Dataset):
 
     With `normalise=False`, `X` is the stored float16 values, half the bytes to move from
     loader workers; `normalise_batch` then does the normalisation, e.g. on the GPU.
+    `tiles` serves those parent tiles instead of the split's, and `normalisation` (per-channel
+    mean and std of the selected channels, e.g. a checkpoint's) replaces the manifest's.
     """
 
     def __init__(
@@ -46,6 +48,8 @@ class ESDDataset(Dataset):
         seed: int = 0,
         stride_gt: int | None = None,
         normalise: bool = True,
+        tiles: list[str] | None = None,
+        normalisation: tuple[np.ndarray, np.ndarray] | None = None,
     ) -> None:
         self.processed_dir = Path(processed_dir)
         self.manifest = manifest or Manifest.load(self.processed_dir)
@@ -59,13 +63,25 @@ class ESDDataset(Dataset):
             if self.channels == list(range(len(self.manifest.channels)))
             else self.channels
         )
-        mean, std = self.manifest.normalisation(self.channels)
+        mean, std = normalisation or self.manifest.normalisation(self.channels)
+        mean, std = np.asarray(mean, dtype=np.float32), np.asarray(std, dtype=np.float32)
+        if mean.shape != (len(self.channels),) or std.shape != mean.shape:
+            raise ValueError(
+                f"normalisation has {mean.size} means and {std.size} stds for "
+                f"{len(self.channels)} selected channels"
+            )
         self._scale = torch.from_numpy(1.0 / std)[:, None, None]
         self._shift = torch.from_numpy(-mean / std)[:, None, None]
         self.normalise = normalise
         self.transform = transform
         self.seed = seed
-        self.tiles = self.manifest.tiles_in(split)
+        self.tiles = self.manifest.tiles_in(split) if tiles is None else list(tiles)
+        unknown = [tile for tile in self.tiles if tile not in self.manifest.tiles]
+        if unknown:
+            raise ValueError(
+                f"{self.processed_dir} has no tile(s) {', '.join(unknown)} (it has "
+                f"{len(self.manifest.tiles)}: {', '.join(list(self.manifest.tiles)[:8])} …)"
+            )
         self.index = [
             (tile, row, col)
             for tile in self.tiles

@@ -10,11 +10,10 @@ from pathlib import Path
 import numpy as np
 
 from src.atomic import write_json
-from src.esd_data.preprocessing import MAX_PROJECTION_DATE
-from src.esd_data.sensors import SENSORS_BY_NAME
+from src.esd_data.sensors import MAX_PROJECTION_DATE, SENSORS_BY_NAME
 
 MANIFEST_FILE = "manifest.json"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 
 BandSelection = dict[str, list[str] | None] | list[str]
 """Sensor name → band, date or `date/band` names to keep (None keeps all of that sensor),
@@ -65,13 +64,23 @@ def _is_date(text: str, sensor: str) -> bool:
     return True
 
 
+PURPOSES = ("training", "evaluation")
+"""A training folder is split into train/val/test; an evaluation folder (prepared by
+`scripts.evaluate --raw_dir`) has every tile in `predict` and is never trained on."""
+
+
 @dataclass(frozen=True)
 class TileRecord:
-    """Where one parent tile's processed arrays are, relative to the processed folder."""
+    """Where one parent tile's processed arrays are, relative to the processed folder, with
+    the image file's size in bytes (checked before use), the fingerprint of its raw files and
+    parameters, and the SHA-256 of its processed pixels (the same data gives the same hash on
+    any machine)."""
 
     image: str
     labels: str | None
     fingerprint: str
+    image_bytes: int
+    sha256: str
 
 
 @dataclass(frozen=True)
@@ -92,6 +101,7 @@ class Manifest:
     std: list[float]
     fingerprint: str
     tiles: dict[str, TileRecord]
+    purpose: str = "training"
     format_version: int = FORMAT_VERSION
 
     def save(self, processed_dir: Path) -> None:
@@ -172,6 +182,29 @@ class Manifest:
         if not indices:
             raise ValueError("the band selection selects no channel")
         return indices
+
+    def check_files(self, processed_dir: Path) -> None:
+        """FileNotFoundError / ValueError naming the first tile file that is missing, truncated
+        or of another shape than the manifest says, before any of it is used."""
+        folder = Path(processed_dir)
+        rebuild = (
+            f"rebuild it with `python -m scripts.prepare --raw_dir {self.raw_dir} "
+            f"--processed_dir {folder}`"
+        )
+        for tile, record in self.tiles.items():
+            image = folder / record.image
+            if not image.is_file():
+                raise FileNotFoundError(f"{image} ({tile}) is missing from the cache: {rebuild}")
+            size = image.stat().st_size
+            if size != record.image_bytes:
+                raise ValueError(
+                    f"{image} ({tile}) has {size} bytes, the manifest expects "
+                    f"{record.image_bytes} (truncated or replaced): {rebuild}"
+                )
+            if record.labels is not None and not (folder / record.labels).is_file():
+                raise FileNotFoundError(
+                    f"{folder / record.labels} ({tile}) is missing from the cache: {rebuild}"
+                )
 
     def normalisation(self, indices: list[int]) -> tuple[np.ndarray, np.ndarray]:
         """Per-channel (mean, std) as float32 arrays for the selected channels."""

@@ -17,10 +17,7 @@ import torch
 from scipy import ndimage
 
 from src.esd_data.reader import RawTile, SensorStack
-from src.esd_data.sensors import SENSORS
-
-MAX_PROJECTION_DATE = "max"
-"""Date part of the name of the VIIRS maximum-projection channel: `viirs/max/DNB`."""
+from src.esd_data.sensors import MAX_PROJECTION_DATE, SENSORS
 
 
 @dataclass(frozen=True)

@@ -95,6 +95,9 @@ LANDSAT8 = SensorSpec(
 SENSORS: tuple[SensorSpec, ...] = (VIIRS, SENTINEL1, SENTINEL2, LANDSAT8)
 SENSORS_BY_NAME: dict[str, SensorSpec] = {spec.name: spec for spec in SENSORS}
 
+MAX_PROJECTION_DATE = "max"
+"""Date part of the name of the VIIRS maximum-projection channel: `viirs/max/DNB`."""
+
 GROUND_TRUTH_FILE = "groundTruth.tif"
 GROUND_TRUTH_RGB_FILE = "groundTruthRGB.png"
 LABEL_GRID = 16

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -10,13 +11,13 @@ import torch
 from tqdm import tqdm
 
 from src.esd_data.dataset import ESDDataset
+from src.esd_data.identity import DataIdentity
 from src.esd_data.manifest import Manifest
 from src.evaluation.restitch import restitch_logits, softmax
+from src.training.checkpoints import CheckpointError
 from src.training.module import ESDSegmentation
 
-
-class CheckpointError(ValueError):
-    """A checkpoint that is missing, unreadable, or does not fit the processed data."""
+BEST_PATTERN = "*/*/best-*.ckpt"
 
 
 @dataclass(frozen=True)
@@ -29,35 +30,40 @@ class TilePrediction:
     truth: np.ndarray | None
 
 
-def newest_best_checkpoint(checkpoint_dir: Path) -> Path:
-    """The most recently written `best-*.ckpt` under `checkpoint_dir/<model>/<run>/`."""
-    found = sorted(Path(checkpoint_dir).glob("*/*/best-*.ckpt"), key=lambda p: p.stat().st_mtime)
+def newest_best_checkpoint(checkpoint_dir: Path, model_type: str | None = None) -> tuple[Path, str]:
+    """The most recently written `best-*.ckpt` under `checkpoint_dir/<model>/<run>/`, and why.
+
+    With `model_type`, only that model's runs count. The reason names the run and, when
+    other model types have checkpoints there too, says so (nothing is chosen across model
+    types silently).
+    """
+    folder = Path(checkpoint_dir)
+    found = [p for p in folder.glob(BEST_PATTERN) if model_type in (None, p.parts[-3])]
     if not found:
+        which = f"{model_type} " if model_type else ""
         raise CheckpointError(
-            f"no best-*.ckpt under {checkpoint_dir}/<model_type>/<run>/: train a model first "
+            f"no {which}best-*.ckpt under {folder}/<model_type>/<run>/: train a model first "
             f"(python -m scripts.train) or pass --model_path"
         )
-    return found[-1]
+    newest = max(found, key=lambda p: (p.stat().st_mtime_ns, str(p)))
+    written = dt.datetime.fromtimestamp(newest.stat().st_mtime).strftime("%Y-%m-%d %H:%M:%S")
+    runs = {p.parent for p in found}
+    reason = (
+        f"the newest best checkpoint under {folder} (written {written}; "
+        f"{len(runs)} run(s) considered)"
+    )
+    others = sorted({p.parts[-3] for p in folder.glob(BEST_PATTERN)} - {newest.parts[-3]})
+    if model_type is None and others:
+        reason += (
+            f"; {folder} also has {', '.join(others)} runs: pass --model_type or --model_path "
+            f"to choose"
+        )
+    return newest, reason
 
 
-def load_checkpoint(path: Path, device: torch.device) -> ESDSegmentation:
-    """The trained module in eval mode, with a clear error for a missing or corrupt file."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist")
-    try:
-        module = ESDSegmentation.load_from_checkpoint(path, map_location=device)
-    except Exception as error:
-        raise CheckpointError(
-            f"checkpoint {path} cannot be read ({type(error).__name__}: {error}); is it a "
-            f"checkpoint written by scripts.train, and complete?"
-        ) from error
-    return module.eval()
-
-
-def check_compatible(module: ESDSegmentation, manifest: Manifest, processed_dir: Path) -> None:
+def check_compatible(identity: DataIdentity, manifest: Manifest, processed_dir: Path) -> None:
     """CheckpointError unless the processed data has the model's channels and cell size."""
-    hp = module.hparams
+    hp = identity
     if hp.cell_px != manifest.cell_px:
         raise CheckpointError(
             f"the checkpoint was trained on {hp.cell_px} px per label cell, but {processed_dir} "
@@ -76,19 +82,29 @@ def check_compatible(module: ESDSegmentation, manifest: Manifest, processed_dir:
 def predict_tiles(
     module: ESDSegmentation,
     processed_dir: Path,
-    split: str,
+    tiles: list[str],
     tile_size_gt: int,
     stride_gt: int | None,
     batch_size: int,
     device: torch.device,
+    normalisation: tuple[np.ndarray, np.ndarray],
 ) -> list[TilePrediction]:
-    """Predict every window of every tile of `split`, restitch, with a progress bar over tiles."""
+    """Predict every window of every tile, restitch, with a progress bar over tiles.
+
+    The windows are normalised with `normalisation` (the checkpoint's training statistics).
+    """
     dataset = ESDDataset(
-        processed_dir, split, tile_size_gt, bands=list(module.hparams.channels), stride_gt=stride_gt
+        processed_dir,
+        "predict",
+        tile_size_gt,
+        bands=list(module.hparams.channels),
+        stride_gt=stride_gt,
+        tiles=tiles,
+        normalisation=normalisation,
     )
     windows = len(dataset.origins) ** 2
     predictions = []
-    for position, tile in enumerate(tqdm(dataset.tiles, desc=f"predicting {split}", unit="tile")):
+    for position, tile in enumerate(tqdm(dataset.tiles, desc="predicting", unit="tile")):
         items = [dataset[position * windows + k] for k in range(windows)]
         logits = []
         with torch.no_grad():

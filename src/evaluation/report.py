@@ -90,6 +90,8 @@ def write_run_outputs(
         metrics["overall"] = label_scores(truth, predicted)
         aucs = one_vs_rest_auc(truth - 1, probabilities)
         metrics["overall"].update({f"auc_class{k + 1}": v for k, v in aucs.items()})
+        present = [v for v in aucs.values() if v is not None]
+        metrics["overall"]["auc_macro"] = float(np.mean(present)) if present else None
         matrix = confusion_matrix(truth, predicted, labels=LABELS)
         metrics["confusion_matrix"] = matrix.tolist()
         plot_confusion_matrix(matrix, CLASS_TITLES, results_dir / "confusion_matrix.png")

@@ -2,7 +2,8 @@
 
 A builder takes `(in_channels, cell_px, out_channels)` positionally and its model's
 hyper-parameters as keyword-only arguments with defaults; `model_hparams` reads their names
-from the builder's signature. To add a model, write its builder and add it to `_BUILDERS`.
+from the builder's signature (a builder that also declares `channels` gets the inputs'
+`sensor/date/band` names). To add a model, write its builder and add it to `_BUILDERS`.
 
 A training config passes one shared set of hyper-parameters for all models, so it filters
 them first::
@@ -20,14 +21,21 @@ import inspect
 import math
 import os
 from collections.abc import Callable, Sequence
-from typing import Any
-
-from torch import nn
+from typing import TYPE_CHECKING, Any
 
 from src.models.checks import check_positive_int
-from src.models.fcn_resnet_transfer import FCNResnetTransfer
-from src.models.segmentation_cnn import SegmentationCNN, default_pool_sizes
-from src.models.unet import UNet
+
+if TYPE_CHECKING:
+    from torch import nn
+
+# Model modules import torch and torchvision, so each builder imports its own model when it
+# is called: the registry (and the command lines' --help) stays fast to import.
+
+DATA_KEYWORDS = ("channels",)
+"""Builder keywords filled from the data (the channel names), not hyper-parameters."""
+PRETRAINED_HPARAMS = {"pretrained": False, "weights_path": None}
+"""Hyper-parameters that load weights from a file, and their values once the weights are in
+a checkpoint (see `without_pretrained_loading`)."""
 
 
 def _build_segmentation_cnn(
@@ -40,6 +48,8 @@ def _build_segmentation_cnn(
     pool_sizes: Sequence[int] | None = None,
     kernel_size: int = 3,
 ) -> nn.Module:
+    from src.models.segmentation_cnn import SegmentationCNN, default_pool_sizes
+
     if pool_sizes is None:
         pool_sizes = default_pool_sizes(cell_px)
     else:
@@ -70,6 +80,8 @@ def _build_unet(
     n_encoders: int = 2,
     embedding_size: int = 32,
 ) -> nn.Module:
+    from src.models.unet import UNet
+
     return UNet(
         in_channels,
         out_channels,
@@ -88,6 +100,8 @@ def _build_fcn_resnet_transfer(
     weights_path: str | os.PathLike[str] | None = None,
     freeze_backbone: bool | float = False,
 ) -> nn.Module:
+    from src.models.fcn_resnet_transfer import FCNResnetTransfer
+
     return FCNResnetTransfer(
         in_channels,
         out_channels,
@@ -116,8 +130,7 @@ def _builder(model_type: str) -> Callable[..., nn.Module]:
         ) from None
 
 
-def model_hparams(model_type: str) -> set[str]:
-    """Names of the hyper-parameters (keyword arguments) that `model_type`'s builder accepts."""
+def _keywords(model_type: str) -> set[str]:
     signature = inspect.signature(_builder(model_type))
     return {
         name
@@ -126,12 +139,29 @@ def model_hparams(model_type: str) -> set[str]:
     }
 
 
+def model_hparams(model_type: str) -> set[str]:
+    """Names of the hyper-parameters (keyword arguments) that `model_type`'s builder accepts."""
+    return _keywords(model_type) - set(DATA_KEYWORDS)
+
+
+def without_pretrained_loading(hparams: dict[str, Any]) -> dict[str, Any]:
+    """`hparams` with weight-file loading turned off, for models whose weights come from a
+    checkpoint: rebuilding them must not need the original weights file."""
+    return {k: PRETRAINED_HPARAMS.get(k, v) for k, v in hparams.items()}
+
+
 def build_model(
-    model_type: str, in_channels: int, cell_px: int, out_channels: int = 4, **hparams: Any
+    model_type: str,
+    in_channels: int,
+    cell_px: int,
+    out_channels: int = 4,
+    channels: Sequence[str] | None = None,
+    **hparams: Any,
 ) -> nn.Module:
     """Build `model_type` for `in_channels` inputs and cell_px-pixel label cells.
 
     The model maps (B, in_channels, t·cell_px, t·cell_px) to logits (B, out_channels, t, t).
+    `channels` (the `sensor/date/band` names of the inputs) reaches the builders that take it.
     Unknown model types and hyper-parameters the model does not take raise ValueError.
     """
     builder = _builder(model_type)
@@ -147,4 +177,11 @@ def build_model(
             f"{model_type} does not take hyper-parameter(s) {sorted(unknown)}; it accepts "
             f"{sorted(model_hparams(model_type))} (filter shared hparams with model_hparams())"
         )
+    if "channels" in _keywords(model_type):
+        if channels is None or len(channels) != in_channels:
+            raise ValueError(
+                f"{model_type} is built from the channel names: pass channels (one name per "
+                f"input channel, {in_channels}), got {channels!r}"
+            )
+        hparams["channels"] = list(channels)
     return builder(in_channels, cell_px, out_channels, **hparams)

@@ -31,8 +31,9 @@ import optuna
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 
-from scripts.train import ESDConfig
-from src.sweeps.spec import Parameter, SweepSpec, config_dict, trial_config
+from src.cli import config_values
+from src.sweeps.spec import Parameter, SweepSpec, trial_config
+from src.training.config import ESDConfig
 
 TrainFunction = Callable[..., dict[str, Any]]
 
@@ -266,7 +267,7 @@ def make_objective(
     def objective(trial: optuna.Trial) -> float:
         values = suggest(trial, spec.parameters)
         config = trial_config(base, values, f"trial-{trial.number}")
-        trial.set_user_attr("config", config_dict(config))
+        trial.set_user_attr("config", config_values(config))
         trial.set_user_attr("run_name", config.wandb_run_name)
         callback = PruningCallback(trial, spec.metric)
         main_thread = threading.current_thread() is threading.main_thread()
@@ -311,7 +312,7 @@ def run_optuna(
     """Run up to `run.count` trials in the study (KeyboardInterrupt propagates; the study keeps
     every finished trial). Returns the study."""
     if train is None:
-        from scripts.train import train
+        from src.training.train import train
     study = open_study(spec, run, spec.max_epochs(base))
     requeued = requeue_interrupted(study)
     if requeued:

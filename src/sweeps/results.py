@@ -24,9 +24,10 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from scripts.train import ESDConfig
 from src.atomic import atomic_path
-from src.sweeps.spec import RUN_FIELDS, Parameter, SweepSpec, plain
+from src.cli import plain
+from src.sweeps.spec import RUN_FIELDS, Parameter, SweepSpec
+from src.training.config import ESDConfig
 
 TABLE_FILE = "trials.csv"
 BEST_CONFIG_FILE = "best_config.yaml"

@@ -32,8 +32,8 @@ from typing import Any, Literal
 
 import yaml
 
-from scripts.train import ESDConfig
-from src.cli import strip_optional
+from src.cli import plain, strip_optional
+from src.training.config import ESDConfig
 from src.training.metrics import logged_metric_names
 
 METHODS = ("grid", "random", "bayes")
@@ -159,22 +159,6 @@ def encode_choice(value: Any) -> Any:
     if value is None or isinstance(value, (bool, int, float, str)):
         return value
     return json.dumps(value, sort_keys=True)
-
-
-def plain(value: Any) -> Any:
-    """`value` with Paths as strings and tuples as lists (YAML and JSON types only)."""
-    if isinstance(value, Path):
-        return str(value)
-    if isinstance(value, Mapping):
-        return {str(k): plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [plain(v) for v in value]
-    return value
-
-
-def config_dict(config: ESDConfig) -> dict[str, Any]:
-    """Every ESDConfig field as plain YAML/JSON types."""
-    return {f.name: plain(getattr(config, f.name)) for f in dataclasses.fields(config)}
 
 
 def trial_config(base: ESDConfig, values: Mapping[str, Any], run_name: str) -> ESDConfig:

@@ -21,9 +21,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from scripts.train import ESDConfig
+from src.cli import config_values
 from src.sweeps.optuna_backend import MetricTracker, SweepError, TrainFunction
-from src.sweeps.spec import SweepSpec, config_dict, trial_config
+from src.sweeps.spec import SweepSpec, trial_config
+from src.training.config import ESDConfig
 from src.training.loggers import wandb_logged_in
 
 DEFAULT_BASE_URL = "https://api.wandb.ai"
@@ -117,7 +118,7 @@ def run_wandb(
     import wandb
 
     if train is None:
-        from scripts.train import train
+        from src.training.train import train
     problem = wandb_unavailable()
     if problem:
         raise SweepError(f"--backend wandb: {problem}; {USE_OPTUNA}")
@@ -143,7 +144,7 @@ def run_wandb(
         try:
             values = {k: v for k, v in dict(run.config).items() if k in spec.parameters}
             config = trial_config(base, values, name)
-            record["config"] = config_dict(config)
+            record["config"] = config_values(config)
             results = train(config, extra_callbacks=[tracker])
             value = results.get(spec.metric)
             record.update(

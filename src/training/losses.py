@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Literal
+import typing
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from src.esd_data.dataset import IGNORE_LABEL
+from src.training.config import LossName
 
-LossName = Literal["ce", "dice", "ce+dice"]
-LOSS_NAMES: tuple[str, ...] = ("ce", "dice", "ce+dice")
+LOSS_NAMES: tuple[str, ...] = typing.get_args(LossName)
 
 
 def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, eps: float = 1.0) -> torch.Tensor:

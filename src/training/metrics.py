@@ -4,10 +4,16 @@ Classes are named by their contest label (1..4), although the model predicts ind
 `f1_class1` is the contest's score: F1 of class 1 (settlements without electricity) against
 all other classes, which is the per-class F1 of class 1. Averages are explicit:
 `acc_overall` is the share of correct cells (micro), `*_macro` the unweighted class mean.
+`auroc_macro` is the mean one-vs-rest AUROC over the classes *present* in the epoch's
+targets (a class that no cell has, or that every cell has, has no AUROC and is left out,
+rather than counted as 0); evaluation's `auc_macro` averages the same way.
 """
 
 from __future__ import annotations
 
+import warnings
+
+import torch
 from torchmetrics import ClasswiseWrapper, MetricCollection
 from torchmetrics.classification import (
     MulticlassAccuracy,
@@ -22,6 +28,32 @@ from src.esd_data.dataset import IGNORE_LABEL
 from src.esd_data.sensors import N_CLASSES
 
 CONTEST_METRIC = "f1_class1"
+
+
+class PresentClassesAUROC(MulticlassAUROC):
+    """Macro one-vs-rest AUROC over the classes that have both positive and negative cells.
+
+    The per-class AUROCs are torchmetrics' exact ones (no thresholds); the mean leaves out
+    classes absent from (or filling) the targets, and is NaN when no class qualifies.
+    """
+
+    def __init__(self, num_classes: int, ignore_index: int | None = None) -> None:
+        super().__init__(
+            num_classes=num_classes, average=None, ignore_index=ignore_index, validate_args=False
+        )
+
+    def compute(self) -> torch.Tensor:
+        with warnings.catch_warnings():  # "No positive samples": those classes are left out
+            warnings.simplefilter("ignore", UserWarning)
+            per_class = super().compute()
+        target = torch.cat(self.target) if isinstance(self.target, list) else self.target
+        counts = torch.bincount(target.flatten().long(), minlength=self.num_classes)
+        present = (counts > 0) & (counts < counts.sum())
+        if not present.any():
+            return per_class.new_tensor(float("nan"))
+        return per_class[present].mean()
+
+
 CLASS_LABELS = [f"class{k}" for k in range(1, N_CLASSES + 1)]
 
 _PER_CLASS = {
@@ -45,7 +77,7 @@ def segmentation_metrics(prefix: str) -> MetricCollection:
         metrics[f"{name}_per_class"] = ClasswiseWrapper(
             metric(average=None, **common), labels=CLASS_LABELS, prefix=f"{name}_"
         )
-    metrics["auroc_macro"] = MulticlassAUROC(average="macro", **common)
+    metrics["auroc_macro"] = PresentClassesAUROC(N_CLASSES, IGNORE_LABEL)
     return MetricCollection(metrics, prefix=prefix, compute_groups=False)
 
 

@@ -12,17 +12,17 @@ from torch import nn
 from torchmetrics import MeanMetric
 
 from src.models.registry import build_model
-from src.training.losses import LossName, SegmentationLoss
+from src.training.config import LossName, OptimizerName, SchedulerName
+from src.training.losses import SegmentationLoss
 from src.training.metrics import CONTEST_METRIC, segmentation_metrics
 
-OptimizerName = Literal["adam", "adamw", "sgd"]
-SchedulerName = Literal["plateau", "cosine", "none"]
 OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
     "adam": torch.optim.Adam,
     "adamw": torch.optim.AdamW,
     "sgd": torch.optim.SGD,
 }
 RNG_STATE_KEY = "esd_rng_states"
+DATA_IDENTITY_KEY = "esd_data_identity"
 STAGES = ("train", "val", "test")
 
 
@@ -32,8 +32,10 @@ class ESDSegmentation(L.LightningModule):
     Batches are the datamodule's dicts (`X` (B, C, H, W), `y` (B, t, t) in 0..3). Metrics are
     accumulated over each epoch and logged as `train_*`, `val_*` and `test_*` (see
     `src.training.metrics`); `val_f1_class1` is the contest's score. The data geometry
-    (`channels`, `cell_px`, `tile_size_gt`) is saved with the hyper-parameters so that
-    evaluation can check a checkpoint against the data it is given.
+    (`channels`, `cell_px`, `tile_size_gt`) and the run's whole configuration (`run_config`,
+    the ESDConfig as plain values) are saved with the hyper-parameters; `data_identity` (the
+    `DataIdentity` of the training data, as a dict) is stored in every checkpoint under
+    `esd_data_identity`, so that evaluation normalises, selects and checks data as in training.
     """
 
     def __init__(
@@ -54,11 +56,14 @@ class ESDSegmentation(L.LightningModule):
         scheduler: SchedulerName = "plateau",
         monitor: str = "val_f1_class1",
         monitor_mode: Literal["max", "min"] = "max",
+        run_config: dict[str, Any] | None = None,
+        data_identity: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters()
+        self.save_hyperparameters(ignore=["data_identity"])
+        self.data_identity = data_identity
         self.model: nn.Module = build_model(
-            model_type, len(channels), cell_px, **(model_hparams or {})
+            model_type, len(channels), cell_px, channels=channels, **(model_hparams or {})
         )
         self.loss = SegmentationLoss(loss, class_weights, ce_weight, dice_weight, fp_penalty)
         self.train_metrics = segmentation_metrics("train_")
@@ -148,6 +153,7 @@ class ESDSegmentation(L.LightningModule):
         with torch.load(weights_only=True).
         """
         name, keys, position, has_gauss, cached = np.random.get_state()  # noqa: NPY002
+        checkpoint[DATA_IDENTITY_KEY] = self.data_identity
         checkpoint[RNG_STATE_KEY] = {
             "python": random.getstate(),
             "numpy": (name, torch.from_numpy(keys.astype(np.int64)), position, has_gauss, cached),
@@ -156,7 +162,8 @@ class ESDSegmentation(L.LightningModule):
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Restore the RNG states saved by `on_save_checkpoint` (when present)."""
+        """Restore the data identity and the RNG states saved by `on_save_checkpoint`."""
+        self.data_identity = checkpoint.get(DATA_IDENTITY_KEY, self.data_identity)
         states = checkpoint.get(RNG_STATE_KEY)
         if states is None:
             return

@@ -1,0 +1,195 @@
+"""Which preparation a command asks for, resolved against what the processed folder holds.
+
+The processed folder's manifest is the source of truth: an option left unset (None) takes
+the manifest's value, so a folder prepared with `--preprocessing '{s1_blur_sigma: 2}'
+--seed 3` is used as it is by every later command. Only options given explicitly and
+different from the manifest change the folder (`describe_changes` says how, in one line).
+Preparation runs under a lock file in the processed folder, so processes that start at
+once (DDP ranks, several nodes on a shared disk) prepare it once: the first prepares, the
+others wait and then reuse the cache.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from src.esd_data.manifest import MANIFEST_FILE, Manifest
+from src.esd_data.subtiles import check_tile_size_gt
+
+if TYPE_CHECKING:
+    from src.esd_data.cache import PrepareSummary
+    from src.esd_data.preprocessing import PreprocessConfig
+
+LOCK_FILE = ".prepare.lock"
+DEFAULT_VAL_FRACTION = 0.2
+DEFAULT_TEST_FRACTION = 0.0
+DEFAULT_TILE_SIZE_GT = 4
+
+
+@dataclass(frozen=True)
+class PrepareOptions:
+    """Concrete preparation parameters, as `prepare_dataset` takes them."""
+
+    preprocessing: PreprocessConfig
+    seed: int
+    val_fraction: float
+    test_fraction: float
+    tile_size_gt: int
+
+
+@dataclass(frozen=True)
+class PrepareRequest:
+    """Preparation options a command asks for; None means "as the processed folder has it".
+
+    `preprocessing` holds overrides of `PreprocessConfig` fields, applied over the folder's
+    parameters (over the defaults for a new folder). `new_folder_seed` is the split seed of a
+    folder prepared for the first time when `split_seed` is unset.
+    """
+
+    preprocessing: dict[str, Any] | None = None
+    split_seed: int | None = None
+    val_fraction: float | None = None
+    test_fraction: float | None = None
+    tile_size_gt: int | None = None
+    new_folder_seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("val_fraction", "test_fraction"):
+            value = getattr(self, name)
+            if value is not None and not 0.0 <= value < 1.0:
+                raise ValueError(f"{name} must be in [0, 1), got {value}")
+        if self.tile_size_gt is not None:
+            check_tile_size_gt(self.tile_size_gt)
+        if self.preprocessing is not None:
+            self._preprocess_config({})
+
+    def _preprocess_config(self, base: dict[str, Any]) -> PreprocessConfig:
+        from src.esd_data.preprocessing import PreprocessConfig
+
+        if self.preprocessing is not None and not isinstance(self.preprocessing, dict):
+            raise ValueError(f"preprocessing must be a mapping, got {self.preprocessing!r}")
+        values = {**base, **(self.preprocessing or {})}
+        try:
+            return PreprocessConfig.from_dict(values)
+        except TypeError as error:
+            raise ValueError(f"preprocessing: {error}") from error
+
+    def resolve(self, previous: Manifest | None) -> PrepareOptions:
+        """The concrete options: explicit values, else `previous`'s, else the defaults."""
+        if previous is None:
+            return PrepareOptions(
+                preprocessing=self._preprocess_config({}),
+                seed=self.new_folder_seed if self.split_seed is None else self.split_seed,
+                val_fraction=_given(self.val_fraction, DEFAULT_VAL_FRACTION),
+                test_fraction=_given(self.test_fraction, DEFAULT_TEST_FRACTION),
+                tile_size_gt=_given(self.tile_size_gt, DEFAULT_TILE_SIZE_GT),
+            )
+        return PrepareOptions(
+            preprocessing=self._preprocess_config(dict(previous.preprocessing)),
+            seed=_given(self.split_seed, previous.seed),
+            val_fraction=_given(self.val_fraction, previous.val_fraction),
+            test_fraction=_given(self.test_fraction, previous.test_fraction),
+            tile_size_gt=_given(self.tile_size_gt, previous.tile_size_gt),
+        )
+
+
+def _given(value: Any, fallback: Any) -> Any:
+    return fallback if value is None else value
+
+
+def describe_changes(previous: Manifest, options: PrepareOptions) -> str | None:
+    """One line naming what `options` change in a prepared folder (None: nothing)."""
+    rebuilt = [
+        f"{key}={value!r} (was {previous.preprocessing.get(key)!r})"
+        for key, value in options.preprocessing.to_dict().items()
+        if previous.preprocessing.get(key) != value
+    ]
+    resplit = [
+        f"{name}={getattr(options, option)!r} (was {getattr(previous, name)!r})"
+        for name, option in (
+            ("seed", "seed"),
+            ("val_fraction", "val_fraction"),
+            ("test_fraction", "test_fraction"),
+        )
+        if getattr(previous, name) != getattr(options, option)
+    ]
+    parts = []
+    if rebuilt:
+        parts.append("rebuilding every tile for preprocessing " + ", ".join(rebuilt))
+    if resplit:
+        parts.append("re-splitting the tiles for split " + ", ".join(resplit))
+    if options.tile_size_gt != previous.tile_size_gt:
+        parts.append(f"default tile_size_gt {options.tile_size_gt} (was {previous.tile_size_gt})")
+    return "; ".join(parts) or None
+
+
+def read_previous_manifest(processed_dir: Path) -> Manifest | None:
+    """The folder's manifest, or None when there is none or it cannot be used any more."""
+    if not (Path(processed_dir) / MANIFEST_FILE).is_file():
+        return None
+    try:
+        return Manifest.load(processed_dir)
+    except (ValueError, TypeError, KeyError):
+        return None
+
+
+@contextlib.contextmanager
+def preparation_lock(processed_dir: Path) -> Iterator[None]:
+    """Hold an exclusive lock on `processed_dir` (other processes wait for it)."""
+    folder = Path(processed_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    with (folder / LOCK_FILE).open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def check_same_source(previous: Manifest | None, raw_dir: Path, processed_dir: Path) -> None:
+    """ValueError when `processed_dir` was prepared from another raw folder than `raw_dir`."""
+    if previous is None or Path(previous.raw_dir).resolve() == Path(raw_dir).resolve():
+        return
+    raise ValueError(
+        f"{processed_dir} was prepared from {previous.raw_dir}, not {raw_dir}: pass "
+        f"--raw_dir {previous.raw_dir} (checks the cache against its raw files), --raw_dir none "
+        f"(uses {processed_dir} as it is), or another --processed_dir for {raw_dir}"
+    )
+
+
+def prepare_requested(
+    raw_dir: Path,
+    processed_dir: Path,
+    request: PrepareRequest,
+    workers: int = 2,
+    log: Any = print,
+) -> PrepareSummary:
+    """Prepare (or reuse) `processed_dir` from `raw_dir` as `request` asks, under the lock.
+
+    Logs one line when explicit options change a prepared folder, and one summary line.
+    """
+    from src.esd_data.cache import prepare_dataset
+
+    with preparation_lock(processed_dir):
+        previous = read_previous_manifest(processed_dir)
+        check_same_source(previous, raw_dir, processed_dir)
+        options = request.resolve(previous)
+        change = None if previous is None else describe_changes(previous, options)
+        if change:
+            log(f"{processed_dir}: {change}")
+        summary = prepare_dataset(
+            raw_dir,
+            processed_dir,
+            options.tile_size_gt,
+            options.seed,
+            options.val_fraction,
+            options.test_fraction,
+            workers,
+            options.preprocessing,
+        )
+    return summary

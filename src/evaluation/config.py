@@ -1,0 +1,93 @@
+"""`EvalConfig`: the options of `scripts.evaluate`, turned into flags by `src.cli`.
+
+No deep-learning library is imported here, so that `--help` answers at once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from src.cli import config_field
+from src.esd_data.subtiles import check_tile_size_gt
+from src.models.registry import MODEL_TYPES
+
+EvalSplit = Literal["val", "test", "predict", "train"]
+
+
+@dataclass
+class EvalConfig:
+    """Restitch a model's predictions per parent tile; write images, predictions, metrics."""
+
+    model_path: Path | None = config_field(
+        None, "checkpoint (default: the newest best-*.ckpt under checkpoint_dir)"
+    )
+    model_type: str | None = config_field(
+        None, "with the default checkpoint: only consider this model type's runs"
+    )
+    checkpoint_dir: Path = config_field(Path("checkpoints"), "where scripts.train put checkpoints")
+    processed_dir: Path | None = config_field(
+        None, "prepared data (default: the folder the checkpoint was trained on)"
+    )
+    split: EvalSplit = config_field(
+        "val",
+        "the checkpoint's own split to score (train, val, test), or `predict`: the processed "
+        "folder's tiles without ground truth",
+    )
+    tiles: list[str] | None = config_field(
+        None, "score these tiles of processed_dir instead (never training tiles as val/test)"
+    )
+    raw_dir: Path | None = config_field(
+        None,
+        "predict every tile of this raw folder (labelled or not, e.g. the contest's Val/), "
+        "prepared like the checkpoint's data into cache_dir; scores the labelled ones",
+    )
+    cache_dir: Path | None = config_field(
+        None, "where --raw_dir's tiles are prepared (default: data/eval_cache/<folder>-<hash>)"
+    )
+    results_dir: Path | None = config_field(
+        None, "output folder (default: data/predictions/<model_type>/<run>/<split or folder>/)"
+    )
+    tile_size_gt: int | None = config_field(
+        None, "label cells per window side (default: the checkpoint's)"
+    )
+    restitch: Literal["grid", "overlap"] = config_field(
+        "grid", "grid: subtiles as cut; overlap: sliding windows, logits averaged per cell"
+    )
+    stride_gt: int | None = config_field(None, "window stride for overlap (default: half a window)")
+    batch_size: int = config_field(16, "windows per forward pass")
+    prepare_workers: int = config_field(2, "processes preparing --raw_dir's tiles")
+    accelerator: Literal["auto", "cpu", "cuda", "mps"] = config_field(
+        "auto", "device to run the model on"
+    )
+
+    def __post_init__(self) -> None:
+        for name in (
+            "model_path",
+            "checkpoint_dir",
+            "processed_dir",
+            "raw_dir",
+            "cache_dir",
+            "results_dir",
+        ):
+            value = getattr(self, name)
+            setattr(self, name, None if value is None else Path(value))
+        problems = []
+        if self.tile_size_gt is not None:
+            try:
+                check_tile_size_gt(self.tile_size_gt)
+            except ValueError as error:
+                problems.append(str(error))
+        if self.batch_size < 1:
+            problems.append(f"batch_size must be at least 1, got {self.batch_size}")
+        if self.model_type is not None and self.model_type not in MODEL_TYPES:
+            problems.append(f"unknown model_type {self.model_type!r}: use {', '.join(MODEL_TYPES)}")
+        if self.raw_dir is not None and (self.tiles is not None or self.processed_dir is not None):
+            problems.append(
+                "--raw_dir predicts a raw folder: it takes no --tiles or --processed_dir"
+            )
+        if self.cache_dir is not None and self.raw_dir is None:
+            problems.append("--cache_dir is where --raw_dir's tiles go: give --raw_dir too")
+        if problems:
+            raise ValueError("; ".join(problems))

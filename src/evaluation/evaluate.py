@@ -1,0 +1,267 @@
+"""`evaluate(config)`: score a checkpoint on whole tiles and write every output.
+
+What is scored comes from the checkpoint's `DataIdentity`, not from whatever the processed
+folder holds now: the checkpoint's own split (its `val` tiles by default), normalised with
+its own training statistics, on tiles whose processed pixels are the ones it was trained
+and validated on. A tile the model trained on is never scored as `val` or `test`. With
+`raw_dir`, the tiles of any folder (the contest's unlabelled Val/ or Test/, say) are
+prepared with the checkpoint's preprocessing into a cache of their own and predicted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from src.esd_data.identity import SCORED_SPLITS, DataIdentity
+from src.esd_data.manifest import Manifest
+from src.esd_data.preparation import preparation_lock, read_previous_manifest
+from src.esd_data.reader import tile_number
+from src.evaluation.config import EvalConfig
+from src.evaluation.evaluator import check_compatible, newest_best_checkpoint, predict_tiles
+from src.evaluation.report import true_colour_image, write_run_outputs, write_tile_outputs
+from src.training.checkpoints import CheckpointError, data_identity, load_module, read_checkpoint
+
+EVAL_CACHE_ROOT = Path("data/eval_cache")
+TILE_OUTPUT = re.compile(r"(Tile\d+)(\.png|_prediction\.tif|_probabilities\.tif)")
+
+
+@dataclass(frozen=True)
+class TileSource:
+    """Where the evaluated tiles are, which ones, and what to call them in outputs."""
+
+    processed_dir: Path
+    manifest: Manifest
+    tiles: list[str]
+    label: str
+    """The split's name, or the raw folder's name."""
+
+
+def resolve_device(accelerator: str) -> torch.device:
+    """The torch device for `accelerator` (auto: CUDA, then MPS, then CPU); a clear error
+    when the requested one does not exist here."""
+    if accelerator == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        return torch.device("mps" if torch.backends.mps.is_available() else "cpu")
+    available = {"cpu": True, "cuda": torch.cuda.is_available()}
+    available["mps"] = torch.backends.mps.is_available()
+    if not available[accelerator]:
+        present = ", ".join(name for name, ok in available.items() if ok)
+        raise ValueError(f"--accelerator {accelerator}: no such device here (available: {present})")
+    return torch.device(accelerator)
+
+
+def _from_processed(config: EvalConfig, identity: DataIdentity) -> TileSource:
+    """The checkpoint's own split (or `--tiles`) of the processed folder, checked."""
+    processed_dir = config.processed_dir or Path(identity.processed_dir)
+    manifest = Manifest.load(processed_dir)
+    manifest.check_files(processed_dir)
+    check_compatible(identity, manifest, processed_dir)
+    if manifest.preprocessing != identity.preprocessing:
+        changed = sorted(
+            key
+            for key in set(manifest.preprocessing) | set(identity.preprocessing)
+            if manifest.preprocessing.get(key) != identity.preprocessing.get(key)
+        )
+        raise CheckpointError(
+            f"{processed_dir} was prepared with other preprocessing than the checkpoint's data "
+            f"({', '.join(changed)} differ): evaluate with --raw_dir {identity.raw_dir}, which "
+            f"prepares the tiles as the checkpoint's data were prepared"
+        )
+    if config.tiles is not None:
+        tiles, label = list(config.tiles), config.split
+    elif config.split == "predict":
+        tiles, label = list(manifest.split["predict"]), "predict"
+    else:
+        tiles, label = list(identity.split.get(config.split, [])), config.split
+    if not tiles:
+        raise ValueError(_empty_split_message(config.split, identity, processed_dir))
+    missing = [tile for tile in tiles if tile not in manifest.tiles]
+    if missing:
+        raise CheckpointError(
+            f"{processed_dir} has no tile(s) {', '.join(missing)} of the checkpoint's "
+            f"{config.split} split: evaluate with --raw_dir {identity.raw_dir} (prepares them "
+            f"as the checkpoint's data) or pass --processed_dir"
+        )
+    known = [tile for tile in tiles if tile in identity.tile_hashes]
+    changed = identity.differing_tiles(manifest, known)
+    if changed:
+        raise CheckpointError(
+            f"the processed pixels of {', '.join(changed)} in {processed_dir} differ from the "
+            f"ones the checkpoint saw (re-prepared from other raw files?): evaluate with "
+            f"--raw_dir RAW to prepare them again, or use the data the model was trained on"
+        )
+    if label in SCORED_SPLITS:
+        _refuse_training_tiles(identity, manifest, tiles, label, by_name=True)
+    return TileSource(processed_dir, manifest, tiles, label)
+
+
+def _empty_split_message(split: str, identity: DataIdentity, processed_dir: Path) -> str:
+    if split == "predict":
+        return (
+            f"{processed_dir} has no tiles without ground truth (the predict split is empty): "
+            f"to predict unlabelled tiles, pass --raw_dir with their folder"
+        )
+    fraction = {"val": identity.val_fraction, "test": identity.test_fraction}.get(split)
+    made = f" (it was trained with {split}_fraction {fraction})" if fraction is not None else ""
+    return (
+        f"the checkpoint's {split} split has no tiles{made}: choose another --split, or "
+        f"prepare with --{split}_fraction > 0 and train again"
+    )
+
+
+def _refuse_training_tiles(
+    identity: DataIdentity, manifest: Manifest, tiles: list[str], label: str, by_name: bool
+) -> None:
+    """CheckpointError naming the tiles the model trained on: by content (the same pixels
+    under any name) and, within the training folder (`by_name`), by name."""
+    by_name_tiles = set(identity.training_tiles(tiles)) if by_name else set()
+    by_content = identity.trained_on(manifest, tiles)
+    leaked = sorted(by_name_tiles | set(by_content), key=tile_number)
+    if leaked:
+        names = ", ".join(
+            f"{tile} (= training tile {by_content[tile]})"
+            if tile in by_content and by_content[tile] != tile
+            else tile
+            for tile in leaked
+        )
+        raise CheckpointError(
+            f"refusing to score as {label}: the checkpoint was trained on {names}; its scores "
+            f"there would not be honest. Score its own {label} split (leave out --tiles) or "
+            f"tiles it never saw"
+        )
+
+
+def default_cache_dir(raw_dir: Path, identity: DataIdentity) -> Path:
+    """`data/eval_cache/<folder>-<hash of the folder's path and the preprocessing>`."""
+    key = json.dumps([str(Path(raw_dir).resolve()), identity.preprocessing], sort_keys=True)
+    return EVAL_CACHE_ROOT / f"{Path(raw_dir).name}-{hashlib.sha256(key.encode()).hexdigest()[:8]}"
+
+
+def _from_raw(config: EvalConfig, identity: DataIdentity, log: Callable[[str], None]) -> TileSource:
+    """Every tile of `config.raw_dir`, prepared like the checkpoint's data in its own cache."""
+    from src.esd_data.cache import prepare_dataset
+    from src.esd_data.preprocessing import PreprocessConfig
+
+    raw_dir = config.raw_dir
+    assert raw_dir is not None
+    cache_dir = config.cache_dir or default_cache_dir(raw_dir, identity)
+    if cache_dir.resolve() == Path(identity.processed_dir).resolve():
+        raise ValueError(
+            f"--cache_dir {cache_dir} is the checkpoint's training cache: choose another folder"
+        )
+    with preparation_lock(cache_dir):
+        previous = read_previous_manifest(cache_dir)
+        if previous is not None and previous.purpose != "evaluation":
+            raise ValueError(
+                f"--cache_dir {cache_dir} holds a training cache (prepared by scripts.prepare): "
+                f"choose another folder"
+            )
+        summary = prepare_dataset(
+            raw_dir,
+            cache_dir,
+            workers=config.prepare_workers,
+            preprocessing=PreprocessConfig.from_dict(identity.preprocessing),
+            purpose="evaluation",
+        )
+    log(f"data: {raw_dir} → {cache_dir}: {summary}")
+    manifest = summary.manifest
+    tiles = list(manifest.split["predict"])
+    _refuse_training_tiles(identity, manifest, tiles, "held-out", by_name=False)
+    return TileSource(cache_dir, manifest, tiles, raw_dir.name)
+
+
+def remove_stale_tile_outputs(results_dir: Path, tiles: list[str]) -> list[Path]:
+    """Delete per-tile files of an earlier evaluation in `results_dir/tiles` whose tile is not
+    among `tiles` (so the folder holds exactly this evaluation's tiles); the removed paths."""
+    folder = results_dir / "tiles"
+    if not folder.is_dir():
+        return []
+    keep = set(tiles)
+    removed = []
+    for path in folder.iterdir():
+        match = TILE_OUTPUT.fullmatch(path.name)
+        if match and match[1] not in keep:
+            path.unlink()
+            removed.append(path)
+    return removed
+
+
+def choose_checkpoint(config: EvalConfig) -> tuple[Path, str]:
+    """The checkpoint to evaluate and why it was chosen."""
+    if config.model_path is not None:
+        return config.model_path, "--model_path"
+    return newest_best_checkpoint(config.checkpoint_dir, config.model_type)
+
+
+def evaluate(config: EvalConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Predict, restitch and write every output; return the metrics written to metrics.json."""
+    model_path, why = choose_checkpoint(config)
+    log(f"checkpoint: {model_path} ({why})")
+    checkpoint = read_checkpoint(model_path)
+    identity = data_identity(checkpoint, model_path)
+    device = resolve_device(config.accelerator)
+    if config.raw_dir is not None:
+        source = _from_raw(config, identity, log)
+    else:
+        source = _from_processed(config, identity)
+    module = load_module(model_path, device)
+    hparams = checkpoint["hyper_parameters"]
+    if config.stride_gt is not None and config.restitch != "overlap":
+        raise ValueError("--stride_gt sets the overlap windows' stride: add --restitch overlap")
+    tile_size_gt = config.tile_size_gt or hparams["tile_size_gt"]
+    stride = None
+    if config.restitch == "overlap":
+        stride = config.stride_gt or max(1, tile_size_gt // 2)
+    run = Path(model_path).parent.name
+    results_dir = config.results_dir or (
+        Path("data/predictions") / hparams["model_type"] / run / source.label
+    )
+    predictions = predict_tiles(
+        module,
+        source.processed_dir,
+        source.tiles,
+        tile_size_gt,
+        stride,
+        config.batch_size,
+        device,
+        identity.normalisation(),
+    )
+    for path in remove_stale_tile_outputs(results_dir, source.tiles):
+        log(f"removed {path} (a tile of an earlier evaluation)")
+    per_tile = [
+        write_tile_outputs(
+            results_dir, p, true_colour_image(source.processed_dir, source.manifest, p.tile)
+        )
+        for p in predictions
+    ]
+    info = {
+        "model_path": str(model_path),
+        "model_type": hparams["model_type"],
+        "run": run,
+        "epoch": int(checkpoint.get("epoch", -1)),
+        "global_step": int(checkpoint.get("global_step", -1)),
+        "split": source.label,
+        "tiles_scored": [p.tile for p in predictions if p.truth is not None],
+        "tiles_predicted": [p.tile for p in predictions],
+        "data": {
+            "processed_dir": str(source.processed_dir),
+            "raw_dir": None if config.raw_dir is None else str(config.raw_dir),
+            "training_data_fingerprint": identity.fingerprint,
+            "normalisation": "the checkpoint's training statistics",
+        },
+        "restitch": config.restitch,
+        "tile_size_gt": tile_size_gt,
+        "stride_gt": stride or tile_size_gt,
+    }
+    return write_run_outputs(results_dir, predictions, per_tile, info) | {
+        "results_dir": str(results_dir)
+    }

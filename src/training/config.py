@@ -1,0 +1,167 @@
+"""`ESDConfig`: every option of a training run, turned into command-line flags by `src.cli`.
+
+This module imports no deep-learning library, so that `--help` answers at once; the
+training itself is assembled in `src.training.train`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from src.cli import config_field
+from src.esd_data.manifest import check_band_selection
+from src.esd_data.preparation import PrepareRequest
+from src.esd_data.subtiles import check_tile_size_gt
+from src.models.registry import MODEL_TYPES, model_hparams
+
+LossName = Literal["ce", "dice", "ce+dice"]
+OptimizerName = Literal["adam", "adamw", "sgd"]
+SchedulerName = Literal["plateau", "cosine", "none"]
+WandbMode = Literal["auto", "online", "offline", "disabled"]
+
+PATH_FIELDS = ("raw_dir", "processed_dir", "weights_path", "checkpoint_dir", "log_dir", "resume")
+
+
+@dataclass
+class ESDConfig:
+    """Train a segmentation model on prepared DFC2021 subtiles."""
+
+    # data
+    raw_dir: Path | None = config_field(
+        Path("data/raw"),
+        "raw tiles to prepare or check against the cache ('none': use processed_dir as it is)",
+    )
+    processed_dir: Path = config_field(Path("data/processed"), "processed cache folder")
+    tile_size_gt: int = config_field(4, "label cells per subtile side (1, 2, 4, 8 or 16)")
+    bands: dict[str, Any] | None = config_field(
+        None, "band selection, e.g. '{sentinel2: [B04, B03, B02], viirs: null}' (None: all)"
+    )
+    preprocessing: dict[str, Any] | None = config_field(
+        None,
+        "PreprocessConfig overrides, e.g. '{s1_blur_sigma: 2}' (None: as the processed folder "
+        "was prepared; the defaults for a new folder)",
+    )
+    split_seed: int | None = config_field(
+        None, "seed of the train/val/test split (None: the processed folder's; `seed` if new)"
+    )
+    val_fraction: float | None = config_field(
+        None, "fraction of labelled tiles for validation (None: the folder's; 0.2 if new)"
+    )
+    test_fraction: float | None = config_field(
+        None, "fraction of labelled tiles held out (None: the folder's; 0.0 if new)"
+    )
+    augment: bool = config_field(True, "flips, rotations, noise and blur on training batches")
+    num_workers: int = config_field(2, "data-loader worker processes")
+    prepare_workers: int = config_field(2, "processes preparing raw tiles")
+    # model
+    model_type: str = config_field("UNet", f"one of {', '.join(MODEL_TYPES)}")
+    embedding_size: int = config_field(32, "width of the first layer (SegmentationCNN, UNet)")
+    depth: int = config_field(2, "convolutions per encoder (SegmentationCNN)")
+    kernel_size: int = config_field(3, "convolution kernel size (SegmentationCNN)")
+    pool_sizes: list[int] | None = config_field(
+        None, "max-pool sizes multiplying to the pixels per label cell (SegmentationCNN)"
+    )
+    n_encoders: int = config_field(2, "down/up levels (UNet)")
+    pretrained: bool = config_field(False, "load torchvision's weights (FCNResnetTransfer)")
+    weights_path: Path | None = config_field(None, "file of FCN-ResNet101 weights to load")
+    freeze_backbone: float = config_field(
+        0.0, "fraction of backbone blocks frozen, 0 none to 1 all (FCNResnetTransfer)"
+    )
+    # optimisation
+    batch_size: int = config_field(8, "subtiles per batch")
+    max_epochs: int = config_field(5, "training epochs")
+    learning_rate: float = config_field(1e-3, "initial learning rate")
+    optimizer: OptimizerName = config_field("adam", "optimiser")
+    weight_decay: float = config_field(0.0, "weight decay")
+    scheduler: SchedulerName = config_field("plateau", "learning-rate schedule")
+    loss: LossName = config_field("ce", "loss function")
+    class_weighting: bool = config_field(
+        False, "weight cross-entropy by inverse training-label frequency"
+    )
+    ce_weight: float = config_field(1.0, "weight of cross-entropy in ce+dice")
+    dice_weight: float = config_field(1.0, "weight of Dice in ce+dice")
+    fp_penalty: float = config_field(0.0, "weight of the class-1 false-positive penalty")
+    accumulate_grad_batches: int = config_field(1, "batches per optimiser step")
+    patience: int = config_field(10, "early-stopping patience in epochs")
+    monitor: str = config_field("val_f1_class1", "metric for checkpoints and early stopping")
+    monitor_mode: Literal["max", "min"] = config_field("max", "whether the monitor should grow")
+    seed: int = config_field(0, "seed of the initialisation and augmentation (and a new split)")
+    deterministic: bool = config_field(True, "use deterministic algorithms where available")
+    # hardware
+    accelerator: str = config_field("auto", "cpu, gpu, mps or auto")
+    devices: str = config_field("auto", "device count ('2'), list ('0,1') or auto")
+    strategy: str = config_field("auto", "auto, ddp, ddp_spawn, fsdp, …")
+    num_nodes: int = config_field(1, "machines taking part")
+    precision: str = config_field("32-true", "32-true, 16-mixed, bf16-mixed, …")
+    limit_train_batches: float = config_field(1.0, "fraction (≤ 1) or number (> 1) of batches")
+    limit_val_batches: float = config_field(1.0, "fraction (≤ 1) or number (> 1) of batches")
+    fast_dev_run: bool = config_field(False, "one batch of training and validation, no logs")
+    # outputs
+    checkpoint_dir: Path = config_field(Path("checkpoints"), "checkpoints go to DIR/model/run/")
+    log_dir: Path = config_field(Path("logs"), "CSV logs and offline W&B runs go here")
+    resume: Path | None = config_field(None, "checkpoint to continue training from")
+    wandb_project: str = config_field("esd", "W&B project")
+    wandb_run_name: str | None = config_field(None, "run name (default: model and time)")
+    wandb_mode: WandbMode = config_field(
+        "auto", "auto (online if logged in, else offline), online, offline or disabled"
+    )
+
+    def __post_init__(self) -> None:
+        """Reject bad values before any data is prepared or any training starts."""
+        problems = []
+        for name in PATH_FIELDS:
+            value = getattr(self, name)
+            setattr(self, name, None if value is None else Path(value))
+        try:
+            check_tile_size_gt(self.tile_size_gt)
+        except ValueError as error:
+            problems.append(str(error))
+        if self.model_type not in MODEL_TYPES:
+            problems.append(f"unknown model_type {self.model_type!r}: use {', '.join(MODEL_TYPES)}")
+        if self.resume is not None and not self.resume.is_file():
+            problems.append(f"resume checkpoint {self.resume} does not exist")
+        try:
+            check_band_selection(self.bands)
+        except ValueError as error:
+            problems.append(str(error))
+        try:
+            self.prepare_request()
+        except ValueError as error:
+            problems.append(str(error))
+        for name in ("batch_size", "max_epochs", "num_nodes", "accumulate_grad_batches"):
+            if getattr(self, name) < 1:
+                problems.append(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.learning_rate <= 0:
+            problems.append(f"learning_rate must be positive, got {self.learning_rate}")
+        if self.model_type == "FCNResnetTransfer" and self.pretrained:
+            from src.models.fcn_resnet_transfer import resolve_weights_file
+
+            try:
+                resolve_weights_file(self.weights_path)
+            except FileNotFoundError as error:
+                problems.append(str(error))
+        if not 0.0 <= self.freeze_backbone <= 1.0:
+            problems.append(f"freeze_backbone must be in [0, 1], got {self.freeze_backbone}")
+        if problems:
+            raise ValueError("; ".join(problems))
+
+    def prepare_request(self) -> PrepareRequest:
+        """The preparation options this run asks for (None: as the processed folder has them)."""
+        return PrepareRequest(
+            preprocessing=self.preprocessing,
+            split_seed=self.split_seed,
+            val_fraction=self.val_fraction,
+            test_fraction=self.test_fraction,
+            new_folder_seed=self.seed,
+        )
+
+    def model_hparams(self) -> dict[str, Any]:
+        """The hyper-parameters that the chosen model takes, from this config."""
+        values = {name: getattr(self, name) for name in model_hparams(self.model_type)}
+        if "freeze_backbone" in values:
+            values["freeze_backbone"] = values["freeze_backbone"] or False
+        if values.get("weights_path") is not None:
+            values["weights_path"] = str(values["weights_path"])  # plain types in checkpoints
+        return values
