@@ -140,6 +140,8 @@ def test_datamodule_prepares_and_serves_all_splits(synthetic_raw, tmp_path):
     assert len(module.test_dataloader().dataset) == 3 * 16
     tiles = {split: set(ds.tiles) for split, ds in module.datasets.items()}
     assert not (tiles["train"] & tiles["val"]) and not (tiles["val"] & tiles["test"])
+    assert not (tiles["train"] & tiles["test"])
+    assert tiles["train"] | tiles["val"] | tiles["test"] == {f"Tile{n}" for n in range(1, 13)}
 
 
 def test_validation_is_untransformed_and_training_is_augmented(synthetic_processed):
@@ -237,3 +239,42 @@ def test_accumulated_micro_batches_get_their_own_noise(synthetic_processed):
     # the two micro-batches of each optimiser step: independent draws, not the same noise
     for first, second in ((0, 1), (2, 3)):
         assert not torch.allclose(probe.noise[first], probe.noise[second], atol=0.1)
+
+
+DIHEDRAL = {
+    "identity": lambda a: a,
+    "hflip": lambda a: np.flip(a, axis=-1),
+    "vflip": lambda a: np.flip(a, axis=-2),
+    "rot90": lambda a: np.rot90(a, 1, axes=(-2, -1)),
+    "rot180": lambda a: np.rot90(a, 2, axes=(-2, -1)),
+    "rot270": lambda a: np.rot90(a, 3, axes=(-2, -1)),
+    "transpose": lambda a: np.swapaxes(a, -1, -2),
+    "antitranspose": lambda a: np.rot90(np.swapaxes(a, -1, -2), 2, axes=(-2, -1)),
+}
+
+
+def test_training_batches_are_flipped_and_rotated_with_their_labels(synthetic_processed):
+    module = ESDDataModule(synthetic_processed, batch_size=16, num_workers=0)  # default augment
+    module.setup("fit")
+    manifest = Manifest.load(synthetic_processed)
+    tiles = manifest.split["train"]
+    images = {t: np.load(synthetic_processed / manifest.tiles[t].image) for t in tiles}
+    labels = {t: np.load(synthetic_processed / manifest.tiles[t].labels) for t in tiles}
+    seen = []
+    for batch in module.train_dataloader():  # one epoch, as the workers deliver it
+        for k, tile in enumerate(batch["tile"]):
+            row, col = int(batch["row"][k]), int(batch["col"][k])
+            image = images[tile][:, row * 16 : (row + 1) * 16, col * 16 : (col + 1) * 16]
+            truth = labels[tile][row * 4 : (row + 1) * 4, col * 4 : (col + 1) * 4] - 1
+            x, y = batch["X"][k].numpy(), batch["y"][k].numpy()
+            matches = [
+                name
+                for name, transform in DIHEDRAL.items()
+                if np.array_equal(transform(image), x) and np.array_equal(transform(truth), y)
+            ]
+            assert len(matches) == 1, (tile, row, col, matches)  # image and labels moved together
+            seen.append(matches[0])
+    counts = {name: seen.count(name) for name in DIHEDRAL}
+    assert len(seen) == 16 * len(tiles)
+    assert min(counts.values()) >= 3, counts  # every flip and rotation occurs in one epoch
+    assert counts["identity"] < 0.3 * len(seen), counts

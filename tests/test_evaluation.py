@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -206,3 +207,67 @@ def test_missing_or_corrupt_checkpoint_is_a_clear_error(synthetic_processed, che
     )  # fmt: skip
     assert completed.returncode == 1 and "no best-*.ckpt under" in completed.stderr
     assert shutil.which(sys.executable)
+
+
+def test_run_outputs_agree_with_scikit_learn_with_a_class_absent(tmp_path):
+    from sklearn.metrics import confusion_matrix, roc_auc_score
+
+    from src.evaluation.evaluator import TilePrediction
+    from src.evaluation.report import write_run_outputs
+
+    rng = np.random.default_rng(8)
+    predictions = []
+    for tile in ("Tile7", "Tile20"):
+        truth = rng.choice([1, 2, 3], size=(16, 16), p=[0.5, 0.3, 0.2]).astype(np.uint8)
+        probabilities = rng.dirichlet(np.ones(4), size=(16, 16)).transpose(2, 0, 1)
+        probabilities[truth - 1, *np.indices((16, 16))] += 0.6  # mostly right
+        probabilities = (probabilities / probabilities.sum(axis=0)).astype(np.float32)
+        labels = (probabilities.argmax(axis=0) + 1).astype(np.uint8)
+        predictions.append(TilePrediction(tile, probabilities, labels, truth))
+    assert not any((p.truth == 4).any() for p in predictions)  # class 4 absent from the truth
+    metrics = write_run_outputs(tmp_path, predictions, [], {})
+    truth = np.concatenate([p.truth.ravel() for p in predictions])
+    predicted = np.concatenate([p.labels.ravel() for p in predictions])
+    matrix = np.array(metrics["confusion_matrix"])
+    np.testing.assert_array_equal(matrix, confusion_matrix(truth, predicted, labels=[1, 2, 3, 4]))
+    assert matrix[0, 1] == np.sum(
+        (truth == 1) & (predicted == 2)
+    )  # rows: truth, columns: predicted
+    assert matrix[0, 1] != matrix[1, 0]
+    present = sorted(set(truth) | set(predicted))
+    overall = metrics["overall"]
+    expected_f1 = f1_score(truth, predicted, labels=present, average="macro", zero_division=0)
+    assert overall["f1_macro"] == pytest.approx(expected_f1)
+    scores = np.concatenate([p.probabilities.reshape(4, -1).T for p in predictions])
+    aucs = [roc_auc_score(truth == k, scores[:, k - 1]) for k in (1, 2, 3)]
+    assert [overall[f"auc_class{k}"] for k in (1, 2, 3)] == pytest.approx(aucs)
+    assert overall["auc_class4"] is None and overall["auc_macro"] == pytest.approx(np.mean(aucs))
+    with (tmp_path / "predictions.csv").open() as handle:
+        ids = {int(r["pixelId"]): int(r["predictions"]) for r in csv.DictReader(handle)}
+    for prediction, base in zip(predictions, (6 * 256, 19 * 256), strict=True):
+        for row, col in np.ndindex(16, 16):
+            assert ids[base + row * 16 + col] == prediction.labels[row, col]
+
+
+def test_newest_best_checkpoint_across_runs_and_model_types(checkpoint, tmp_path):
+    from src.evaluation.evaluator import newest_best_checkpoint
+
+    # written in an order that neither the names nor the folders' order follow
+    layout = [
+        ("UNet/b/best-003-0.5000.ckpt", 300),
+        ("UNet/a/best-001-0.9000.ckpt", 100),
+        ("SegmentationCNN/z/best-000-0.1000.ckpt", 400),
+        ("UNet/c/best-002-0.7000.ckpt", 200),
+    ]
+    for name, seconds in layout:
+        path = tmp_path / name
+        path.parent.mkdir(parents=True)
+        shutil.copyfile(checkpoint, path)
+        os.utime(path, (1_700_000_000 + seconds,) * 2)
+    chosen, why = newest_best_checkpoint(tmp_path)
+    assert chosen == tmp_path / "SegmentationCNN/z/best-000-0.1000.ckpt"
+    assert "also has UNet runs" in why and "4 run(s)" in why
+    unet, why_unet = newest_best_checkpoint(tmp_path, "UNet")
+    assert unet == tmp_path / "UNet/b/best-003-0.5000.ckpt" and "also has" not in why_unet
+    with pytest.raises(CheckpointError, match="no FCNResnetTransfer best"):
+        newest_best_checkpoint(tmp_path, "FCNResnetTransfer")

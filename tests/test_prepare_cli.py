@@ -107,3 +107,36 @@ def test_invalid_option_value_is_rejected(tmp_path):
     result = run_prepare(tmp_path, tmp_path / "processed", "--tile_size_gt", "3")
     assert result.returncode == 2
     assert "tile_size_gt=3 must divide" in result.stderr
+
+
+def test_the_seed_reaches_the_split_in_every_data_command(synthetic_raw, tmp_path):
+    from src.esd_data.split import split_tiles
+    from src.training.config import ESDConfig
+    from src.training.train import build_datamodule
+
+    tiles = [f"Tile{n}" for n in range(1, 13)]
+    fractions = ("--val_fraction", "0.25", "--test_fraction", "0.25")
+    expected = split_tiles(tiles, 5, 0.25, 0.25)
+    assert expected != split_tiles(tiles, 0, 0.25, 0.25)  # the seed matters for this data
+
+    result = run_prepare(synthetic_raw, tmp_path / "prepared", "--seed", "5", *fractions)
+    assert result.returncode == 0, result.stderr
+    manifest = Manifest.load(tmp_path / "prepared")
+    assert manifest.seed == 5 and {k: manifest.split[k] for k in expected} == expected
+
+    def split_of_training(folder: str, **options) -> dict[str, list[str]]:
+        config = ESDConfig(
+            raw_dir=synthetic_raw,
+            processed_dir=tmp_path / folder,
+            val_fraction=0.25,
+            test_fraction=0.25,
+            prepare_workers=1,
+            **options,
+        )
+        build_datamodule(config).prepare_data()
+        split = Manifest.load(tmp_path / folder).split
+        return {k: split[k] for k in expected}
+
+    assert split_of_training("trained", seed=5) == expected  # a new folder: the run's seed
+    assert split_of_training("split_seed", seed=0, split_seed=5) == expected
+    assert split_of_training("trained", seed=9) == expected  # a prepared folder keeps its split

@@ -14,6 +14,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import optuna
 import pytest
 import yaml
@@ -372,3 +373,75 @@ def test_hyperband_prunes_a_poor_trial_and_the_sweep_goes_on(synthetic_processed
         assert 1 <= len(trial.intermediate_values) <= 3
         assert all(v > 0 for v in trial.intermediate_values.values())
         assert trial.user_attrs["epochs"] == len(trial.intermediate_values)
+
+
+def scripted_train(values: dict[float, float], failing: set[float] = frozenset()):
+    """A stand-in for train(): the metric each learning rate gives (no training), so that the
+    ranking is known in advance; rates in `failing` raise as a broken trial would."""
+
+    def train(config, extra_callbacks=None):
+        if config.learning_rate in failing:
+            raise RuntimeError("diverged")
+        return {
+            "val_loss": values[config.learning_rate],
+            "best_model_path": "",
+            "best_model_score": 0,
+        }
+
+    return train
+
+
+def minimise_spec(**extra) -> dict:
+    return {
+        "method": "grid",
+        "metric": {"name": "val_loss", "goal": "minimize"},
+        "parameters": tiny_parameters(learning_rate={"values": [0.001, 0.002, 0.003, 0.004]}),
+        **extra,
+    }
+
+
+def test_minimised_metric_ranks_picks_and_plots_the_smallest(tmp_path):
+    from src.sweeps.results import plot_sweep, records_from_study, write_results
+
+    spec = parse_sweep_spec(minimise_spec(), ESDConfig())
+    losses = {0.001: 0.7, 0.002: 0.2, 0.003: 0.9, 0.004: 0.4}
+    run = OptunaRun(storage=f"sqlite:///{tmp_path / 'study.db'}", study_name="min")
+    study = run_optuna(spec, ESDConfig(), run, train=scripted_train(losses), log=lambda _: None)
+    records = records_from_study(study, spec)
+    written = write_results(tmp_path, records, spec, "min", log=lambda _: None)
+    with written["table"].open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert [float(r["val_loss"]) for r in rows] == [0.2, 0.4, 0.7, 0.9]  # smallest first
+    assert yaml.safe_load(written["best_config"].read_text())["learning_rate"] == 0.002
+    axes = plot_sweep(records, spec).axes[0]
+    best_line = next(line for line in axes.get_lines() if line.get_label() == "best so far")
+    in_order = [losses[r.params["learning_rate"]] for r in sorted(records, key=lambda r: r.number)]
+    assert list(best_line.get_ydata()) == list(np.minimum.accumulate(in_order))
+
+
+def test_run_cap_bounds_the_study_over_calls(tmp_path, capsys):
+    spec = parse_sweep_spec(minimise_spec(run_cap=3), ESDConfig())
+    losses = {0.001: 0.7, 0.002: 0.2, 0.003: 0.9, 0.004: 0.4}
+    run = OptunaRun(storage=f"sqlite:///{tmp_path / 'study.db'}", study_name="cap", count=10)
+    study = run_optuna(spec, ESDConfig(), run, train=scripted_train(losses))
+    assert len(study.trials) == 3
+    study = run_optuna(spec, ESDConfig(), run, train=scripted_train(losses))
+    assert len(study.trials) == 3 and "nothing to run (run_cap 3" in capsys.readouterr().out
+
+
+def test_repeated_failures_stop_the_sweep(tmp_path, capsys):
+    spec = parse_sweep_spec(
+        {**minimise_spec(), "method": "random", "parameters": tiny_parameters(
+            learning_rate={"values": [0.001, 0.002, 0.003, 0.004]})},
+        ESDConfig(),
+    )  # fmt: skip
+    losses = dict.fromkeys((0.001, 0.002, 0.003, 0.004), 0.5)
+    run = OptunaRun(
+        storage=f"sqlite:///{tmp_path / 'study.db'}", study_name="fail", count=10, max_failures=2
+    )
+    broken = scripted_train(losses, failing={0.001, 0.002, 0.003, 0.004})
+    study = run_optuna(spec, ESDConfig(), run, train=broken)
+    states = [t.state for t in study.trials]
+    assert states == [optuna.trial.TrialState.FAIL] * 2
+    assert all("diverged" in t.user_attrs["error"] for t in study.trials)
+    assert "stopped: 2 trials in a row failed" in capsys.readouterr().out

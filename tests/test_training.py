@@ -113,14 +113,47 @@ def test_losses_prefer_the_right_answer_and_ignore_unlabelled_cells(loss):
     assert criterion(wrong, masked) == pytest.approx(criterion(changed, masked).item(), abs=1e-6)
 
 
-def test_false_positive_penalty_punishes_class1_on_other_cells():
-    target = torch.tensor([[[1, 1], [2, 3]]])
-    says_class1 = torch.zeros(1, 4, 2, 2)
-    says_class1[:, 0] = 5.0
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    exp = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return exp / exp.sum(axis=1, keepdims=True)
+
+
+def test_class_weights_change_cross_entropy_as_weighted_mean():
+    generator = torch.Generator().manual_seed(4)
+    logits = torch.randn(3, 4, 4, 4, generator=generator, dtype=torch.float64)
+    target = torch.randint(0, 4, (3, 4, 4), generator=generator)
+    target[0, 0, 0] = -1  # ignored
+    weights = [0.5, 2.0, 1.0, 4.0]
+    probabilities = _softmax(logits.numpy())
+    numerator = denominator = 0.0
+    for b, i, j in np.ndindex(3, 4, 4):  # an independent weighted mean of −log p(true class)
+        k = int(target[b, i, j])
+        if k >= 0:
+            numerator += weights[k] * -np.log(probabilities[b, k, i, j])
+            denominator += weights[k]
+    weighted = SegmentationLoss("ce", class_weights=weights)(logits.float(), target).item()
+    plain = SegmentationLoss("ce")(logits.float(), target).item()
+    assert weighted == pytest.approx(numerator / denominator, rel=1e-5)
+    assert abs(weighted - plain) > 0.01
+
+
+def test_false_positive_penalty_acts_only_on_cells_of_other_classes():
+    generator = torch.Generator().manual_seed(5)
+    logits = torch.randn(2, 4, 4, 4, generator=generator)  # varies from cell to cell
+    target = torch.randint(0, 4, (2, 4, 4), generator=generator)
+    target[0, :2] = 0  # plenty of true class-1 cells (index 0)
+    target[1, 3, 3] = -1
+    probabilities = _softmax(logits.double().numpy())
+    others = [
+        probabilities[b, 0, i, j]
+        for b, i, j in np.ndindex(2, 4, 4)
+        if target[b, i, j] not in (0, -1)
+    ]
     plain, penalised = SegmentationLoss("ce"), SegmentationLoss("ce", fp_penalty=2.0)
-    difference = penalised(says_class1, target) - plain(says_class1, target)
-    expected = 2.0 * says_class1.softmax(dim=1)[:, 0].mean()
-    assert difference.item() == pytest.approx(expected.item(), rel=1e-5)
+    difference = (penalised(logits, target) - plain(logits, target)).item()
+    assert difference == pytest.approx(2.0 * np.mean(others), rel=1e-5)
+    everywhere = 2.0 * probabilities[:, 0].mean()  # what a penalty on all cells would give
+    assert abs(difference - everywhere) > 1e-3
 
 
 def test_unet_learns_clearly_better_than_a_constant_predictor(synthetic_processed, tmp_path):
@@ -248,3 +281,33 @@ def test_class_weights_come_from_training_labels(synthetic_processed, tmp_path):
     expected = counts.sum() / (4 * counts)
     np.testing.assert_allclose(module.hparams.class_weights, expected, rtol=1e-6)
     assert module.hparams.channels == manifest.channels and module.hparams.cell_px == 4
+
+
+def test_optimiser_schedule_accumulation_and_minimised_monitor(synthetic_processed, tmp_path):
+    config = tiny_config(
+        tmp_path, synthetic_processed, max_epochs=3, optimizer="sgd", learning_rate=0.02,
+        weight_decay=0.01, scheduler="cosine", accumulate_grad_batches=2, monitor="val_loss",
+        monitor_mode="min",
+    )  # fmt: skip
+    results = train(config)
+    last = torch.load(results["last_model_path"], weights_only=True)
+    group = last["optimizer_states"][0]["param_groups"][0]
+    assert (group["momentum"], group["weight_decay"]) == (0.9, 0.01)
+    assert all("momentum_buffer" in s for s in last["optimizer_states"][0]["state"].values())
+    train_items = 16 * len(Manifest.load(synthetic_processed).split["train"])
+    batches = -(-train_items // 8)
+    assert last["global_step"] == 3 * -(-batches // 2)  # one optimiser step per 2 batches
+    rates = epoch_rows(tmp_path / "logs", "lr-SGD")
+    cosine = [0.02 * (1 + np.cos(np.pi * epoch / 3)) / 2 for epoch in range(3)]
+    assert sorted(rates.values(), reverse=True) == pytest.approx(cosine)
+    losses = epoch_rows(tmp_path / "logs", "val_loss")
+    best = torch.load(results["best_model_path"], weights_only=True)
+    assert best["epoch"] == min(losses, key=losses.get)
+    assert results["best_model_score"] == pytest.approx(min(losses.values()))
+
+
+def test_early_stopping_ends_a_run_that_stops_improving(synthetic_processed, tmp_path):
+    config = tiny_config(tmp_path, synthetic_processed, max_epochs=6, patience=1, **NEVER_IMPROVES)
+    results = train(config)
+    assert torch.load(results["last_model_path"], weights_only=True)["epoch"] == 1
+    assert set(epoch_rows(tmp_path / "logs", "val_loss")) == {0, 1}

@@ -180,10 +180,13 @@ def _preprocess_optical(
     dates, bands = integers.shape[:2]
     for band in range(bands):
         lo, hi = low[0, band, 0, 0], high[0, band, 0, 0]
-        scaled_lo, scaled_hi = lo ** (1 / gamma), hi ** (1 / gamma)
+        corrected = np.clip(levels, lo, hi) ** (1 / gamma)
+        # The table's own extremes (not lo ** (1 / gamma), which can differ by one ulp), so
+        # the clipped ends map to exactly 0 and 1.
+        scaled_lo, scaled_hi = corrected.min(), corrected.max()
         table = np.zeros_like(levels)
         if scaled_hi > scaled_lo:
-            table = (np.clip(levels, lo, hi) ** (1 / gamma) - scaled_lo) / (scaled_hi - scaled_lo)
+            table = (corrected - scaled_lo) / (scaled_hi - scaled_lo)
         table = table.astype(out.dtype)
         for date in range(dates):
             np.take(table, integers[date, band], out=out[date * bands + band])

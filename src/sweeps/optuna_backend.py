@@ -324,7 +324,8 @@ def run_optuna(
         + ("running until Ctrl-C" if n_trials is None else f"running {n_trials} more")
     )
     if n_trials == 0:
-        reason = "the grid is done" if spec.method == "grid" else f"run_cap {spec.run_cap}"
+        capped = spec.run_cap is not None and finished_trials(study) >= spec.run_cap
+        reason = f"run_cap {spec.run_cap} reached" if capped else "the grid is done"
         log(f"optuna: nothing to run ({reason}; raise --count, run_cap or use a new study)")
         return study
     stop = _StopRules(spec.run_cap, run.max_failures)
