@@ -6,6 +6,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
+if __package__ in (None, ""):  # run as `python scripts/NAME.py`, not `python -m scripts.NAME`
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 from src.cli import parse_config
 from src.evaluation.config import EvalConfig
 

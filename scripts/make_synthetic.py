@@ -8,12 +8,16 @@ groundTruthRGB.png under the real file names (see src/esd_data/synthetic.py).
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from src.cli import config_field, parse_config
+if __package__ in (None, ""):  # run as `python scripts/NAME.py`, not `python -m scripts.NAME`
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from src.cli import check_field_types, config_field, parse_config
 from src.esd_data.sensors import LABEL_GRID
 from src.esd_data.synthetic import generate_synthetic_dataset
 
@@ -32,6 +36,7 @@ class SyntheticConfig:
     )
 
     def __post_init__(self) -> None:
+        check_field_types(self)
         if self.out is None:
             raise ValueError("--out is required: the folder to write Train/Tile1 … TileN into")
         self.out = Path(self.out)

@@ -7,7 +7,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from src.cli import config_field, parse_config
+if __package__ in (None, ""):  # run as `python scripts/NAME.py`, not `python -m scripts.NAME`
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from src.cli import check_field_types, config_field, parse_config
 from src.esd_data.preparation import PrepareRequest
 
 
@@ -41,6 +44,7 @@ class PrepareConfig:
     )
 
     def __post_init__(self) -> None:
+        check_field_types(self)
         self.raw_dir, self.processed_dir = Path(self.raw_dir), Path(self.processed_dir)
         if self.workers < 0:
             raise ValueError(f"workers must be >= 0, got {self.workers}")

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import Any
 
-from src.cli import parse_config
+if __package__ in (None, ""):  # run as `python scripts/NAME.py`, not `python -m scripts.NAME`
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from src.cli import build_parser, construct, parse_values
 from src.training.config import ESDConfig
 
 __all__ = ["ESDConfig", "main", "train"]
@@ -18,9 +22,26 @@ def train(config: ESDConfig, extra_callbacks: list[Any] | None = None) -> dict[s
     return run(config, extra_callbacks)
 
 
+def parse_arguments(argv: list[str] | None = None) -> ESDConfig:
+    """ESDConfig from `--config` YAML and flags; with `--resume`, the checkpoint's run with
+    only the options that may change (exit status 2 and one line for anything else)."""
+    parser = build_parser(ESDConfig)
+    values = parse_values(parser, ESDConfig, argv)
+    if values.get("resume") is None:
+        return construct(parser, ESDConfig, values)
+    from src.training.checkpoints import CheckpointError
+    from src.training.resume import resumed_config
+
+    try:
+        return resumed_config(Path(values["resume"]), values)
+    except (CheckpointError, TypeError, ValueError) as error:
+        parser.exit(2, f"{parser.prog}: error: {error}\n")
+        raise  # unreachable: parser.exit raises SystemExit
+
+
 def main(argv: list[str] | None = None) -> int:
     """Parse ESDConfig from the command line, train, print the final metrics."""
-    config = parse_config(ESDConfig, argv)
+    config = parse_arguments(argv)
     from src.training.train import is_local_zero
 
     try:
@@ -33,16 +54,30 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+SUMMARY_METRICS = ("f1_class1", "acc_overall", "iou_macro", "f1_macro", "auroc_macro", "loss")
+
+
 def format_results(results: dict[str, Any]) -> str:
-    """The run's checkpoints and its validation/test metrics, one per line."""
+    """The run's checkpoints and its main validation/test metrics, rounded, a few lines."""
     score = results["best_model_score"]
     lines = [
         f"run {results['run_name']}",
-        f"  best checkpoint: {results['best_model_path']} (score {score})",
+        f"  best checkpoint: {results['best_model_path']}"
+        + ("" if score is None else f" ({score:.4f})"),
         f"  last checkpoint: {results['last_model_path']}",
     ]
-    for key in sorted(k for k in results if k.startswith(("val_", "test_"))):
-        lines.append(f"  {key}: {results[key]:.4f}")
+    for stage in ("val", "test"):
+        shown = [f"{m} {results[f'{stage}_{m}']:.4f}" for m in SUMMARY_METRICS
+                 if f"{stage}_{m}" in results]  # fmt: skip
+        if shown:
+            lines.append(f"  {stage}: " + "  ".join(shown))
+            per_class = [results.get(f"{stage}_f1_class{k}") for k in range(1, 5)]
+            if None not in per_class:
+                lines.append(
+                    f"  {stage} F1 of classes 1-4: " + " ".join(f"{v:.4f}" for v in per_class)
+                )
+    if results.get("metrics_csv"):
+        lines.append(f"  every metric, per epoch: {results['metrics_csv']}")
     return "\n".join(lines)
 
 

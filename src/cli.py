@@ -48,6 +48,74 @@ def config_values(config: Any) -> dict[str, Any]:
     return {f.name: plain(getattr(config, f.name)) for f in dataclasses.fields(config)}
 
 
+def is_number(value: Any) -> bool:
+    """An int or float, not a bool."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def text_number_hint(value: Any, whole: bool = False) -> str:
+    """For text that reads as a number (YAML takes `1e-3` as a string): how to write it."""
+    if not isinstance(value, str):
+        return ""
+    try:
+        number = float(value)
+    except ValueError:
+        return ""
+    if whole and number.is_integer():
+        return f" (write {int(number)}, without quotes)"
+    return f" (YAML reads {value} as text: write {number!r})"
+
+
+def type_problem(value: Any, annotation: Any) -> str | None:
+    """Why `value` does not fit a field annotated `annotation` (None if it does)."""
+    inner, optional = strip_optional(annotation)
+    if value is None:
+        return None if optional else "must not be null"
+    origin = typing.get_origin(inner)
+    if origin is Literal:
+        choices = typing.get_args(inner)
+        return None if value in choices else f"must be one of {', '.join(map(str, choices))}"
+    if inner is bool:
+        return None if isinstance(value, bool) else "must be true or false"
+    if inner is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return None
+        return "must be a whole number" + text_number_hint(value, whole=True)
+    if inner is float:
+        return None if is_number(value) else "must be a number" + text_number_hint(value)
+    if inner is str:
+        return None if isinstance(value, str) else "must be text"
+    if inner is Path:
+        return None if isinstance(value, (str, Path)) else "must be a path"
+    if dict in (origin, inner):
+        return None if isinstance(value, Mapping) else "must be a mapping"
+    if list in (origin, inner):
+        if not isinstance(value, (list, tuple)):
+            return "must be a list"
+        (item,) = typing.get_args(inner) or (Any,)
+        bad = [v for v in value if item is not Any and type_problem(v, item)]
+        return f"has item(s) {bad} that {type_problem(bad[0], item)}" if bad else None
+    return None
+
+
+def check_field_types(config: Any) -> None:
+    """ValueError naming every field of a config dataclass whose value has the wrong type
+    (flags are typed by argparse, but YAML files and Python callers give raw values)."""
+    hints = _hints(type(config))
+    problems = []
+    for field in dataclasses.fields(config):
+        value = getattr(config, field.name)
+        problem = type_problem(value, hints[field.name])
+        if problem:
+            problems.append(f"{field.name}: {value!r} {problem}")
+    if problems:
+        raise ValueError("; ".join(problems))
+
+
+def _hints(config_cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(config_cls)
+
+
 def strip_optional(annotation: Any) -> tuple[Any, bool]:
     """Return (inner type, whether None is allowed) for `X | None` annotations."""
     origin = typing.get_origin(annotation)
@@ -98,6 +166,13 @@ def _shown(default: Any) -> str:
     return str(default) if isinstance(default, Path) else repr(default)
 
 
+def _help_text(text: str, default: Any) -> str:
+    """The field's help with its default, unless the help already says what the default is."""
+    if "default" in text or "None:" in text:
+        return text
+    return f"{text} (default: {_shown(default)})"
+
+
 def build_parser(config_cls: type, description: str | None = None) -> argparse.ArgumentParser:
     """An argparse parser with one flag per dataclass field, plus `--config FILE.yaml`."""
     parser = argparse.ArgumentParser(
@@ -135,7 +210,7 @@ def add_config_arguments(
             f"--{field.name}",
             dest=field.name,
             default=argparse.SUPPRESS,
-            help=f"{field.metadata.get('help', '')} (default: {_shown(default)})",
+            help=_help_text(field.metadata.get("help", ""), default),
             **_argument_options(hints[field.name]),
         )
 
@@ -174,6 +249,15 @@ def parse_values(
     return values
 
 
+def construct(parser: argparse.ArgumentParser, config_cls: type[ConfigT], values: dict) -> ConfigT:
+    """`config_cls(**values)`; invalid values exit with status 2 and the validation message."""
+    try:
+        return config_cls(**values)
+    except (TypeError, ValueError) as error:
+        parser.exit(2, f"{parser.prog}: error: {error}\n")
+        raise  # unreachable: parser.exit raises SystemExit
+
+
 def parse_config(
     config_cls: type[ConfigT],
     argv: Sequence[str] | None = None,
@@ -184,9 +268,4 @@ def parse_config(
     Invalid values raise SystemExit with the dataclass's own validation message.
     """
     parser = build_parser(config_cls, description)
-    values = parse_values(parser, config_cls, argv)
-    try:
-        return config_cls(**values)
-    except (TypeError, ValueError) as error:
-        parser.exit(2, f"{parser.prog}: error: {error}\n")
-        raise  # unreachable: parser.exit raises SystemExit
+    return construct(parser, config_cls, parse_values(parser, config_cls, argv))

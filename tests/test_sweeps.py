@@ -241,7 +241,7 @@ def spec_with(**changes) -> dict:
         ({"parameters": {"learning_rate": {"value": -1.0}}}, "learning_rate must be positive"),
         ({"parameters": {"loss": {"values": ["ce", "focal"]}}}, "'focal' must be one of"),
         ({"parameters": {"batch_size": {"min": 2.0, "max": 8.0}}}, "is an integer: use"),
-        ({"parameters": {"batch_size": {"values": [8, "16"]}}}, "'16' must be int"),
+        ({"parameters": {"batch_size": {"values": [8, "16"]}}}, "'16' must be a whole number"),
         ({"parameters": {"learning_rate": {"min": "1e-4", "max": 0.1}}}, "write 0.0001"),
         ({"parameters": {"wandb_run_name": {"values": ["a", "b"]}}}, "cannot be swept"),
         (

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -54,7 +55,7 @@ def test_each_model_trains_from_the_command_line(model_type, synthetic_raw, tmp_
         *MODEL_FLAGS[model_type],
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "val_f1_class1:" in result.stdout
+    assert re.search(r"val: f1_class1 \d\.\d{4}", result.stdout)
     run = tmp_path / "checkpoints" / model_type / "cli"
     assert (run / "last.ckpt").is_file()
     assert len(list(run.glob("best-000-*.ckpt"))) == 1
@@ -182,3 +183,49 @@ def test_ranks_started_together_prepare_a_cold_cache_once(synthetic_raw, tmp_pat
     assert len(processed) == 1 and "12 processed, 0 reused" in processed[0], reports
     assert "GLOBAL_RANK: 0" in output and "GLOBAL_RANK: 1" in output
     assert (tmp_path / "checkpoints" / "SegmentationCNN" / "cold" / "last.ckpt").is_file()
+
+
+def csv_rows(path: Path) -> list[dict[str, str]]:
+    with path.open() as handle:
+        return list(csv.DictReader(handle))
+
+
+@pytest.mark.slow
+def test_resume_restores_the_run_and_is_exact_with_loader_workers(synthetic_processed, tmp_path):
+    flags = [
+        "--processed_dir", str(synthetic_processed), "--raw_dir", "none",
+        "--model_type", "SegmentationCNN", "--embedding_size", "4",
+        "--bands", "{sentinel2: [B04, B03, B02], viirs: null}", "--wandb_mode", "disabled",
+    ]  # fmt: skip
+    straight = run_train(tmp_path / "a", *flags, "--max_epochs", "2", "--num_workers", "2")
+    assert straight.returncode == 0, straight.stderr[-3000:]
+    first = run_train(tmp_path / "b", *flags, "--max_epochs", "1", "--num_workers", "2")
+    assert first.returncode == 0, first.stderr[-3000:]
+    last = tmp_path / "b" / "checkpoints" / "SegmentationCNN" / "cli" / "last.ckpt"
+    resumed = subprocess.run(  # nothing but --resume and the new length
+        [sys.executable, "-m", "scripts.train", "--resume", str(last), "--max_epochs", "2"],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    a = torch.load(tmp_path / "a" / "checkpoints" / "SegmentationCNN" / "cli" / "last.ckpt",
+                   weights_only=True)  # fmt: skip
+    b = torch.load(last, weights_only=True)
+    assert a["epoch"] == b["epoch"] == 1
+    assert all(torch.equal(value, b["state_dict"][key]) for key, value in a["state_dict"].items())
+    assert b["hyper_parameters"]["channels"] == a["hyper_parameters"]["channels"]
+    assert len(b["hyper_parameters"]["channels"]) == 22  # 3 bands × 4 dates + 9 dates + max
+    rows_a = csv_rows(tmp_path / "a" / "logs" / "SegmentationCNN" / "cli" / "metrics.csv")
+    rows_b = csv_rows(tmp_path / "b" / "logs" / "SegmentationCNN" / "cli" / "metrics.csv")
+    keys = ("epoch", "step", "train_loss", "val_loss", "val_f1_class1", "lr-Adam")
+    assert [[r.get(k) for k in keys] for r in rows_b] == [[r.get(k) for k in keys] for r in rows_a]
+    assert [p.name for p in (tmp_path / "b" / "checkpoints" / "SegmentationCNN").iterdir()] == [
+        "cli"
+    ]
+
+    conflict = subprocess.run(
+        [sys.executable, "-m", "scripts.train", "--resume", str(last), "--model_type", "UNet"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert conflict.returncode == 2
+    lines = conflict.stderr.strip().splitlines()
+    assert len(lines) == 1 and "--model_type 'UNet' (the run has 'SegmentationCNN')" in lines[0]

@@ -311,3 +311,17 @@ def test_early_stopping_ends_a_run_that_stops_improving(synthetic_processed, tmp
     results = train(config)
     assert torch.load(results["last_model_path"], weights_only=True)["epoch"] == 1
     assert set(epoch_rows(tmp_path / "logs", "val_loss")) == {0, 1}
+
+
+def test_each_loss_name_has_exactly_its_terms():
+    from src.training.losses import soft_dice_loss
+
+    generator = torch.Generator().manual_seed(6)
+    logits = torch.randn(2, 4, 4, 4, generator=generator)
+    target = torch.randint(0, 4, (2, 4, 4), generator=generator)
+    ce = torch.nn.functional.cross_entropy(logits, target).item()
+    dice = soft_dice_loss(logits, target).item()
+    assert SegmentationLoss("ce")(logits, target).item() == pytest.approx(ce)
+    assert SegmentationLoss("dice")(logits, target).item() == pytest.approx(dice)  # no CE term
+    both = SegmentationLoss("ce+dice", ce_weight=0.5, dice_weight=2.0)(logits, target).item()
+    assert both == pytest.approx(0.5 * ce + 2.0 * dice)

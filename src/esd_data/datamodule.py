@@ -130,6 +130,17 @@ class ESDDataModule(L.LightningDataModule):
         trainer = self.trainer
         return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
 
+    def _starting_epoch(self) -> int:
+        """The epoch the Trainer trains next (after a resume: the restored one).
+
+        Loader workers start fetching as soon as the loader's iterator exists, and Lightning
+        makes it before it calls `set_epoch` (and before `current_epoch` reflects a restored
+        checkpoint), so the sampler must start at the right epoch by itself.
+        """
+        if self.trainer is None:
+            return 0
+        return int(self.trainer.fit_loop.epoch_progress.current.processed)
+
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         if split not in self.datasets:
             raise ValueError(
@@ -138,11 +149,12 @@ class ESDDataModule(L.LightningDataModule):
             )
         dataset = self.datasets[split]
         rank, world_size = self._shard()
-        sampler: EpochShuffleSampler | ShardSampler = (
-            EpochShuffleSampler(len(dataset), self.seed, rank, world_size)
-            if shuffle
-            else ShardSampler(len(dataset), rank, world_size)
-        )
+        sampler: EpochShuffleSampler | ShardSampler
+        if shuffle:
+            sampler = EpochShuffleSampler(len(dataset), self.seed, rank, world_size)
+            sampler.set_epoch(self._starting_epoch())
+        else:
+            sampler = ShardSampler(len(dataset), rank, world_size)
         return DataLoader(
             dataset,
             batch_size=self.batch_size,

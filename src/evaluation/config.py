@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from src.cli import config_field
+from src.cli import check_field_types, config_field
 from src.esd_data.subtiles import check_tile_size_gt
 from src.models.registry import MODEL_TYPES
 
@@ -63,6 +63,7 @@ class EvalConfig:
     )
 
     def __post_init__(self) -> None:
+        check_field_types(self)
         for name in (
             "model_path",
             "checkpoint_dir",

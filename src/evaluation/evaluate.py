@@ -18,8 +18,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from src.esd_data.identity import SCORED_SPLITS, DataIdentity
 from src.esd_data.manifest import Manifest
 from src.esd_data.preparation import preparation_lock, read_previous_manifest
@@ -27,6 +25,7 @@ from src.esd_data.reader import tile_number
 from src.evaluation.config import EvalConfig
 from src.evaluation.evaluator import check_compatible, newest_best_checkpoint, predict_tiles
 from src.evaluation.report import true_colour_image, write_run_outputs, write_tile_outputs
+from src.hardware import resolve_device
 from src.training.checkpoints import CheckpointError, data_identity, load_module, read_checkpoint
 
 EVAL_CACHE_ROOT = Path("data/eval_cache")
@@ -42,21 +41,6 @@ class TileSource:
     tiles: list[str]
     label: str
     """The split's name, or the raw folder's name."""
-
-
-def resolve_device(accelerator: str) -> torch.device:
-    """The torch device for `accelerator` (auto: CUDA, then MPS, then CPU); a clear error
-    when the requested one does not exist here."""
-    if accelerator == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        return torch.device("mps" if torch.backends.mps.is_available() else "cpu")
-    available = {"cpu": True, "cuda": torch.cuda.is_available()}
-    available["mps"] = torch.backends.mps.is_available()
-    if not available[accelerator]:
-        present = ", ".join(name for name, ok in available.items() if ok)
-        raise ValueError(f"--accelerator {accelerator}: no such device here (available: {present})")
-    return torch.device(accelerator)
 
 
 def _from_processed(config: EvalConfig, identity: DataIdentity) -> TileSource:

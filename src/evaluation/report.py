@@ -25,6 +25,12 @@ from src.visualization.evaluation_plots import (
 from src.visualization.plot_utils import true_colour
 
 TRUE_COLOUR_BANDS = ("B04", "B03", "B02")
+AVERAGING = (
+    "f1_class1 is the contest's score (class 1 against the rest); *_macro are unweighted means "
+    "over the classes present in the truth or the prediction (classification_report.txt "
+    "averages over all four classes, an absent class counting 0); auc_macro over the classes "
+    "that have both positive and negative cells"
+)
 CLASS_TITLES = [f"{label} {name}" for label, name in zip(LABELS, CLASS_NAMES, strict=True)]
 
 
@@ -82,7 +88,7 @@ def write_run_outputs(
         writer.writerow(["pixelId", "predictions"])
         writer.writerows(kaggle_rows(predictions))
     labelled = [p for p in predictions if p.truth is not None]
-    metrics: dict[str, Any] = {**info, "tiles": per_tile}
+    metrics: dict[str, Any] = {**info, "averaging": AVERAGING, "tiles": per_tile}
     if labelled:
         truth = np.concatenate([p.truth.ravel() for p in labelled])
         predicted = np.concatenate([p.labels.ravel() for p in labelled])

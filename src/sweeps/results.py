@@ -32,7 +32,7 @@ from src.training.config import ESDConfig
 TABLE_FILE = "trials.csv"
 BEST_CONFIG_FILE = "best_config.yaml"
 PLOT_FILE = "sweep.png"
-STATE_ORDER = {"COMPLETE": 0, "PRUNED": 1, "RUNNING": 2, "FAIL": 3}
+STATE_ORDER = {"COMPLETE": 0, "PRUNED": 1, "RUNNING": 2, "INTERRUPTED": 3, "FAIL": 4}
 
 
 @dataclass
@@ -83,8 +83,9 @@ def records_from_study(study: Any, spec: SweepSpec) -> list[TrialRecord]:
             value = intermediate[max(intermediate)]
         error = trial.user_attrs.get("error")
         if trial.user_attrs.get("interrupted"):
+            state = "INTERRUPTED"  # Optuna records it as failed; it was stopped, not broken
             again = rerun.get(trial.number)
-            error = f"interrupted, re-run as trial {again}" if again is not None else "interrupted"
+            error = f"re-run as trial {again}" if again is not None else None
         records.append(
             TrialRecord(
                 number=trial.number,
@@ -133,7 +134,7 @@ def sort_records(records: Iterable[TrialRecord], goal: str) -> list[TrialRecord]
     def key(record: TrialRecord) -> tuple[int, int, float, int]:
         missing = record.value is None
         value = 0.0 if missing else sign * record.value  # type: ignore[operator]
-        return STATE_ORDER.get(record.state, 4), int(missing), value, record.number
+        return STATE_ORDER.get(record.state, len(STATE_ORDER)), int(missing), value, record.number
 
     return sorted(records, key=key)
 
@@ -217,7 +218,7 @@ def write_best_config(path: Path, record: TrialRecord, spec: SweepSpec, study: s
     header = (
         f"# Best trial of sweep {study}: {record.run_name or record.number} "
         f"({spec.metric} = {record.value:.6g}, goal {spec.goal}).\n"
-        f"# Retrain with: python -m scripts.train --config {path.name}\n"
+        f"# Retrain with: python -m scripts.train --config {path}\n"
     )
     body = yaml.safe_dump(best_config_values(record), sort_keys=False, allow_unicode=True)
     with atomic_path(path) as temporary:
@@ -231,6 +232,7 @@ _STYLE = {
     "COMPLETE": {"marker": "o", "color": "tab:blue"},
     "PRUNED": {"marker": "x", "color": "tab:orange"},
     "FAIL": {"marker": "v", "color": "tab:red"},
+    "INTERRUPTED": {"marker": "s", "color": "tab:purple"},
     "RUNNING": {"marker": ".", "color": "tab:gray"},
 }
 

@@ -19,7 +19,6 @@ its `__post_init__` validation), a metric that training never logs, unknown meth
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import difflib
 import json
@@ -28,11 +27,11 @@ import typing
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import yaml
 
-from src.cli import plain, strip_optional
+from src.cli import is_number, plain, strip_optional, text_number_hint, type_problem
 from src.training.config import ESDConfig
 from src.training.metrics import logged_metric_names
 
@@ -170,49 +169,17 @@ def trial_config(base: ESDConfig, values: Mapping[str, Any], run_name: str) -> E
 # validation
 
 
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
 def _number_problem(where: str, key: str, value: Any) -> str | None:
-    if _is_number(value) and math.isfinite(value):
+    if is_number(value) and math.isfinite(value):
         return None
-    hint = ""
-    if isinstance(value, str):
-        with contextlib.suppress(ValueError):
-            hint = f" (YAML reads {value} as text: write {float(value)!r})"
-    return f"{where}: {key} must be a number, got {value!r}{hint}"
-
-
-def _type_problem(value: Any, annotation: Any) -> str | None:
-    """Why `value` does not fit a field annotated `annotation` (None if it does)."""
-    inner, optional = strip_optional(annotation)
-    if value is None:
-        return None if optional else "must not be null"
-    origin = typing.get_origin(inner)
-    if origin is Literal:
-        choices = typing.get_args(inner)
-        return None if value in choices else f"must be one of {', '.join(map(str, choices))}"
-    if inner is bool:
-        return None if isinstance(value, bool) else "must be true or false"
-    if inner is int:
-        return None if isinstance(value, int) and not isinstance(value, bool) else "must be int"
-    if inner is float:
-        return None if _is_number(value) else "must be a number"
-    if inner in (str, Path):
-        return None if isinstance(value, str) else "must be a string"
-    if dict in (origin, inner):
-        return None if isinstance(value, dict) else "must be a mapping"
-    if list in (origin, inner):
-        return None if isinstance(value, list) else "must be a list"
-    return None
+    return f"{where}: {key} must be a number, got {value!r}{text_number_hint(value)}"
 
 
 def _value_problems(
     where: str, name: str, value: Any, annotation: Any, base: ESDConfig | None
 ) -> list[str]:
     """Problems of one candidate value: its type, then ESDConfig's own validation."""
-    problem = _type_problem(value, annotation)
+    problem = type_problem(value, annotation)
     if problem:
         return [f"{where}: value {value!r} {problem} (ESDConfig.{name})"]
     if base is None:

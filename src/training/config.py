@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from src.cli import config_field
+from src.cli import check_field_types, config_field
 from src.esd_data.manifest import check_band_selection
 from src.esd_data.preparation import PrepareRequest
 from src.esd_data.subtiles import check_tile_size_gt
@@ -103,13 +103,17 @@ class ESDConfig:
     log_dir: Path = config_field(Path("logs"), "CSV logs and offline W&B runs go here")
     resume: Path | None = config_field(None, "checkpoint to continue training from")
     wandb_project: str = config_field("esd", "W&B project")
-    wandb_run_name: str | None = config_field(None, "run name (default: model and time)")
+    wandb_run_name: str | None = config_field(None, "run name (None: <model_type>-<date>-<time>)")
     wandb_mode: WandbMode = config_field(
         "auto", "auto (online if logged in, else offline), online, offline or disabled"
+    )
+    wandb_id: str | None = config_field(
+        None, "W&B run id (None: a new one; --resume continues the checkpoint's run)"
     )
 
     def __post_init__(self) -> None:
         """Reject bad values before any data is prepared or any training starts."""
+        check_field_types(self)
         problems = []
         for name in PATH_FIELDS:
             value = getattr(self, name)

@@ -116,15 +116,17 @@ def build_loggers(
     Path(log_dir).mkdir(parents=True, exist_ok=True)
     import wandb
 
-    loggers.append(
-        WandbLogger(
-            project=wandb_project,
-            name=run_name,
-            save_dir=str(log_dir),
-            offline=mode == "offline",
-            id=wandb_id,
-            resume="allow" if wandb_id else None,
-            settings=wandb.Settings(mode=mode, init_timeout=60, silent=True),
-        )
+    logger = WandbLogger(
+        project=wandb_project,
+        name=run_name,
+        save_dir=str(log_dir),
+        offline=mode == "offline",
+        id=wandb_id,
+        resume="allow" if wandb_id else None,
+        settings=wandb.Settings(mode=mode, init_timeout=60, silent=True),
     )
+    # WandbLogger always passes `anonymous` (None here), which wandb now warns about.
+    if logger._wandb_init.get("anonymous") is None:
+        logger._wandb_init.pop("anonymous", None)
+    loggers.append(logger)
     return loggers

@@ -44,8 +44,9 @@ class SegmentationLoss(nn.Module):
         if name not in LOSS_NAMES:
             raise ValueError(f"unknown loss {name!r}; choose one of {', '.join(LOSS_NAMES)}")
         self.name = name
-        self.ce_weight = ce_weight if "ce" in name else 0.0
-        self.dice_weight = dice_weight if "dice" in name else 0.0
+        terms = name.split("+")  # "ce", "dice" or "ce+dice" ("ce" in "dice" is True)
+        self.ce_weight = ce_weight if "ce" in terms else 0.0
+        self.dice_weight = dice_weight if "dice" in terms else 0.0
         self.fp_penalty = fp_penalty
         weights = None if class_weights is None else torch.tensor(class_weights, dtype=torch.float)
         self.register_buffer("class_weights", weights)

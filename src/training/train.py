@@ -10,41 +10,52 @@ step). Both are written at the end of each training epoch, after its metrics are
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import os
+import secrets
 import sys
 import warnings
+from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import (
     EarlyStopping,
     LearningRateMonitor,
     ModelCheckpoint,
-    ModelSummary,
     TQDMProgressBar,
 )
+from lightning.pytorch.trainer.states import TrainerStatus
 
+from src.atomic import write_json
 from src.cli import config_values
 from src.esd_data.augmentation import AugmentConfig
 from src.esd_data.datamodule import ESDDataModule
 from src.esd_data.identity import DataIdentity
-from src.training.checkpoints import read_checkpoint
+from src.hardware import check_accelerator
+from src.training.checkpoints import data_identity, read_checkpoint
 from src.training.config import ESDConfig
 from src.training.loggers import build_loggers
 from src.training.module import ESDSegmentation
+from src.training.quiet import quiet_third_party
+from src.training.resume import MAY_CHANGE, check_same_data, saved_run_config
+from src.training.summary import LayerSummary
 
 # Epoch metrics are synchronised by torchmetrics before they are logged (see the module).
 warnings.filterwarnings("ignore", message=".*when logging on epoch level in distributed.*")
 
 RUN_NAME_VARIABLE = "ESD_RUN_NAME"
 """Carries the run name to the processes that DDP starts, so all ranks share one folder."""
+WANDB_ID_VARIABLE = "ESD_WANDB_ID"
 LAST_CHECKPOINT = "last"
 
 
 def _trainer_number(value: float) -> int | float:
-    return int(value) if value > 1 else value
+    """Lightning's convention: a float is a fraction of the batches, an int a count."""
+    return int(value) if value > 1 else float(value)
 
 
 def _devices(value: str) -> str | int | list[int]:
@@ -55,13 +66,16 @@ def _devices(value: str) -> str | int | list[int]:
     return value
 
 
-def run_name(config: ESDConfig) -> str:
-    """The configured name, the one DDP handed down, or `<model>-<date>-<time>`."""
-    return (
+def run_identity(config: ESDConfig) -> ESDConfig:
+    """`config` with its run name and W&B id filled in: configured, handed down by DDP to the
+    processes it starts, or new (`<model>-<date>-<time>`, a random id)."""
+    name = (
         config.wandb_run_name
         or os.environ.get(RUN_NAME_VARIABLE)
         or f"{config.model_type}-{dt.datetime.now():%Y%m%d-%H%M%S}"
     )
+    wandb_id = config.wandb_id or os.environ.get(WANDB_ID_VARIABLE) or secrets.token_hex(4)
+    return dataclasses.replace(config, wandb_run_name=name, wandb_id=wandb_id)
 
 
 def is_local_zero() -> bool:
@@ -141,14 +155,19 @@ def checkpoint_callbacks(config: ESDConfig, name: str) -> tuple[ModelCheckpoint,
 
 def build_trainer(
     config: ESDConfig,
-    name: str,
     extra_callbacks: list[L.Callback] | None = None,
     continue_after_epoch: int | None = None,
 ) -> L.Trainer:
-    """A Trainer with checkpoints, early stopping, LR monitor, progress bar and loggers.
+    """A Trainer with checkpoints, early stopping, LR monitor, progress bar and loggers, for
+    a config whose run identity is filled in (`run_identity`).
 
     `continue_after_epoch` (a resumed run: the checkpoint's epoch) appends to the run's logs.
+    Options the hardware cannot satisfy raise ValueError with Lightning's one-line reason.
     """
+    name = config.wandb_run_name
+    assert name is not None
+    check_accelerator(config.accelerator)
+    quiet_third_party()
     best, last = checkpoint_callbacks(config, name)
     callbacks: list[L.Callback] = [
         best,
@@ -156,7 +175,7 @@ def build_trainer(
         EarlyStopping(config.monitor, patience=config.patience, mode=config.monitor_mode),
         LearningRateMonitor(logging_interval="epoch"),
         TQDMProgressBar(),
-        ModelSummary(max_depth=2),
+        LayerSummary(max_depth=2),
         *(extra_callbacks or []),
     ]
     loggers = build_loggers(
@@ -166,7 +185,15 @@ def build_trainer(
         config.wandb_mode,
         config.wandb_project,
         continue_after_epoch=continue_after_epoch,
+        wandb_id=config.wandb_id,
     )
+    try:
+        return _trainer(config, callbacks, loggers)
+    except MisconfigurationException as error:
+        raise ValueError(f"--accelerator/--devices/--strategy: {error}") from None
+
+
+def _trainer(config: ESDConfig, callbacks: list[L.Callback], loggers: list[Any]) -> L.Trainer:
     return L.Trainer(
         accelerator=config.accelerator,
         devices=_devices(config.devices),
@@ -194,26 +221,33 @@ def train(config: ESDConfig, extra_callbacks: list[L.Callback] | None = None) ->
     """Prepare the data, train, test when there are test tiles; return the final metrics.
 
     The result holds the last epoch's logged metrics, `best_model_score`, `best_model_path`,
-    `last_model_path`, `run_name` and, with test tiles, the best checkpoint's `test_*`.
+    `last_model_path`, `run_name` and, with test tiles, the best checkpoint's `test_*`. With
+    `config.resume`, the checkpoint must belong to a run of this config on the same data.
     """
     L.seed_everything(config.seed, workers=True, verbose=False)
+    resumed_epoch = None
+    if config.resume is not None:
+        config, resumed_epoch = _resumable(config)
+    config = run_identity(config)
+    trainer = build_trainer(config, extra_callbacks, resumed_epoch)  # hardware errors first
     data = build_datamodule(config)
     data.prepare_data()
     if data.summary is not None and (is_local_zero() or data.summary.rebuilt):
         print(f"data: {data.summary}")
     module = build_module(config, data)
-    name = run_name(config)
-    resumed_epoch = None
     if config.resume is not None:
-        resumed_epoch = int(read_checkpoint(config.resume)["epoch"])
-    trainer = build_trainer(config, name, extra_callbacks, resumed_epoch)
+        saved = data_identity(read_checkpoint(config.resume), config.resume)
+        check_same_data(saved, DataIdentity.from_dict(module.data_identity))
     best, last = (c for c in trainer.checkpoint_callbacks if isinstance(c, ModelCheckpoint))
-    os.environ[RUN_NAME_VARIABLE] = name
+    os.environ[RUN_NAME_VARIABLE] = config.wandb_run_name or ""
+    os.environ[WANDB_ID_VARIABLE] = config.wandb_id or ""
+    status = "failed"
     try:
         trainer.fit(module, datamodule=data, ckpt_path=config.resume)
         results: dict[str, Any] = _numbers(trainer.callback_metrics)
         results.update(
-            run_name=name,
+            run_name=config.wandb_run_name,
+            metrics_csv=str(Path(trainer.loggers[0].log_dir) / "metrics.csv"),
             best_model_path=best.best_model_path,
             last_model_path=last.best_model_path,
             best_model_score=None
@@ -223,14 +257,64 @@ def train(config: ESDConfig, extra_callbacks: list[L.Callback] | None = None) ->
         if data.manifest.split["test"] and not config.fast_dev_run:
             ckpt = results["best_model_path"] or None
             results.update(_numbers(trainer.test(module, datamodule=data, ckpt_path=ckpt)[0]))
+        status = "finished"
+    except BaseException as error:
+        interrupted = trainer.state.status == TrainerStatus.INTERRUPTED and not isinstance(
+            error, Exception
+        )
+        status = "interrupted" if interrupted else "failed"
+        _write_status(trainer, status, error)
+        raise
     finally:
         os.environ.pop(RUN_NAME_VARIABLE, None)
-        _finish_wandb()
+        os.environ.pop(WANDB_ID_VARIABLE, None)
+        _finish_wandb(exit_code=0 if status == "finished" else 1)
+    _write_status(trainer, status)
     return results
 
 
-def _finish_wandb() -> None:
-    """Close the W&B run, if one was started, so the next train() in this process starts anew."""
+STATUS_FILE = "status.json"
+
+
+def _write_status(trainer: L.Trainer, status: str, error: BaseException | None = None) -> None:
+    """`status.json` in the run's log folder: finished, failed or interrupted (and why), so a
+    run that did not finish is never mistaken for one that did."""
+    if not trainer.is_global_zero:
+        return
+    folder = Path(trainer.loggers[0].log_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    record: dict[str, Any] = {"status": status, "epochs_completed": trainer.current_epoch}
+    if error is not None:
+        record["error"] = f"{type(error).__name__}: {error}"
+    write_json(folder / STATUS_FILE, record)
+
+
+def _resumable(config: ESDConfig) -> tuple[ESDConfig, int]:
+    """`config` with the resumed run's name and W&B id (unless set), and the checkpoint's
+    epoch; ValueError unless `config.resume` is a checkpoint of a run of this config."""
+    assert config.resume is not None
+    checkpoint = read_checkpoint(config.resume)
+    saved = saved_run_config(checkpoint, config.resume)
+    config = dataclasses.replace(
+        config,
+        wandb_run_name=config.wandb_run_name or saved.get("wandb_run_name"),
+        wandb_id=config.wandb_id or saved.get("wandb_id"),
+    )
+    now = config_values(config)
+    differing = sorted(
+        name for name in saved if name not in MAY_CHANGE and saved[name] != now.get(name)
+    )
+    if differing:
+        raise ValueError(
+            f"{config.resume} is a checkpoint of another run: {', '.join(differing)} differ "
+            f"(python -m scripts.train --resume CKPT restores them from the checkpoint)"
+        )
+    return config, int(checkpoint["epoch"])
+
+
+def _finish_wandb(exit_code: int = 0) -> None:
+    """Close the W&B run, if one was started (marked failed with a non-zero `exit_code`), so
+    the next train() in this process starts anew."""
     wandb = sys.modules.get("wandb")
     if wandb is not None and wandb.run is not None:
-        wandb.finish()
+        wandb.finish(exit_code=exit_code)
