@@ -1,6 +1,6 @@
 """Training throughput of each model: the Lightning module against a bare PyTorch loop.
 
-    python -m benchmarks.bench_train [--steps 6] [--models UNet SegmentationCNN FCNResnetTransfer]
+    python -m benchmarks.bench_train [--steps 6] [--models UNet TemporalFusion …]
 
 Per model: subtiles per second at t=4 (200×200 pixels, 50 px per label cell), 99 channels,
 batch 8, on the CPU, for `ESDSegmentation` under a Lightning Trainer (loss, torchmetrics
@@ -21,6 +21,8 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader
 
+from src.esd_data.sensors import reference_channel_names
+from src.models.registry import MODEL_TYPES
 from src.training.losses import SegmentationLoss
 from src.training.module import ESDSegmentation
 
@@ -41,10 +43,21 @@ def batches(count: int) -> list[dict[str, torch.Tensor]]:
     ]
 
 
+SMALL_HPARAMS = {"SMP": {"smp_encoder": "resnet18"}}
+"""Options that keep a model at the size the comparison uses (SMP: a ResNet-18 encoder)."""
+
+
 def build(model_type: str) -> ESDSegmentation:
     torch.manual_seed(0)
-    channels = [f"c{i}" for i in range(CHANNELS)]
-    return ESDSegmentation(model_type, channels, CELL_PX, T, scheduler="none")
+    channels = reference_channel_names()  # TemporalFusion reads the sensors and dates from them
+    return ESDSegmentation(
+        model_type,
+        channels,
+        CELL_PX,
+        T,
+        model_hparams=SMALL_HPARAMS.get(model_type),
+        scheduler="none",
+    )
 
 
 class _Timer(L.Callback):
@@ -89,15 +102,14 @@ def one(model_type: str, mode: str, steps: int) -> None:
     torch.set_num_threads(2)
     rate = (run_lightning if mode == "lightning" else run_bare)(model_type, steps)
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({"rate": rate, "peak_mib": peak_mib}))
+    parameters = sum(p.numel() for p in build(model_type).model.parameters())
+    print(json.dumps({"rate": rate, "peak_mib": peak_mib, "parameters": parameters}))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=6)
-    parser.add_argument(
-        "--models", nargs="+", default=["SegmentationCNN", "UNet", "FCNResnetTransfer"]
-    )
+    parser.add_argument("--models", nargs="+", default=list(MODEL_TYPES))
     parser.add_argument("--one", nargs=2, metavar=("MODEL", "MODE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
@@ -108,8 +120,8 @@ def main() -> None:
         f"{args.steps} timed steps after {WARMUP} warm-up steps"
     )
     print(
-        f"{'model':<18} {'bare loop':>14} {'Lightning':>14} {'overhead':>9} "
-        f"{'peak bare':>10} {'peak Lightning':>15}"
+        f"{'model':<18} {'parameters':>11} {'bare loop':>14} {'Lightning':>14} {'s/step':>7} "
+        f"{'overhead':>9} {'peak bare':>10} {'peak Lightning':>15}"
     )
     for model_type in args.models:
         result = {}
@@ -123,8 +135,9 @@ def main() -> None:
         bare, lightning = result["bare"], result["lightning"]
         overhead = 100 * (bare["rate"] / lightning["rate"] - 1)
         print(
-            f"{model_type:<18} {bare['rate']:>9.1f} st/s {lightning['rate']:>9.1f} st/s "
-            f"{overhead:>8.1f}% {bare['peak_mib']:>7.0f} MiB {lightning['peak_mib']:>11.0f} MiB"
+            f"{model_type:<18} {bare['parameters'] / 1e6:>9.2f} M {bare['rate']:>9.1f} st/s "
+            f"{lightning['rate']:>9.1f} st/s {BATCH / lightning['rate']:>7.2f} {overhead:>8.1f}% "
+            f"{bare['peak_mib']:>7.0f} MiB {lightning['peak_mib']:>11.0f} MiB"
         )
 
 

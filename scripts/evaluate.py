@@ -48,7 +48,9 @@ def main(argv: list[str] | None = None) -> int:
         f"wrote {len(metrics['tiles'])} tile(s) to {tiles}/ (PNG, prediction and probability TIFF)"
     )
     for tile in metrics["tiles"]:
-        names = (f"{tile['tile']}.png", f"{tile['tile']}_prediction.tif")
+        names = [f"{tile['tile']}.png", f"{tile['tile']}_prediction.tif"]
+        if "date_weights" in tile:
+            names.append(f"{tile['tile']}_attention.png")
         print("  " + "  ".join(str(tiles / name) for name in names))
     for name in RUN_FILES:
         if (results_dir / name).exists():

@@ -154,9 +154,12 @@ def _argument_options(annotation: Any) -> dict[str, Any]:
             "type": _none_or(type(choices[0])) if optional else type(choices[0]),
             "choices": choices + ([None] if optional else []),
         }
+    simple = {int: int, float: float, str: str, Path: Path}
+    if origin is list and typing.get_args(inner) and typing.get_args(inner)[0] in simple:
+        return {"type": simple[typing.get_args(inner)[0]], "nargs": "+"}  # --tiles Tile5 Tile9
     if origin in (dict, list, tuple) or inner in (dict, list, tuple) or inner is Any:
         return {"type": _yaml_value, "metavar": "YAML"}
-    convert = {int: int, float: float, str: str, Path: Path}.get(inner)
+    convert = simple.get(inner)
     if convert is None:
         convert = _yaml_value
     return {"type": _none_or(convert) if optional else convert}
@@ -195,14 +198,18 @@ def add_config_arguments(
     config_cls: type,
     title: str | None = None,
     description: str | None = None,
+    exclude: frozenset[str] = frozenset(),
 ) -> None:
     """Add one flag per field of `config_cls` (default=SUPPRESS: only given flags are parsed).
 
-    With a `title`, the flags form their own group in `--help` (a second dataclass's options).
+    With a `title`, the flags form their own group in `--help` (a second dataclass's options);
+    fields in `exclude` get no flag (another config of the command defines them).
     """
     target = parser.add_argument_group(title, description) if title else parser
     hints = typing.get_type_hints(config_cls)
     for field in dataclasses.fields(config_cls):
+        if field.name in exclude:
+            continue
         default = (
             field.default if field.default is not dataclasses.MISSING else field.default_factory()  # type: ignore[misc]
         )

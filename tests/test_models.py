@@ -167,7 +167,8 @@ def test_small_model_arguments_are_validated() -> None:
 
 
 def test_model_types() -> None:
-    assert set(MODEL_TYPES) == {"SegmentationCNN", "FCNResnetTransfer", "UNet"}
+    expected = {"SegmentationCNN", "FCNResnetTransfer", "UNet", "TemporalFusion", "SMP"}
+    assert set(MODEL_TYPES) == expected
 
 
 def test_unknown_model_type_lists_known_names() -> None:

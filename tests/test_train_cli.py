@@ -40,6 +40,15 @@ MODEL_FLAGS = {
     "SegmentationCNN": ["--embedding_size", "8"],
     "UNet": ["--embedding_size", "8", "--n_encoders", "1"],
     "FCNResnetTransfer": ["--limit_train_batches", "2", "--limit_val_batches", "2"],
+    "TemporalFusion": ["--tf_width", "8", "--temporal", "attention"],
+    "SMP": [
+        "--smp_arch",
+        "unetplusplus",
+        "--smp_encoder",
+        "resnet18",
+        "--limit_train_batches",
+        "4",
+    ],
 }
 
 
@@ -68,6 +77,20 @@ def test_each_model_trains_from_the_command_line(model_type, synthetic_raw, tmp_
     records = b"".join(p.read_bytes() for p in wandb_runs[0].glob("*.wandb"))
     for key in (b"val_f1_class1", b"val_loss", b"train_iou_class2"):
         assert key in records
+    evaluated = subprocess.run(
+        [sys.executable, "-m", "scripts.evaluate", "--model_path", str(run / "last.ckpt"),
+         "--results_dir", str(tmp_path / "evaluation"), "--accelerator", "cpu"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    tiles = tmp_path / "evaluation" / "tiles"
+    val = sorted(p.stem for p in tiles.glob("*.png") if "_" not in p.stem)
+    assert len(val) == 2 and len(list(tiles.glob("*_prediction.tif"))) == 2
+    assert (tmp_path / "evaluation" / "metrics.json").is_file()
+    attention = sorted(p.name for p in tiles.glob("*_attention.png"))
+    assert attention == (
+        [f"{t}_attention.png" for t in val] if model_type == "TemporalFusion" else []
+    )
 
 
 def test_help_lists_every_config_field():
@@ -95,6 +118,11 @@ def test_help_lists_every_config_field():
             ["--model_type", "FCNResnetTransfer", "--pretrained", "--weights_path", "no.pth"],
             "pretrained FCN-ResNet101 weights not found",
         ),
+        (
+            ["--model_type", "SMP", "--pretrained", "--weights_path", "missing_encoder.pth"],
+            "--weights_path, a local file (nothing is downloaded): missing_encoder.pth",
+        ),
+        (["--model_type", "SMP", "--smp_arch", "unet3d"], "unknown smp architecture 'unet3d'"),
     ],
 )
 def test_bad_options_fail_before_any_work(flags, message, tmp_path):

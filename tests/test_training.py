@@ -156,11 +156,22 @@ def test_false_positive_penalty_acts_only_on_cells_of_other_classes():
     assert abs(difference - everywhere) > 1e-3
 
 
-def test_unet_learns_clearly_better_than_a_constant_predictor(synthetic_processed, tmp_path):
+NEW_MODELS = {
+    "UNet": {},
+    "TemporalFusion": {"tf_width": 16},
+    "SMP": {"smp_arch": "unet", "smp_encoder": "resnet18"},
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model_type", list(NEW_MODELS))
+def test_model_learns_clearly_better_than_a_constant_predictor(
+    model_type, synthetic_processed, tmp_path
+):
     # The best constant prediction for the class-1 F1 is "everything is class 1", whose F1 is
     # 2p / (1 + p) for the class-1 share p of the validation cells; any other constant scores
-    # 0. Eight epochs of a small UNet must beat it by 0.15: a clear margin that noise from
-    # the tiny data (3 validation tiles) does not reach.
+    # 0. Eight epochs must beat it by 0.15: a clear margin that noise from the tiny data (3
+    # validation tiles) does not reach.
     manifest = Manifest.load(synthetic_processed)
     labels = np.concatenate(
         [
@@ -170,7 +181,10 @@ def test_unet_learns_clearly_better_than_a_constant_predictor(synthetic_processe
     )
     share = (labels == 1).mean()
     constant_f1 = 2 * share / (1 + share)
-    config = tiny_config(tmp_path, synthetic_processed, max_epochs=8, learning_rate=3e-3)
+    config = tiny_config(
+        tmp_path, synthetic_processed, max_epochs=8, learning_rate=3e-3, model_type=model_type,
+        **NEW_MODELS[model_type],
+    )  # fmt: skip
     results = train(config)
     assert results["best_model_score"] > constant_f1 + 0.15, (
         results["best_model_score"],

@@ -10,7 +10,12 @@ from pathlib import Path
 import numpy as np
 
 from src.atomic import write_json
-from src.esd_data.sensors import MAX_PROJECTION_DATE, SENSORS_BY_NAME
+from src.esd_data.sensors import (
+    MAX_PROJECTION_DATE,
+    SENSORS_BY_NAME,
+    SPECTRAL_INDICES,
+    spectral_index_names,
+)
 
 MANIFEST_FILE = "manifest.json"
 FORMAT_VERSION = 3
@@ -23,8 +28,10 @@ or a list of full channel names (`sentinel2/2020-08-11/B04`)."""
 def check_band_selection(bands: object) -> None:
     """Check a band selection's shape and names against the sensor specs (no data needed).
 
-    Each value must be None or a list of band names of that sensor, dates (YYYY-MM-DD, or
-    `max` for the VIIRS projection) or `date/band`; ValueError lists every problem.
+    Each value must be None or a list of band names of that sensor (for Sentinel-2 and
+    Landsat 8 also the spectral indices NDVI, NDBI, NDWI, which exist when the data were
+    prepared with `spectral_indices`), dates (YYYY-MM-DD, or `max` for the VIIRS projection)
+    or `date/band`; ValueError lists every problem.
     """
     if bands is None:
         return
@@ -41,13 +48,14 @@ def check_band_selection(bands: object) -> None:
         if not isinstance(names, list) or not names:
             problems.append(f"{sensor}: expected a list of names or None, got {names!r}")
             continue
+        known = (*spec.bands, *spectral_index_names(sensor))
         for name in names:
             *date, band = str(name).split("/")
             if not date and _is_date(band, sensor):
                 continue
-            if band not in spec.bands or (date and not _is_date(date[0], sensor)):
+            if band not in known or (date and not _is_date(date[0], sensor)):
                 problems.append(
-                    f"{sensor} has no band {name!r} (bands: {', '.join(spec.bands)}; or a date "
+                    f"{sensor} has no band {name!r} (bands: {', '.join(known)}; or a date "
                     f"YYYY-MM-DD, or date/band)"
                 )
     if problems:
@@ -173,8 +181,16 @@ class Manifest:
                 ]
                 if not matched:
                     names = sorted({parsed[i][2] for i in own} | {parsed[i][1] for i in own})
+                    index = None if name is None else name.split("/")[-1]
+                    hint = ""
+                    if sensor in SPECTRAL_INDICES.get(index, ()):
+                        hint = (
+                            f"; prepare the data with --preprocessing "
+                            f"'{{spectral_indices: [{index}]}}' for this index"
+                        )
                     problems.append(
                         f"{sensor} has no band or date {name!r} (available: {', '.join(names)})"
+                        + hint
                     )
                 indices += [i for i in matched if i not in indices]
         if problems:

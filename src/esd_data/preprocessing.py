@@ -4,6 +4,22 @@ Follows the course's reference recipe (DATA.md) with its defects fixed: min–ma
 constant band gives zeros instead of dividing by zero, the Sentinel-1 log is taken of values
 floored at `s1_log_floor` (no −inf), the Sentinel-1 blur runs on each 2-D band separately,
 and non-finite pixels are filled before anything else.
+
+Optionally (`spectral_indices`), normalised-difference indices are appended to Sentinel-2 and
+Landsat 8 as derived channels: NDVI, NDBI and NDWI, with the band pairs of
+`sensors.SPECTRAL_INDICES`. Each is (a − b) / (a + b) of the RAW values of one date, after the
+non-finite fill and before any clip or scaling: Sentinel-2 reflectance × 10 000, and Landsat 8
+L1TP DNs as the data provide them (quantised radiance, not reflectance: the index is one of
+DNs, which differs from a reflectance-based index by the bands' gains and offsets). A zero
+denominator gives the index 0 (never NaN), the ratio is clipped to [−1, 1] (which only acts on
+negative inputs), and it is stored as (index + 1) / 2, in [0, 1] like every other channel
+(a zero denominator is thus stored as 0.5, the neutral middle).
+
+Channel order: sensors in `SENSORS` order; within a sensor, date-major in chronological order;
+within a date the sensor's bands in natural order, then that date's indices (in
+`SPECTRAL_INDICES` order: NDVI, NDBI, NDWI), so `sentinel2/2020-08-11/NDBI` directly follows
+`sentinel2/2020-08-11/B12`; the VIIRS maximum projection follows the VIIRS dates. Without
+indices the stack is exactly the 99 channels of the recipe.
 """
 
 from __future__ import annotations
@@ -17,7 +33,7 @@ import torch
 from scipy import ndimage
 
 from src.esd_data.reader import RawTile, SensorStack
-from src.esd_data.sensors import MAX_PROJECTION_DATE, SENSORS
+from src.esd_data.sensors import MAX_PROJECTION_DATE, SENSORS, SPECTRAL_INDICES
 
 
 @dataclass(frozen=True)
@@ -33,8 +49,30 @@ class PreprocessConfig:
     landsat_gamma: float = 2.2
     viirs_clip_quantiles: tuple[float, float] = (0.05, 0.95)
     viirs_max_projection: bool = True
+    spectral_indices: tuple[str, ...] = ()
+    """Indices appended per date to Sentinel-2 and Landsat 8 (`NDVI`, `NDBI`, `NDWI`); kept
+    in `SPECTRAL_INDICES` order whatever the order given, so a set gives one cache."""
 
     def __post_init__(self) -> None:
+        names = self.spectral_indices
+        names = (names,) if isinstance(names, str) else names
+        try:
+            names = tuple(names)
+        except TypeError:
+            raise ValueError(
+                f"spectral_indices must be a list of index names, got {names!r}"
+            ) from None
+        unknown = [
+            name for name in names if not (isinstance(name, str) and name in SPECTRAL_INDICES)
+        ]
+        if unknown:
+            raise ValueError(
+                f"unknown spectral index(es) {', '.join(map(repr, unknown))}: known indices are "
+                f"{', '.join(SPECTRAL_INDICES)}"
+            )
+        object.__setattr__(
+            self, "spectral_indices", tuple(name for name in SPECTRAL_INDICES if name in names)
+        )
         for field in dataclasses.fields(self):
             if field.name.endswith("_quantiles"):
                 lo, hi = getattr(self, field.name)
@@ -158,16 +196,52 @@ def preprocess_sentinel1(stack: SensorStack, config: PreprocessConfig, out: np.n
     _store(out, x)
 
 
-def _preprocess_optical(
-    stack: SensorStack, quantiles: tuple[float, float], gamma: float, out: np.ndarray
+def sensor_indices(sensor: str, config: PreprocessConfig) -> tuple[str, ...]:
+    """The requested spectral indices that are defined for `sensor`, in table order."""
+    return tuple(name for name in config.spectral_indices if sensor in SPECTRAL_INDICES[name])
+
+
+def store_spectral_indices(
+    data: np.ndarray, bands: tuple[str, ...], sensor: str, indices: tuple[str, ...], out: np.ndarray
 ) -> None:
-    """Clip per band over all dates, gamma-correct (x^(1/gamma)), min–max per band.
+    """Write (a − b) / (a + b) of each date's raw bands, mapped to [0, 1], into `out`.
+
+    `data` is the (date, band, H, W) raw stack (non-finite pixels already filled) and `out`
+    a (date, len(indices), H, W) view of the tile stack; each plane is computed in float32
+    (exact sums and differences of the integer data) and written straight into its slice.
+    A zero denominator gives the index 0, the ratio is clipped to [−1, 1], then (x + 1) / 2.
+    """
+    for k, name in enumerate(indices):
+        first, second = (bands.index(band) for band in SPECTRAL_INDICES[name][sensor])
+        for date in range(data.shape[0]):
+            a = torch.from_numpy(data[date, first]).float()
+            b = torch.from_numpy(data[date, second]).float()
+            total = a + b
+            ratio = torch.where(total != 0, (a - b) / total, 0.0)
+            ratio.clamp_(-1.0, 1.0).add_(1.0).mul_(0.5)
+            torch.from_numpy(out[date, k]).copy_(ratio)
+
+
+def _preprocess_optical(
+    stack: SensorStack,
+    quantiles: tuple[float, float],
+    gamma: float,
+    out: np.ndarray,
+    indices: tuple[str, ...] = (),
+) -> None:
+    """Clip per band over all dates, gamma-correct (x^(1/gamma)), min–max per band; then the
+    date's spectral `indices` from the raw (filled) values, after each date's bands in `out`.
 
     Integer data (reflectances, DNs) go through one lookup table per band, which does the
     three steps at once (the clipped band's minimum and maximum are its clip quantiles) and
     writes straight into `out`.
     """
     data = fill_non_finite(stack.data)
+    dates, bands = data.shape[:2]
+    per_date = np.reshape(out, (dates, bands + len(indices), *out.shape[1:]), copy=False)
+    if indices:
+        store_spectral_indices(data, stack.bands, stack.sensor, indices, per_date[:, bands:])
+    out = per_date[:, :bands]
     integers = _as_small_integers(data)
     if integers is None:
         x = clip_to_quantiles(data, quantiles, axis=(0, 2, 3))
@@ -177,7 +251,6 @@ def _preprocess_optical(
         return
     low, high = quantiles_over(integers, quantiles, axis=(0, 2, 3))
     levels = np.arange(int(integers.max()) + 1, dtype=np.float64)
-    dates, bands = integers.shape[:2]
     for band in range(bands):
         lo, hi = low[0, band, 0, 0], high[0, band, 0, 0]
         corrected = np.clip(levels, lo, hi) ** (1 / gamma)
@@ -189,17 +262,25 @@ def _preprocess_optical(
             table = (corrected - scaled_lo) / (scaled_hi - scaled_lo)
         table = table.astype(out.dtype)
         for date in range(dates):
-            np.take(table, integers[date, band], out=out[date * bands + band])
+            np.take(table, integers[date, band], out=out[date, band])
 
 
 def preprocess_sentinel2(stack: SensorStack, config: PreprocessConfig, out: np.ndarray) -> None:
     """Sentinel-2 reflectances: the optical recipe with the Sentinel-2 quantiles and gamma."""
-    _preprocess_optical(stack, config.s2_clip_quantiles, config.s2_gamma, out)
+    _preprocess_optical(
+        stack, config.s2_clip_quantiles, config.s2_gamma, out, sensor_indices(stack.sensor, config)
+    )
 
 
 def preprocess_landsat8(stack: SensorStack, config: PreprocessConfig, out: np.ndarray) -> None:
     """Landsat 8 DNs: the optical recipe with the Landsat quantiles and gamma."""
-    _preprocess_optical(stack, config.landsat_clip_quantiles, config.landsat_gamma, out)
+    _preprocess_optical(
+        stack,
+        config.landsat_clip_quantiles,
+        config.landsat_gamma,
+        out,
+        sensor_indices(stack.sensor, config),
+    )
 
 
 def preprocess_viirs(stack: SensorStack, config: PreprocessConfig, out: np.ndarray) -> None:
@@ -215,8 +296,10 @@ def preprocess_viirs(stack: SensorStack, config: PreprocessConfig, out: np.ndarr
 
 
 def sensor_channel_names(stack: SensorStack, config: PreprocessConfig) -> list[str]:
-    """The names of the channels a sensor's stack preprocesses into."""
-    names = channel_names(stack)
+    """The names of the channels a sensor's stack preprocesses into (module docstring: the
+    requested spectral indices follow each date's bands)."""
+    bands = (*stack.bands, *sensor_indices(stack.sensor, config))
+    names = [f"{stack.sensor}/{d.isoformat()}/{b}" for d in stack.dates for b in bands]
     if stack.sensor == "viirs" and config.viirs_max_projection:
         names += [f"viirs/{MAX_PROJECTION_DATE}/{band}" for band in stack.bands]
     return names
@@ -240,7 +323,10 @@ def preprocess_tile(
 
     Channels come sensor by sensor in `SENSORS` order (VIIRS, Sentinel-1, Sentinel-2,
     Landsat 8), each date-major in chronological date and natural band order; the VIIRS
-    maximum projection, when enabled, follows the VIIRS dates as `viirs/max/DNB`.
+    maximum projection, when enabled, follows the VIIRS dates as `viirs/max/DNB`. Requested
+    `spectral_indices` are extra bands of each Sentinel-2 / Landsat 8 date, after its bands
+    (`…/2020-08-11/B12`, `…/2020-08-11/NDVI`, `…/2020-08-11/NDBI`, `…/2020-08-16/B01`), each
+    computed from the raw values and written straight into its slice of the stack.
     """
     names = {spec.name: sensor_channel_names(tile.sensors[spec.name], config) for spec in SENSORS}
     stack = np.empty((sum(map(len, names.values())), *tile.shape), dtype=dtype)

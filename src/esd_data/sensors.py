@@ -95,6 +95,24 @@ LANDSAT8 = SensorSpec(
 SENSORS: tuple[SensorSpec, ...] = (VIIRS, SENTINEL1, SENTINEL2, LANDSAT8)
 SENSORS_BY_NAME: dict[str, SensorSpec] = {spec.name: spec for spec in SENSORS}
 
+SPECTRAL_INDICES: dict[str, dict[str, tuple[str, str]]] = {
+    # index: sensor → (a, b), the index being (a − b) / (a + b) of the raw values
+    "NDVI": {"sentinel2": ("B08", "B04"), "landsat8": ("B5", "B4")},  # (NIR − Red)
+    "NDBI": {"sentinel2": ("B11", "B08"), "landsat8": ("B6", "B5")},  # (SWIR1 − NIR)
+    "NDWI": {"sentinel2": ("B03", "B08"), "landsat8": ("B3", "B5")},  # (Green − NIR), McFeeters
+}
+"""Normalised-difference indices that the preprocessing can append as derived channels
+(`PreprocessConfig.spectral_indices`): NDVI (vegetation), NDBI (built-up, the one closest to
+"settlement") and NDWI (open water, McFeeters 1996). Bands: Sentinel-2 Green B03, Red B04, NIR
+B08, SWIR1 B11; Landsat 8 Green B3, Red B4, NIR B5, SWIR1 B6. Each index is stored as a band
+of its date: `sentinel2/2020-08-11/NDBI`."""
+
+
+def spectral_index_names(sensor: str) -> tuple[str, ...]:
+    """The spectral indices defined for a sensor, in table order (none for VIIRS, Sentinel-1)."""
+    return tuple(name for name, bands in SPECTRAL_INDICES.items() if sensor in bands)
+
+
 MAX_PROJECTION_DATE = "max"
 """Date part of the name of the VIIRS maximum-projection channel: `viirs/max/DNB`."""
 
@@ -120,3 +138,17 @@ def identify(file_name: str) -> tuple[SensorSpec, dt.date, str] | None:
         if parsed is not None:
             return spec, parsed[0], parsed[1]
     return None
+
+
+def reference_channel_names() -> list[str]:
+    """The 99 channel names of a contest tile prepared with the default preprocessing
+    (`sensor/date/band` for the contest's dates, then `viirs/max/DNB` after the VIIRS dates),
+    for building models and benchmarks without data."""
+    names = []
+    for spec in SENSORS:
+        names += [
+            f"{spec.name}/{date}/{band}" for date in spec.reference_dates for band in spec.bands
+        ]
+        if spec.name == VIIRS.name:
+            names += [f"viirs/{MAX_PROJECTION_DATE}/{band}" for band in spec.bands]
+    return names

@@ -14,14 +14,20 @@ from src.esd_data.subtiles import check_tile_size_gt
 from src.models.registry import MODEL_TYPES
 
 EvalSplit = Literal["val", "test", "predict", "train"]
+TTAMode = Literal["none", "flips", "d4"]
 
 
 @dataclass
 class EvalConfig:
     """Restitch a model's predictions per parent tile; write images, predictions, metrics."""
 
-    model_path: Path | None = config_field(
-        None, "checkpoint (default: the newest best-*.ckpt under checkpoint_dir)"
+    model_path: list[Path] | None = config_field(
+        None,
+        "checkpoint(s); several: an ensemble averaging their probabilities (default: the "
+        "newest best-*.ckpt under checkpoint_dir)",
+    )
+    cv_dir: Path | None = config_field(
+        None, "a cross-validation's folder: the ensemble of its folds' best checkpoints"
     )
     model_type: str | None = config_field(
         None, "with the default checkpoint: only consider this model type's runs"
@@ -56,6 +62,9 @@ class EvalConfig:
         "grid", "grid: subtiles as cut; overlap: sliding windows, logits averaged per cell"
     )
     stride_gt: int | None = config_field(None, "window stride for overlap (default: half a window)")
+    tta: TTAMode = config_field(
+        "none", "test-time augmentation: none, flips (4 views) or d4 (8 dihedral views)"
+    )
     batch_size: int = config_field(16, "windows per forward pass")
     prepare_workers: int = config_field(2, "processes preparing --raw_dir's tiles")
     accelerator: Literal["auto", "cpu", "cuda", "mps"] = config_field(
@@ -63,9 +72,13 @@ class EvalConfig:
     )
 
     def __post_init__(self) -> None:
+        if isinstance(self.model_path, (str, Path)):  # one checkpoint, from Python
+            self.model_path = [Path(self.model_path)]
         check_field_types(self)
+        if self.model_path is not None:
+            self.model_path = [Path(p) for p in self.model_path]
         for name in (
-            "model_path",
+            "cv_dir",
             "checkpoint_dir",
             "processed_dir",
             "raw_dir",
@@ -88,6 +101,8 @@ class EvalConfig:
             problems.append(
                 "--raw_dir predicts a raw folder: it takes no --tiles or --processed_dir"
             )
+        if self.cv_dir is not None and self.model_path is not None:
+            problems.append("give --model_path or --cv_dir, not both")
         if self.cache_dir is not None and self.raw_dir is None:
             problems.append("--cache_dir is where --raw_dir's tiles go: give --raw_dir too")
         if problems:

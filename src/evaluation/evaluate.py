@@ -23,13 +23,18 @@ from src.esd_data.manifest import Manifest
 from src.esd_data.preparation import preparation_lock, read_previous_manifest
 from src.esd_data.reader import tile_number
 from src.evaluation.config import EvalConfig
-from src.evaluation.evaluator import check_compatible, newest_best_checkpoint, predict_tiles
+from src.evaluation.evaluator import (
+    Predictor,
+    check_compatible,
+    newest_best_checkpoint,
+    predict_tiles,
+)
 from src.evaluation.report import true_colour_image, write_run_outputs, write_tile_outputs
 from src.hardware import resolve_device
 from src.training.checkpoints import CheckpointError, data_identity, load_module, read_checkpoint
 
 EVAL_CACHE_ROOT = Path("data/eval_cache")
-TILE_OUTPUT = re.compile(r"(Tile\d+)(\.png|_prediction\.tif|_probabilities\.tif)")
+TILE_OUTPUT = re.compile(r"(Tile\d+)(\.png|_prediction\.tif|_probabilities\.tif|_attention\.png)")
 
 
 @dataclass(frozen=True)
@@ -43,23 +48,31 @@ class TileSource:
     """The split's name, or the raw folder's name."""
 
 
-def _from_processed(config: EvalConfig, identity: DataIdentity) -> TileSource:
-    """The checkpoint's own split (or `--tiles`) of the processed folder, checked."""
+def _check_preprocessing(manifest: Manifest, identity: DataIdentity, where: Path) -> None:
+    if manifest.preprocessing == identity.preprocessing:
+        return
+    changed = sorted(
+        key
+        for key in set(manifest.preprocessing) | set(identity.preprocessing)
+        if manifest.preprocessing.get(key) != identity.preprocessing.get(key)
+    )
+    raise CheckpointError(
+        f"{where} was prepared with other preprocessing than the checkpoint's data "
+        f"({', '.join(changed)} differ): evaluate with --raw_dir {identity.raw_dir}, which "
+        f"prepares the tiles as the checkpoint's data were prepared"
+    )
+
+
+def _from_processed(config: EvalConfig, identities: list[DataIdentity]) -> TileSource:
+    """The first checkpoint's own split (or `--tiles`) of the processed folder, checked
+    against every checkpoint's data (same pixels, never a tile one of them trained on)."""
+    identity = identities[0]
     processed_dir = config.processed_dir or Path(identity.processed_dir)
     manifest = Manifest.load(processed_dir)
     manifest.check_files(processed_dir)
-    check_compatible(identity, manifest, processed_dir)
-    if manifest.preprocessing != identity.preprocessing:
-        changed = sorted(
-            key
-            for key in set(manifest.preprocessing) | set(identity.preprocessing)
-            if manifest.preprocessing.get(key) != identity.preprocessing.get(key)
-        )
-        raise CheckpointError(
-            f"{processed_dir} was prepared with other preprocessing than the checkpoint's data "
-            f"({', '.join(changed)} differ): evaluate with --raw_dir {identity.raw_dir}, which "
-            f"prepares the tiles as the checkpoint's data were prepared"
-        )
+    for each in identities:
+        check_compatible(each, manifest, processed_dir)
+        _check_preprocessing(manifest, each, processed_dir)
     if config.tiles is not None:
         tiles, label = list(config.tiles), config.split
     elif config.split == "predict":
@@ -75,16 +88,17 @@ def _from_processed(config: EvalConfig, identity: DataIdentity) -> TileSource:
             f"{config.split} split: evaluate with --raw_dir {identity.raw_dir} (prepares them "
             f"as the checkpoint's data) or pass --processed_dir"
         )
-    known = [tile for tile in tiles if tile in identity.tile_hashes]
-    changed = identity.differing_tiles(manifest, known)
-    if changed:
-        raise CheckpointError(
-            f"the processed pixels of {', '.join(changed)} in {processed_dir} differ from the "
-            f"ones the checkpoint saw (re-prepared from other raw files?): evaluate with "
-            f"--raw_dir RAW to prepare them again, or use the data the model was trained on"
-        )
-    if label in SCORED_SPLITS:
-        _refuse_training_tiles(identity, manifest, tiles, label, by_name=True)
+    for each in identities:
+        known = [tile for tile in tiles if tile in each.tile_hashes]
+        changed = each.differing_tiles(manifest, known)
+        if changed:
+            raise CheckpointError(
+                f"the processed pixels of {', '.join(changed)} in {processed_dir} differ from "
+                f"the ones the checkpoint saw (re-prepared from other raw files?): evaluate "
+                f"with --raw_dir RAW to prepare them again, or use the data the model saw"
+            )
+        if label in SCORED_SPLITS:
+            _refuse_training_tiles(each, manifest, tiles, label, by_name=True)
     return TileSource(processed_dir, manifest, tiles, label)
 
 
@@ -130,8 +144,16 @@ def default_cache_dir(raw_dir: Path, identity: DataIdentity) -> Path:
     return EVAL_CACHE_ROOT / f"{Path(raw_dir).name}-{hashlib.sha256(key.encode()).hexdigest()[:8]}"
 
 
-def _from_raw(config: EvalConfig, identity: DataIdentity, log: Callable[[str], None]) -> TileSource:
-    """Every tile of `config.raw_dir`, prepared like the checkpoint's data in its own cache."""
+def _from_raw(
+    config: EvalConfig, identities: list[DataIdentity], log: Callable[[str], None]
+) -> TileSource:
+    """Every tile of `config.raw_dir`, prepared like the checkpoints' data in its own cache."""
+    identity = identities[0]
+    if any(each.preprocessing != identity.preprocessing for each in identities):
+        raise CheckpointError(
+            "the checkpoints were trained on data prepared differently: an ensemble predicts "
+            "a raw folder only when they share the preprocessing"
+        )
     from src.esd_data.cache import prepare_dataset
     from src.esd_data.preprocessing import PreprocessConfig
 
@@ -159,7 +181,9 @@ def _from_raw(config: EvalConfig, identity: DataIdentity, log: Callable[[str], N
     log(f"data: {raw_dir} → {cache_dir}: {summary}")
     manifest = summary.manifest
     tiles = list(manifest.split["predict"])
-    _refuse_training_tiles(identity, manifest, tiles, "held-out", by_name=False)
+    for each in identities:
+        check_compatible(each, manifest, cache_dir)
+        _refuse_training_tiles(each, manifest, tiles, "held-out", by_name=False)
     return TileSource(cache_dir, manifest, tiles, raw_dir.name)
 
 
@@ -179,45 +203,64 @@ def remove_stale_tile_outputs(results_dir: Path, tiles: list[str]) -> list[Path]
     return removed
 
 
-def choose_checkpoint(config: EvalConfig) -> tuple[Path, str]:
-    """The checkpoint to evaluate and why it was chosen."""
+def choose_checkpoints(config: EvalConfig) -> tuple[list[Path], str]:
+    """The checkpoint(s) to evaluate and why they were chosen."""
     if config.model_path is not None:
-        return config.model_path, "--model_path"
-    return newest_best_checkpoint(config.checkpoint_dir, config.model_type)
+        return list(config.model_path), "--model_path"
+    if config.cv_dir is not None:
+        folds = sorted(config.cv_dir.rglob("fold_*/checkpoints"))
+        chosen = [newest_best_checkpoint(folder)[0] for folder in folds]
+        if not chosen:
+            raise CheckpointError(f"no fold_*/checkpoints under --cv_dir {config.cv_dir}")
+        return chosen, f"the best checkpoint of each of the {len(chosen)} folds in {config.cv_dir}"
+    path, why = newest_best_checkpoint(config.checkpoint_dir, config.model_type)
+    return [path], why
 
 
 def evaluate(config: EvalConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Predict, restitch and write every output; return the metrics written to metrics.json."""
-    model_path, why = choose_checkpoint(config)
-    log(f"checkpoint: {model_path} ({why})")
-    checkpoint = read_checkpoint(model_path)
-    identity = data_identity(checkpoint, model_path)
+    """Predict, restitch and write every output; return the metrics written to metrics.json.
+
+    Several checkpoints form an ensemble: each window's probabilities are averaged over them
+    (each normalising with its own training statistics) and over the `tta` views.
+    """
+    model_paths, why = choose_checkpoints(config)
+    for path in model_paths:
+        log(f"checkpoint: {path} ({why})")
+    checkpoints = [read_checkpoint(path) for path in model_paths]
+    identities = [data_identity(c, p) for c, p in zip(checkpoints, model_paths, strict=True)]
     device = resolve_device(config.accelerator)
     if config.raw_dir is not None:
-        source = _from_raw(config, identity, log)
+        source = _from_raw(config, identities, log)
     else:
-        source = _from_processed(config, identity)
-    module = load_module(model_path, device)
-    hparams = checkpoint["hyper_parameters"]
+        source = _from_processed(config, identities)
+    hparams = checkpoints[0]["hyper_parameters"]
     if config.stride_gt is not None and config.restitch != "overlap":
         raise ValueError("--stride_gt sets the overlap windows' stride: add --restitch overlap")
     tile_size_gt = config.tile_size_gt or hparams["tile_size_gt"]
     stride = None
     if config.restitch == "overlap":
         stride = config.stride_gt or max(1, tile_size_gt // 2)
-    run = Path(model_path).parent.name
-    results_dir = config.results_dir or (
-        Path("data/predictions") / hparams["model_type"] / run / source.label
+    predictors = [
+        Predictor(load_module(path, device), *identity.normalisation())
+        for path, identity in zip(model_paths, identities, strict=True)
+    ]
+    types = sorted({c["hyper_parameters"]["model_type"] for c in checkpoints})
+    model_type = types[0] if len(types) == 1 else "ensemble"
+    run = (
+        Path(model_paths[0]).parent.name
+        if len(model_paths) == 1
+        else (config.cv_dir.name if config.cv_dir else f"ensemble-of-{len(model_paths)}")
     )
+    results_dir = config.results_dir or Path("data/predictions") / model_type / run / source.label
     predictions = predict_tiles(
-        module,
+        predictors,
         source.processed_dir,
         source.tiles,
         tile_size_gt,
         stride,
         config.batch_size,
         device,
-        identity.normalisation(),
+        config.tta,
     )
     for path in remove_stale_tile_outputs(results_dir, source.tiles):
         log(f"removed {path} (a tile of an earlier evaluation)")
@@ -228,21 +271,27 @@ def evaluate(config: EvalConfig, log: Callable[[str], None] = print) -> dict[str
         for p in predictions
     ]
     info = {
-        "model_path": str(model_path),
-        "model_type": hparams["model_type"],
+        "model_path": [str(p) for p in model_paths]
+        if len(model_paths) > 1
+        else str(model_paths[0]),
+        "model_type": model_type,
         "run": run,
-        "epoch": int(checkpoint.get("epoch", -1)),
-        "global_step": int(checkpoint.get("global_step", -1)),
+        "epoch": [int(c.get("epoch", -1)) for c in checkpoints]
+        if len(checkpoints) > 1
+        else int(checkpoints[0].get("epoch", -1)),
         "split": source.label,
         "tiles_scored": [p.tile for p in predictions if p.truth is not None],
         "tiles_predicted": [p.tile for p in predictions],
         "data": {
             "processed_dir": str(source.processed_dir),
             "raw_dir": None if config.raw_dir is None else str(config.raw_dir),
-            "training_data_fingerprint": identity.fingerprint,
-            "normalisation": "the checkpoint's training statistics",
+            "training_data_fingerprint": [i.fingerprint for i in identities]
+            if len(identities) > 1
+            else identities[0].fingerprint,
+            "normalisation": "each checkpoint's own training statistics",
         },
         "restitch": config.restitch,
+        "tta": config.tta,
         "tile_size_gt": tile_size_gt,
         "stride_gt": stride or tile_size_gt,
     }

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,7 +14,8 @@ from tqdm import tqdm
 from src.esd_data.dataset import ESDDataset
 from src.esd_data.identity import DataIdentity
 from src.esd_data.manifest import Manifest
-from src.evaluation.restitch import restitch_logits, softmax
+from src.evaluation.restitch import restitch_logits
+from src.evaluation.tta import averaged_probabilities
 from src.training.checkpoints import CheckpointError
 from src.training.module import ESDSegmentation
 
@@ -22,12 +24,65 @@ BEST_PATTERN = "*/*/best-*.ckpt"
 
 @dataclass(frozen=True)
 class TilePrediction:
-    """One tile's restitched prediction: probabilities (4, 16, 16) and labels 1..4."""
+    """One tile's restitched prediction: probabilities (4, 16, 16) and labels 1..4.
+
+    `date_weights` (TemporalFusion with attention): sensor → date → the mean attention weight
+    of that date over the tile's pixels (which dates the model relied on).
+    """
 
     tile: str
     probabilities: np.ndarray
     labels: np.ndarray
     truth: np.ndarray | None
+    date_weights: dict[str, dict[str, float]] | None = None
+
+
+@dataclass(frozen=True)
+class Predictor:
+    """A trained module with the normalisation of its own training data."""
+
+    module: ESDSegmentation
+    mean: np.ndarray
+    std: np.ndarray
+
+    @property
+    def channels(self) -> list[str]:
+        return list(self.module.hparams.channels)
+
+    def __call__(self, stored: torch.Tensor) -> torch.Tensor:
+        """Logits for windows as stored (float16 (B, C, H, W) on the module's device)."""
+        mean = torch.as_tensor(self.mean, device=stored.device)[:, None, None]
+        std = torch.as_tensor(self.std, device=stored.device)[:, None, None]
+        return self.module((stored.float() - mean) / std)
+
+
+class _DateWeights:
+    """Sums of TemporalFusion's attention weights per sensor and date over predicted windows."""
+
+    def __init__(self, module: ESDSegmentation) -> None:
+        self.dates: dict[str, list[str]] = getattr(module.model, "sensor_dates", {})
+        self.model = module.model
+        self.sums: dict[str, np.ndarray] = {}
+        self.pixels = 0
+
+    def add(self) -> None:
+        weights = getattr(self.model, "attention_weights", None) or {}
+        for sensor, value in weights.items():  # (B, T, h, w)
+            total = value.float().sum(dim=(0, 2, 3)).cpu().numpy()
+            self.sums[sensor] = self.sums.get(sensor, 0) + total
+        if weights:
+            first = next(iter(weights.values()))
+            self.pixels += first.shape[0] * first.shape[2] * first.shape[3]
+
+    def means(self) -> dict[str, dict[str, float]] | None:
+        if not self.sums:
+            return None
+        return {
+            sensor: {
+                d: float(v) / self.pixels for d, v in zip(self.dates[sensor], sums, strict=True)
+            }
+            for sensor, sums in self.sums.items()
+        }
 
 
 def newest_best_checkpoint(checkpoint_dir: Path, model_type: str | None = None) -> tuple[Path, str]:
@@ -79,52 +134,73 @@ def check_compatible(identity: DataIdentity, manifest: Manifest, processed_dir: 
         )
 
 
+def check_ensemble(predictors: Sequence[Predictor]) -> None:
+    """CheckpointError unless every model reads the same channels at the same cell size."""
+    first = predictors[0].module.hparams
+    for predictor in predictors[1:]:
+        hp = predictor.module.hparams
+        if list(hp.channels) != list(first.channels) or hp.cell_px != first.cell_px:
+            raise CheckpointError(
+                f"the checkpoints of an ensemble must read the same channels at the same cell "
+                f"size: {first.model_type} has {len(first.channels)} channels at {first.cell_px} "
+                f"px per cell, {hp.model_type} {len(hp.channels)} at {hp.cell_px} px"
+            )
+
+
 def predict_tiles(
-    module: ESDSegmentation,
+    predictors: Sequence[Predictor],
     processed_dir: Path,
     tiles: list[str],
     tile_size_gt: int,
     stride_gt: int | None,
     batch_size: int,
     device: torch.device,
-    normalisation: tuple[np.ndarray, np.ndarray],
+    tta: str = "none",
 ) -> list[TilePrediction]:
     """Predict every window of every tile, restitch, with a progress bar over tiles.
 
-    The windows are normalised with `normalisation` (the checkpoint's training statistics).
+    Each window's probabilities are the mean over the models (each normalising the window
+    with its own training statistics) and over the views of `tta` (each mapped back onto the
+    label grid); a cell's probabilities are the mean over the windows that cover it.
     """
+    check_ensemble(predictors)
     dataset = ESDDataset(
         processed_dir,
         "predict",
         tile_size_gt,
-        bands=list(module.hparams.channels),
+        bands=predictors[0].channels,
         stride_gt=stride_gt,
         tiles=tiles,
-        normalisation=normalisation,
+        normalise=False,
     )
     windows = len(dataset.origins) ** 2
     predictions = []
     for position, tile in enumerate(tqdm(dataset.tiles, desc="predicting", unit="tile")):
         items = [dataset[position * windows + k] for k in range(windows)]
-        logits = []
+        attention = _DateWeights(predictors[0].module)
+        probabilities = []
         with torch.no_grad():
             for start in range(0, windows, batch_size):
                 batch = torch.stack([item["X"] for item in items[start : start + batch_size]])
-                logits.append(module(batch.to(device)).float().cpu().numpy())
-        mean_logits = restitch_logits(
-            np.concatenate(logits),
+                batch = batch.to(device)
+                total = averaged_probabilities(predictors[0], batch, tta, attention.add)
+                for predictor in predictors[1:]:
+                    total = total + averaged_probabilities(predictor, batch, tta)
+                probabilities.append((total / len(predictors)).cpu().numpy())
+        tile_probabilities = restitch_logits(
+            np.concatenate(probabilities),
             [item["row"] for item in items],
             [item["col"] for item in items],
             dataset.origins,
         )
         labels = dataset.tile_labels(tile)
-        probabilities = softmax(mean_logits)
         predictions.append(
             TilePrediction(
                 tile,
-                probabilities,
-                probabilities.argmax(axis=0).astype(np.uint8) + 1,
+                tile_probabilities,
+                tile_probabilities.argmax(axis=0).astype(np.uint8) + 1,
                 None if labels is None else np.asarray(labels, dtype=np.uint8),
+                attention.means(),
             )
         )
     return predictions

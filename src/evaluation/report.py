@@ -19,6 +19,7 @@ from src.evaluation.scores import LABELS, label_scores
 from src.visualization.evaluation_plots import (
     one_vs_rest_auc,
     plot_confusion_matrix,
+    plot_date_weights,
     plot_roc_curves,
     plot_tile_prediction,
 )
@@ -49,7 +50,7 @@ def true_colour_image(processed_dir: Path, manifest: Manifest, tile: str) -> np.
 def write_tiff(target: Path, array: np.ndarray) -> None:
     """Atomically write an uncompressed TIFF."""
     with atomic_path(target) as temporary:
-        tifffile.imwrite(temporary, array)
+        tifffile.imwrite(temporary, array, photometric="minisblack")
 
 
 def kaggle_rows(predictions: list[TilePrediction]) -> list[tuple[int, int]]:
@@ -75,7 +76,13 @@ def write_tile_outputs(
     )  # fmt: skip
     write_tiff(tiles / f"{prediction.tile}_prediction.tif", prediction.labels)
     write_tiff(tiles / f"{prediction.tile}_probabilities.tif", prediction.probabilities)
-    return {"tile": prediction.tile, **(scores or {})}
+    extra: dict[str, Any] = {}
+    if prediction.date_weights:
+        plot_date_weights(
+            prediction.date_weights, prediction.tile, tiles / f"{prediction.tile}_attention.png"
+        )
+        extra["date_weights"] = prediction.date_weights
+    return {"tile": prediction.tile, **(scores or {}), **extra}
 
 
 def write_run_outputs(

@@ -13,7 +13,8 @@ Pretrained weights (`pretrained=True`) are the state dict of torchvision's
 local torch hub cache, `torch.hub.get_dir()/checkpoints/fcn_resnet101_coco-7ecb50ca.pth`
 (where `torchvision` itself caches it). Nothing is ever downloaded: a missing file raises
 FileNotFoundError. The pretrained RGB first-conv kernels W (64, 3, 7, 7) are adapted to C
-channels the way timm / segmentation_models_pytorch do:
+channels by `src.models.pretrained.adapt_first_conv_weight` (timm's `adapt_input_conv`, the
+convention segmentation_models_pytorch uses too):
 
 * C == 3: kept as they are;
 * C == 1: summed over RGB (a grey image gives the response of the same grey RGB image);
@@ -52,6 +53,7 @@ from torch import nn
 from torchvision.models.segmentation import FCN_ResNet101_Weights, fcn_resnet101
 
 from src.models.checks import check_input_size, check_positive_int
+from src.models.pretrained import adapt_first_conv_weight
 
 PRETRAINED_WEIGHTS = FCN_ResNet101_Weights.COCO_WITH_VOC_LABELS_V1
 BACKBONE_BLOCKS: tuple[str, ...] = ("bn1", "layer1", "layer2", "layer3", "layer4")
@@ -86,19 +88,6 @@ def resolve_weights_file(weights_path: str | os.PathLike[str] | None) -> Path:
             "weights_path=<file>."
         )
     return path
-
-
-def adapt_first_conv_weight(weight: torch.Tensor, in_channels: int) -> torch.Tensor:
-    """Adapt RGB conv kernels (out, 3, k, k) to `in_channels` inputs (timm / smp convention)."""
-    check_positive_int("in_channels", in_channels)
-    if weight.ndim != 4 or weight.shape[1] != 3:
-        raise ValueError(f"expected RGB conv weights (out, 3, k, k), got {tuple(weight.shape)}")
-    if in_channels == 3:
-        return weight.clone()
-    if in_channels == 1:
-        return weight.sum(dim=1, keepdim=True)
-    repeats = math.ceil(in_channels / 3)
-    return weight.repeat(1, repeats, 1, 1)[:, :in_channels] * (3 / in_channels)
 
 
 def _check_freeze_backbone(freeze_backbone: bool | float) -> None:
@@ -220,3 +209,23 @@ class FCNResnetTransfer(nn.Module):
         check_input_size(x, self.cell_px)
         out = self.model(x)["out"]  # (B, out_channels, H, W)
         return F.avg_pool2d(out, kernel_size=self.cell_px)
+
+
+def build_fcn_resnet_transfer(
+    in_channels: int,
+    cell_px: int,
+    out_channels: int,
+    *,
+    pretrained: bool = False,
+    weights_path: str | os.PathLike[str] | None = None,
+    freeze_backbone: bool | float = False,
+) -> nn.Module:
+    """Build an FCNResnetTransfer (the registry's builder)."""
+    return FCNResnetTransfer(
+        in_channels,
+        out_channels,
+        cell_px,
+        pretrained=pretrained,
+        weights_path=weights_path,
+        freeze_backbone=freeze_backbone,
+    )

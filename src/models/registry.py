@@ -3,7 +3,8 @@
 A builder takes `(in_channels, cell_px, out_channels)` positionally and its model's
 hyper-parameters as keyword-only arguments with defaults; `model_hparams` reads their names
 from the builder's signature (a builder that also declares `channels` gets the inputs'
-`sensor/date/band` names). To add a model, write its builder and add it to `_BUILDERS`.
+`sensor/date/band` names). To add a model, write its builder (beside the model) and add it
+to `_BUILDERS`.
 
 A training config passes one shared set of hyper-parameters for all models, so it filters
 them first::
@@ -17,9 +18,8 @@ them first::
 
 from __future__ import annotations
 
+import importlib
 import inspect
-import math
-import os
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -28,9 +28,6 @@ from src.models.checks import check_positive_int
 if TYPE_CHECKING:
     from torch import nn
 
-# Model modules import torch and torchvision, so each builder imports its own model when it
-# is called: the registry (and the command lines' --help) stays fast to import.
-
 DATA_KEYWORDS = ("channels",)
 """Builder keywords filled from the data (the channel names), not hyper-parameters."""
 PRETRAINED_HPARAMS = {"pretrained": False, "weights_path": None}
@@ -38,96 +35,27 @@ PRETRAINED_HPARAMS = {"pretrained": False, "weights_path": None}
 a checkpoint (see `without_pretrained_loading`)."""
 
 
-def _build_segmentation_cnn(
-    in_channels: int,
-    cell_px: int,
-    out_channels: int,
-    *,
-    depth: int = 2,
-    embedding_size: int = 64,
-    pool_sizes: Sequence[int] | None = None,
-    kernel_size: int = 3,
-) -> nn.Module:
-    from src.models.segmentation_cnn import SegmentationCNN, default_pool_sizes
-
-    if pool_sizes is None:
-        pool_sizes = default_pool_sizes(cell_px)
-    else:
-        pool_sizes = list(pool_sizes)
-        if math.prod(pool_sizes) != cell_px:
-            raise ValueError(
-                f"SegmentationCNN pool_sizes {pool_sizes} multiply to {math.prod(pool_sizes)}, "
-                f"but they must multiply to the label cell size cell_px={cell_px} (each "
-                f"encoder max-pools by its pool size, so the encoders together must reduce one "
-                f"cell to one pixel); e.g. {default_pool_sizes(cell_px)}, or leave pool_sizes "
-                "unset to get that default"
-            )
-    return SegmentationCNN(
-        in_channels,
-        out_channels,
-        depth=depth,
-        embedding_size=embedding_size,
-        pool_sizes=pool_sizes,
-        kernel_size=kernel_size,
-    )
-
-
-def _build_unet(
-    in_channels: int,
-    cell_px: int,
-    out_channels: int,
-    *,
-    n_encoders: int = 2,
-    embedding_size: int = 32,
-) -> nn.Module:
-    from src.models.unet import UNet
-
-    return UNet(
-        in_channels,
-        out_channels,
-        n_encoders=n_encoders,
-        embedding_size=embedding_size,
-        cell_px=cell_px,
-    )
-
-
-def _build_fcn_resnet_transfer(
-    in_channels: int,
-    cell_px: int,
-    out_channels: int,
-    *,
-    pretrained: bool = False,
-    weights_path: str | os.PathLike[str] | None = None,
-    freeze_backbone: bool | float = False,
-) -> nn.Module:
-    from src.models.fcn_resnet_transfer import FCNResnetTransfer
-
-    return FCNResnetTransfer(
-        in_channels,
-        out_channels,
-        cell_px,
-        pretrained=pretrained,
-        weights_path=weights_path,
-        freeze_backbone=freeze_backbone,
-    )
-
-
-_BUILDERS: dict[str, Callable[..., nn.Module]] = {
-    "SegmentationCNN": _build_segmentation_cnn,
-    "FCNResnetTransfer": _build_fcn_resnet_transfer,
-    "UNet": _build_unet,
+_BUILDERS: dict[str, str] = {
+    "SegmentationCNN": "src.models.segmentation_cnn:build_segmentation_cnn",
+    "FCNResnetTransfer": "src.models.fcn_resnet_transfer:build_fcn_resnet_transfer",
+    "UNet": "src.models.unet:build_unet",
+    "TemporalFusion": "src.models.temporal_fusion:build_temporal_fusion",
+    "SMP": "src.models.smp_model:build_smp",
 }
+"""model_type → `module:function` of its builder, imported when first needed (the models
+import torch, torchvision and segmentation_models_pytorch; the registry and `--help` do not)."""
 
 MODEL_TYPES: tuple[str, ...] = tuple(_BUILDERS)
 
 
 def _builder(model_type: str) -> Callable[..., nn.Module]:
     try:
-        return _BUILDERS[model_type]
+        module, function = _BUILDERS[model_type].split(":")
     except (KeyError, TypeError):
         raise ValueError(
             f"unknown model_type {model_type!r}; known model types: {', '.join(MODEL_TYPES)}"
         ) from None
+    return getattr(importlib.import_module(module), function)
 
 
 def _keywords(model_type: str) -> set[str]:

@@ -95,3 +95,36 @@ class SegmentationCNN(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_input_size(x, self.cell_px)
         return self.head(self.encoders(x))
+
+
+def build_segmentation_cnn(
+    in_channels: int,
+    cell_px: int,
+    out_channels: int,
+    *,
+    depth: int = 2,
+    embedding_size: int = 64,
+    pool_sizes: Sequence[int] | None = None,
+    kernel_size: int = 3,
+) -> nn.Module:
+    """Build a SegmentationCNN whose pools multiply to cell_px (the registry's builder)."""
+    if pool_sizes is None:
+        pool_sizes = default_pool_sizes(cell_px)
+    else:
+        pool_sizes = list(pool_sizes)
+        if math.prod(pool_sizes) != cell_px:
+            raise ValueError(
+                f"SegmentationCNN pool_sizes {pool_sizes} multiply to {math.prod(pool_sizes)}, "
+                f"but they must multiply to the label cell size cell_px={cell_px} (each "
+                f"encoder max-pools by its pool size, so the encoders together must reduce one "
+                f"cell to one pixel); e.g. {default_pool_sizes(cell_px)}, or leave pool_sizes "
+                "unset to get that default"
+            )
+    return SegmentationCNN(
+        in_channels,
+        out_channels,
+        depth=depth,
+        embedding_size=embedding_size,
+        pool_sizes=pool_sizes,
+        kernel_size=kernel_size,
+    )

@@ -108,3 +108,21 @@ class UNet(nn.Module):
         for up in self.ups:
             x = up(x, skips.pop())
         return F.avg_pool2d(self.head(x), kernel_size=self.cell_px)
+
+
+def build_unet(
+    in_channels: int,
+    cell_px: int,
+    out_channels: int,
+    *,
+    n_encoders: int = 2,
+    embedding_size: int = 32,
+) -> nn.Module:
+    """Build a UNet (the registry's builder)."""
+    return UNet(
+        in_channels,
+        out_channels,
+        n_encoders=n_encoders,
+        embedding_size=embedding_size,
+        cell_px=cell_px,
+    )

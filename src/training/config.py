@@ -20,6 +20,7 @@ LossName = Literal["ce", "dice", "ce+dice"]
 OptimizerName = Literal["adam", "adamw", "sgd"]
 SchedulerName = Literal["plateau", "cosine", "none"]
 WandbMode = Literal["auto", "online", "offline", "disabled"]
+TemporalAggregator = Literal["attention", "mean", "convgru"]
 
 PATH_FIELDS = ("raw_dir", "processed_dir", "weights_path", "checkpoint_dir", "log_dir", "resume")
 
@@ -64,8 +65,33 @@ class ESDConfig:
         None, "max-pool sizes multiplying to the pixels per label cell (SegmentationCNN)"
     )
     n_encoders: int = config_field(2, "down/up levels (UNet)")
-    pretrained: bool = config_field(False, "load torchvision's weights (FCNResnetTransfer)")
-    weights_path: Path | None = config_field(None, "file of FCN-ResNet101 weights to load")
+    tf_width: int = config_field(32, "features per sensor branch (TemporalFusion)")
+    tf_depth: int = config_field(2, "3×3 conv blocks per sensor encoder (TemporalFusion)")
+    temporal: TemporalAggregator = config_field(
+        "attention",
+        "aggregation over a sensor's dates: attention (learned per-pixel weights), mean, or "
+        "convgru (TemporalFusion)",
+    )
+    tf_dropout: float = config_field(
+        0.0, "dropout in [0, 1) after each conv block (TemporalFusion)"
+    )
+    smp_arch: str = config_field(
+        "unet",
+        "segmentation_models_pytorch architecture: unet, unetplusplus, deeplabv3plus, fpn, "
+        "segformer, manet, linknet, pspnet, … (SMP)",
+    )
+    smp_encoder: str = config_field(
+        "resnet34", "segmentation_models_pytorch encoder, e.g. resnet18, resnet34, mit_b0 (SMP)"
+    )
+    pretrained: bool = config_field(
+        False,
+        "load pretrained weights from a local file, never downloaded (FCNResnetTransfer: "
+        "torchvision's COCO weights, found in the torch hub cache or at weights_path; SMP: "
+        "the encoder's ImageNet weights at weights_path)",
+    )
+    weights_path: Path | None = config_field(
+        None, "the pretrained weights file (FCNResnetTransfer, SMP)"
+    )
     freeze_backbone: float = config_field(
         0.0, "fraction of backbone blocks frozen, 0 none to 1 all (FCNResnetTransfer)"
     )
@@ -139,6 +165,19 @@ class ESDConfig:
                 problems.append(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.learning_rate <= 0:
             problems.append(f"learning_rate must be positive, got {self.learning_rate}")
+        problems += self._model_problems()
+        if not 0.0 <= self.freeze_backbone <= 1.0:
+            problems.append(f"freeze_backbone must be in [0, 1], got {self.freeze_backbone}")
+        if problems:
+            raise ValueError("; ".join(problems))
+
+    def _model_problems(self) -> list[str]:
+        """What the chosen model cannot be built with, found before any data is prepared."""
+        problems = []
+        if self.pretrained and self.model_type not in ("FCNResnetTransfer", "SMP"):
+            problems.append(
+                f"pretrained weights are for FCNResnetTransfer and SMP, not {self.model_type}"
+            )
         if self.model_type == "FCNResnetTransfer" and self.pretrained:
             from src.models.fcn_resnet_transfer import resolve_weights_file
 
@@ -146,10 +185,23 @@ class ESDConfig:
                 resolve_weights_file(self.weights_path)
             except FileNotFoundError as error:
                 problems.append(str(error))
-        if not 0.0 <= self.freeze_backbone <= 1.0:
-            problems.append(f"freeze_backbone must be in [0, 1], got {self.freeze_backbone}")
-        if problems:
-            raise ValueError("; ".join(problems))
+        if self.model_type == "SMP":
+            from src.models.smp_model import check_smp_encoder, smp_arch_name
+
+            try:
+                smp_arch_name(self.smp_arch)
+                check_smp_encoder(self.smp_encoder)
+            except ValueError as error:
+                problems.append(str(error))
+            if self.pretrained and (self.weights_path is None or not self.weights_path.is_file()):
+                given = self.weights_path or "none given"
+                problems.append(
+                    f"--pretrained SMP reads the encoder's weights from --weights_path, a local "
+                    f"file (nothing is downloaded): {given} is not a file"
+                )
+        if self.model_type == "TemporalFusion" and not 0.0 <= self.tf_dropout < 1.0:
+            problems.append(f"tf_dropout must be in [0, 1), got {self.tf_dropout}")
+        return problems
 
     def prepare_request(self) -> PrepareRequest:
         """The preparation options this run asks for (None: as the processed folder has them)."""

@@ -254,3 +254,49 @@ def plot_roc_curves(
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right", fontsize=9)
     return finish_figure(figure, save_to)
+
+
+def plot_date_weights(
+    date_weights: dict[str, dict[str, float]],
+    tile_id: str,
+    save_to: Path | str | None = None,
+) -> Figure:
+    """One bar chart per sensor: the mean attention weight of each date over the tile.
+
+    A date the model learned to ignore (a cloudy optical date, an empty night) has a short
+    bar; with T dates the uniform weight 1 / T is drawn as a dashed line.
+    """
+    sensors = list(date_weights)
+    figure = new_figure((3.2 * len(sensors), 3.0), layout="constrained")
+    axes = figure.subplots(1, len(sensors), squeeze=False)[0]
+    for axis, sensor in zip(axes, sensors, strict=True):
+        dates = list(date_weights[sensor])
+        values = [date_weights[sensor][d] for d in dates]
+        axis.bar(range(len(dates)), values, color="tab:blue")
+        axis.axhline(1 / len(dates), color="tab:gray", linestyle="--", linewidth=1)
+        axis.set_xticks(range(len(dates)), [d[5:] for d in dates], rotation=60, fontsize="small")
+        axis.set_ylim(0, max(1.0 / len(dates), *values) * 1.15)
+        axis.set_title(sensor)
+        axis.set_ylabel("mean attention weight")
+    figure.suptitle(f"{tile_id}: which dates the model relied on")
+    return finish_figure(figure, save_to)
+
+
+def plot_cross_validation(summaries: Sequence[dict], save_to: Path | str | None = None) -> Figure:
+    """Per model: each fold's class-1 F1 (dots), mean ± std (bar and whisker), OOF (diamond)."""
+    figure = new_figure((1.8 + 1.6 * len(summaries), 3.6), layout="constrained")
+    axis = figure.subplots()
+    for x, summary in enumerate(summaries):
+        folds = [result["scores"]["f1_class1"] for result in summary["folds"]]
+        mean, std = summary["mean"]["f1_class1"], summary["std"]["f1_class1"]
+        axis.bar(x, mean, width=0.6, color="tab:blue", alpha=0.35, yerr=std, capsize=6)
+        axis.scatter(np.full(len(folds), x) + np.linspace(-0.15, 0.15, len(folds)), folds,
+                     color="tab:blue", zorder=3, label="folds" if x == 0 else None)  # fmt: skip
+        axis.scatter([x], [summary["out_of_fold"]["f1_class1"]], marker="D", color="tab:red",
+                     zorder=4, label="out of fold" if x == 0 else None)  # fmt: skip
+    axis.set_xticks(range(len(summaries)), [s["model_type"] for s in summaries])
+    axis.set_ylim(0, 1)
+    axis.set_ylabel("f1_class1")
+    axis.set_title(f"{len(summaries[0]['folds'])}-fold cross-validation: mean ± std")
+    axis.legend(fontsize="small", loc="lower right")
+    return finish_figure(figure, save_to)
