@@ -115,6 +115,13 @@ def _paths(processed_dir: Path, tile_id: str) -> tuple[Path, Path, Path]:
     return folder / f"{tile_id}.npy", folder / f"{tile_id}.labels.npy", folder / f"{tile_id}.json"
 
 
+def read_tile_stats(processed_dir: Path, tile_id: str) -> TileStats:
+    """The per-channel statistics that preparation recorded for one cached tile."""
+    _, _, record_path = _paths(Path(processed_dir), tile_id)
+    record = json.loads(record_path.read_text())
+    return TileStats(record["count"], np.array(record["mean"]), np.array(record["m2"]))
+
+
 def _load_record(processed_dir: Path, tile_id: str, fingerprint: str) -> dict | None:
     """A tile's cached record when it matches `fingerprint` and its arrays are complete."""
     image, labels, record_path = _paths(processed_dir, tile_id)

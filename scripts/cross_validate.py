@@ -1,0 +1,59 @@
+"""K-fold cross-validation: `python -m scripts.cross_validate --folds 5 --model_type UNet SMP`.
+
+Every `scripts.train` option is fixed for all folds; results go to `cv/<name>/` (per fold,
+out of fold, `summary.json`, `summary.csv`, `summary.png`). Calling again completes an
+interrupted run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as `python scripts/NAME.py`, not `python -m scripts.NAME`
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from src.cli import add_config_arguments, build_parser, construct, parse_values
+from src.training.config import ESDConfig
+from src.training.cv_config import CVConfig
+
+SHARED = frozenset({"model_type", "resume"})
+"""ESDConfig fields this command sets itself: the model types are CVConfig's, folds start anew."""
+_Options = dataclasses.make_dataclass(
+    "_Options",
+    [(f.name, object) for f in dataclasses.fields(CVConfig)]
+    + [(f.name, object) for f in dataclasses.fields(ESDConfig) if f.name not in SHARED],
+)
+
+
+def parse_arguments(argv: Sequence[str] | None = None) -> tuple[CVConfig, ESDConfig]:
+    """(the cross-validation's options, the training options of every fold)."""
+    parser = build_parser(CVConfig)
+    add_config_arguments(
+        parser, ESDConfig, "training options", "fixed for every fold and model",
+        exclude=SHARED,
+    )  # fmt: skip
+    values = parse_values(parser, _Options, argv)
+    cv_fields = {f.name for f in dataclasses.fields(CVConfig)}
+    cv = construct(parser, CVConfig, {k: v for k, v in values.items() if k in cv_fields})
+    training = {k: v for k, v in values.items() if k not in cv_fields}
+    return cv, construct(parser, ESDConfig, {**training, "model_type": cv.model_type[0]})
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parse the options and run (or complete) the cross-validation."""
+    cv, base = parse_arguments(argv)
+    from src.training.cross_validation import cross_validate
+
+    try:
+        cross_validate(cv, base)
+    except (FileNotFoundError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
