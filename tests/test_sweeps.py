@@ -30,6 +30,7 @@ from src.sweeps.optuna_backend import (
     suggest,
 )
 from src.sweeps.spec import SweepSpecError, load_sweep_file, parse_sweep_spec
+from src.sweeps.study import open_storage
 from src.sweeps.wandb_backend import choose_backend
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -118,9 +119,9 @@ def test_tiny_sweep_runs_writes_results_and_resumes(synthetic_processed, tmp_pat
     assert config.learning_rate == pytest.approx(float(rows[0]["learning_rate"]))
     assert config.model_type == rows[0]["model_type"]
 
-    second = run_sweeps(*flags, "--count", "2")
+    second = run_sweeps(*flags, "--count", "5")  # the study's total: 2 more
     assert second.returncode == 0, second.stderr[-3000:]
-    study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{out / 'study.db'}")
+    study = optuna.load_study(study_name="tiny", storage=open_storage(str(out / "study.journal")))
     assert len(study.trials) == 5
     assert all(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
     first_params = [t.params for t in study.trials[:3]]
@@ -281,7 +282,7 @@ def test_grid_runs_every_combination_exactly_once(synthetic_processed, tmp_path,
     out = tmp_path / "grid"
     flags = ["--sweep_file", str(sweep), "--output_dir", str(out), "--backend", "optuna"]
     assert main([*flags, *training_flags(synthetic_processed)]) == 0
-    study = optuna.load_study(study_name="grid", storage=f"sqlite:///{out / 'study.db'}")
+    study = optuna.load_study(study_name="grid", storage=open_storage(str(out / "study.journal")))
     combinations = {(t.params["model_type"], t.params["learning_rate"]) for t in study.trials}
     assert len(study.trials) == 4
     assert combinations == {(m, r) for m in ("SegmentationCNN", "UNet") for r in (0.001, 0.003)}
@@ -356,7 +357,8 @@ def test_hyperband_prunes_a_poor_trial_and_the_sweep_goes_on(synthetic_processed
         checkpoint_dir=tmp_path / "checkpoints",
         log_dir=tmp_path / "logs",
     )
-    run = OptunaRun(storage=f"sqlite:///{tmp_path / 'study.db'}", study_name="prune", count=2)
+    # --count is the study's total: the 8 trials below and 2 new ones
+    run = OptunaRun(storage=f"sqlite:///{tmp_path / 'study.db'}", study_name="prune", count=10)
     # Earlier trials reached a validation loss of 0 at every epoch: any real trial is worse.
     study = open_study(spec, run, max_epochs=3)
     for _ in range(8):
@@ -424,9 +426,13 @@ def test_run_cap_bounds_the_study_over_calls(tmp_path, capsys):
     losses = {0.001: 0.7, 0.002: 0.2, 0.003: 0.9, 0.004: 0.4}
     run = OptunaRun(storage=f"sqlite:///{tmp_path / 'study.db'}", study_name="cap", count=10)
     study = run_optuna(spec, ESDConfig(), run, train=scripted_train(losses))
-    assert len(study.trials) == 3
+
+    def run_trials() -> list:  # the grid's fourth point stays queued
+        return [t for t in study.trials if t.state != optuna.trial.TrialState.WAITING]
+
+    assert len(run_trials()) == 3
     study = run_optuna(spec, ESDConfig(), run, train=scripted_train(losses))
-    assert len(study.trials) == 3 and "nothing to run (run_cap 3" in capsys.readouterr().out
+    assert len(run_trials()) == 3 and "nothing to run (run_cap 3" in capsys.readouterr().out
 
 
 def test_repeated_failures_stop_the_sweep(tmp_path, capsys):

@@ -2,47 +2,57 @@
 
 The mapping from W&B's format:
 
-* method grid → `GridSampler` over the `values`; random → `RandomSampler`; bayes →
-  `TPESampler`, both seeded with `seed + number of trials already in the study` so that a
-  resumed sweep does not repeat the first call's samples;
+* method grid → every point of the grid queued once in the study when it is created (so
+  several workers never run a point twice); random → `RandomSampler`; bayes → `TPESampler`,
+  both seeded with `seed + number of trials already in the study + a worker offset` so that
+  a resumed sweep and parallel workers do not repeat each other's samples;
 * metric goal → study direction; `early_terminate: {type: hyperband}` →
   `HyperbandPruner(min_iter, max_iter or the largest max_epochs, eta)`, fed after each
   validation epoch by `PruningCallback` (step = epochs completed);
 * uniform → `suggest_float`, log_uniform_values → `suggest_float(log=True)`, int_uniform →
   `suggest_int`, q_uniform → `suggest_float(step=q)`, values → `suggest_categorical` (lists and
   mappings as JSON text), value → fixed;
-* `run_cap` caps the finished trials of the study (over all calls), `count` those of one call.
+* `run_cap` and `count` cap the trials of the study, over all calls and workers.
 
-The study lives in an RDB storage (default SQLite), loaded if it exists: a second call adds
-trials, and a trial interrupted by Ctrl-C is queued to run again first.
+The study lives in a journal file or an RDB (see `src.sweeps.study`), loaded if it exists:
+a second call adds trials up to the totals, and a trial interrupted by Ctrl-C or whose worker
+died is queued to run again first. With `objective="cv"`, a trial's value is the mean
+`f1_class1` of a K-fold cross-validation, reported (and pruned) after each fold.
 """
 
 from __future__ import annotations
 
+import itertools
 import signal
 import threading
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import lightning as L
+import numpy as np
 import optuna
-from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 
 from src.cli import config_values
 from src.sweeps.spec import Parameter, SweepSpec, trial_config
+from src.sweeps.study import (
+    ERROR,
+    INTERRUPTED,
+    SURPLUS,
+    WORKER,
+    SweepError,
+    counted_trials,
+    open_storage,
+    reap_dead_workers,
+    requeue_stopped,
+    this_worker,
+    waiting_trials,
+)
 from src.training.config import ESDConfig
 
 TrainFunction = Callable[..., dict[str, Any]]
-
-INTERRUPTED = "interrupted"
-REQUEUED = "requeued_trials"
-
-
-class SweepError(RuntimeError):
-    """A sweep cannot start or go on (a message for the user, not a traceback)."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -71,12 +81,10 @@ def suggest(trial: optuna.Trial, parameters: dict[str, Parameter]) -> dict[str, 
 
 
 def make_sampler(spec: SweepSpec, seed: int) -> optuna.samplers.BaseSampler:
-    """GridSampler, RandomSampler or a seeded TPESampler, from the file's method."""
-    if spec.method == "grid":
-        return optuna.samplers.GridSampler(spec.grid(), seed=seed)
-    if spec.method == "random":
-        return optuna.samplers.RandomSampler(seed=seed)
-    return optuna.samplers.TPESampler(seed=seed)
+    """A seeded TPESampler for bayes, else a RandomSampler (a grid's points are all queued)."""
+    if spec.method == "bayes":
+        return optuna.samplers.TPESampler(seed=seed)
+    return optuna.samplers.RandomSampler(seed=seed)
 
 
 def make_pruner(spec: SweepSpec, max_epochs: int) -> optuna.pruners.BasePruner:
@@ -139,38 +147,30 @@ class PruningCallback(MetricTracker):
 
 @dataclass
 class OptunaRun:
-    """Where and how long a sweep runs: the options of one call."""
+    """Where and how long a sweep runs: the options of one call (shared by its workers)."""
 
     storage: str
     study_name: str
     count: int | None = None
+    """Total trials of the study (None: until run_cap, the grid's end or Ctrl-C)."""
     seed: int = 0
     max_failures: int = 3
-
-
-def open_storage(url: str) -> RDBStorage:
-    """The RDB storage at `url`; stale trials of a killed process are failed and retried."""
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return RDBStorage(
-                url,
-                heartbeat_interval=60,
-                grace_period=180,
-                heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=1),
-            )
-    except Exception as error:  # any driver or URL error: tell the user
-        raise SweepError(f"cannot open Optuna storage {url!r}: {error}") from error
+    heartbeat_s: int = 30
+    objective: str = "val"
+    folds: int = 3
+    output_dir: Path = Path("sweeps")
+    worker: int = 0
+    """This worker's index among the call's workers (offsets the sampler's seed)."""
 
 
 def open_study(spec: SweepSpec, run: OptunaRun, max_epochs: int) -> optuna.Study:
-    """Create the study or load it (the same direction and metric are required)."""
-    storage = open_storage(run.storage)
+    """Create the study (queueing a grid's points) or load it (same direction and metric)."""
+    storage = open_storage(run.storage, run.heartbeat_s)
     study = optuna.create_study(
         storage=storage,
         study_name=run.study_name,
         direction=spec.goal,
-        pruner=make_pruner(spec, max_epochs),
+        pruner=make_pruner(spec, max_epochs if run.objective == "val" else run.folds),
         load_if_exists=True,
     )
     if study.direction.name.lower() != spec.goal:
@@ -188,96 +188,84 @@ def open_study(spec: SweepSpec, run: OptunaRun, max_epochs: int) -> optuna.Study
             f"study {run.study_name!r} optimises {metric}, but the sweep file says "
             f"{spec.metric}: use another --study_name or --storage"
         )
-    study.sampler = make_sampler(spec, run.seed + len(study.trials))
+    if spec.method == "grid" and not study.user_attrs.get("grid_queued"):
+        names = list(spec.grid())
+        for point in itertools.product(*spec.grid().values()):
+            study.enqueue_trial(dict(zip(names, point, strict=True)), skip_if_exists=True)
+        study.set_user_attr("grid_queued", True)
+    study.sampler = make_sampler(spec, run.seed + len(study.trials) + 1000 * run.worker)
     return study
 
 
-def _interrupted(trial: FrozenTrial) -> bool:
-    return trial.state == TrialState.FAIL and bool(trial.user_attrs.get(INTERRUPTED))
-
-
-def finished_trials(study: optuna.Study) -> int:
-    """Trials that count against run_cap: finished, except those that Ctrl-C stopped."""
-    return sum(t.state.is_finished() and not _interrupted(t) for t in study.trials)
-
-
-def requeue_interrupted(study: optuna.Study) -> int:
-    """Queue again, once, the parameters of trials that Ctrl-C stopped; how many were queued."""
-    done = set(study.user_attrs.get(REQUEUED, []))
-    again = [t for t in study.trials if _interrupted(t) and t.number not in done and t.params]
-    for trial in again:
-        study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number})
-    if again:
-        study.set_user_attr(REQUEUED, sorted(done | {t.number for t in again}))
-    return len(again)
-
-
-def _grid_left(spec: SweepSpec, study: optuna.Study) -> int:
-    """Grid points not yet finished (trials that Ctrl-C stopped are not finished)."""
-    names = sorted(spec.grid())
-    done = {
-        tuple(t.params.get(n) for n in names)
-        for t in study.trials
-        if t.state.is_finished() and not _interrupted(t)
-    }
-    total = 1
-    for choices in spec.grid().values():
-        total *= len(choices)
-    return total - len(done)
-
-
-def _waiting(study: optuna.Study) -> int:
-    return sum(t.state == TrialState.WAITING for t in study.trials)
-
-
-def trials_to_run(spec: SweepSpec, study: optuna.Study, count: int | None) -> int | None:
-    """How many trials this call runs: count, capped by run_cap and the grid (None: no end)."""
-    limits = [] if count is None else [count]
-    if spec.run_cap is not None:
-        limits.append(max(0, spec.run_cap - finished_trials(study)))
-    if spec.method == "grid":
-        limits.append(max(0, _grid_left(spec, study)) + _waiting(study))
+def trial_limit(spec: SweepSpec, run: OptunaRun) -> int | None:
+    """The study's total: `count`, capped by run_cap (None: no total)."""
+    limits = [v for v in (run.count, spec.run_cap) if v is not None]
     return min(limits) if limits else None
 
 
-class _StopRules:
-    """Stops the study at run_cap (other processes may share it) or after repeated failures."""
+def grid_exhausted(spec: SweepSpec, study: optuna.Study) -> bool:
+    """Whether a grid has no queued point left (its running points belong to workers)."""
+    return spec.method == "grid" and waiting_trials(study) == 0
 
-    def __init__(self, run_cap: int | None, max_failures: int) -> None:
-        self.run_cap = run_cap
+
+class _StopRules:
+    """Stops this worker after repeated failures, or when its trial found the totals taken."""
+
+    def __init__(self, max_failures: int) -> None:
         self.max_failures = max_failures
         self.failures = 0
         self.reason = ""
+        self.full = False
 
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        if trial.user_attrs.get(SURPLUS):
+            self.full = True
+            return
         self.failures = self.failures + 1 if trial.state == TrialState.FAIL else 0
         if self.failures >= self.max_failures:
             self.reason = f"{self.failures} trials in a row failed"
             study.stop()
-        elif self.run_cap is not None and finished_trials(study) >= self.run_cap:
-            self.reason = f"run_cap {self.run_cap} reached"
-            study.stop()
+
+
+class _SurplusTrialError(Exception):
+    """A trial admitted beyond the study's total by a race between workers (not run)."""
+
+
+def _admit(study: optuna.Study, trial: optuna.Trial, limit: int | None) -> None:
+    """Record this worker on the trial; `_SurplusTrialError` if the totals are already taken."""
+    trial.set_user_attr(WORKER, this_worker())
+    if limit is None:
+        return
+    ahead = [t for t in counted_trials(study.get_trials(deepcopy=False)) if t.number < trial.number]
+    if len(ahead) >= limit:
+        trial.set_user_attr(SURPLUS, True)
+        raise _SurplusTrialError
 
 
 def make_objective(
-    spec: SweepSpec, base: ESDConfig, train: TrainFunction
+    spec: SweepSpec, base: ESDConfig, train: TrainFunction, run: OptunaRun, limit: int | None
 ) -> Callable[[optuna.Trial], float]:
-    """The objective: sample, train `trial-<number>` with a PruningCallback, return the metric."""
+    """The objective: admit, sample, train `trial-<number>` (or cross-validate it), return
+    the metric; a Ctrl-C or SIGTERM marks the trial interrupted."""
 
     def objective(trial: optuna.Trial) -> float:
+        _admit(trial.study, trial, limit)
         values = suggest(trial, spec.parameters)
         config = trial_config(base, values, f"trial-{trial.number}")
         trial.set_user_attr("config", config_values(config))
         trial.set_user_attr("run_name", config.wandb_run_name)
-        callback = PruningCallback(trial, spec.metric)
         main_thread = threading.current_thread() is threading.main_thread()
         handler = signal.getsignal(signal.SIGINT) if main_thread else None
+        callback = PruningCallback(trial, spec.metric)
         try:
+            if run.objective == "cv":
+                return _cross_validated(trial, spec, config, run)
             results = train(config, extra_callbacks=[callback])
         except SystemExit as error:
             if callback.interrupted:  # Lightning's answer to Ctrl-C
                 trial.set_user_attr(INTERRUPTED, True)
                 raise KeyboardInterrupt from error
+            trial.set_user_attr(ERROR, f"training exited with status {error.code}")
             raise RuntimeError(f"training exited with status {error.code}") from error
         except KeyboardInterrupt:
             trial.set_user_attr(INTERRUPTED, True)
@@ -286,7 +274,7 @@ def make_objective(
             trial.set_user_attr("epochs", len(callback.values))
             raise
         except Exception as error:
-            trial.set_user_attr("error", f"{type(error).__name__}: {error}")
+            trial.set_user_attr(ERROR, f"{type(error).__name__}: {error}")
             raise
         finally:
             if main_thread:  # Lightning ignores SIGINT after a Ctrl-C; let the next one stop us
@@ -302,6 +290,32 @@ def make_objective(
     return objective
 
 
+def _cross_validated(
+    trial: optuna.Trial, spec: SweepSpec, config: ESDConfig, run: OptunaRun
+) -> float:
+    """The mean `f1_class1` of a K-fold cross-validation of the trial's config, reported to
+    Optuna (and pruned) after each fold; the fold scores go to the trial's attributes."""
+    from src.training.cross_validation import cross_validate
+    from src.training.cv_config import CVConfig
+
+    scores: list[float] = []
+
+    def after_fold(model: str, fold: int, result: dict[str, Any]) -> None:
+        scores.append(float(result["scores"]["f1_class1"]))
+        trial.set_user_attr("fold_scores", list(scores))
+        trial.report(float(np.mean(scores)), fold + 1)
+        if trial.should_prune():
+            raise optuna.TrialPruned(f"pruned after fold {fold + 1}: mean {np.mean(scores):.4g}")
+
+    cv = CVConfig(
+        folds=run.folds, model_type=[config.model_type], name=f"trial-{trial.number}",
+        output_dir=run.output_dir / "cv",
+    )  # fmt: skip
+    summary = cross_validate(cv, config, log=lambda _: None, on_fold=after_fold)
+    trial.set_user_attr("epochs", None)
+    return float(summary["models"][0]["mean"]["f1_class1"])
+
+
 def run_optuna(
     spec: SweepSpec,
     base: ESDConfig,
@@ -309,33 +323,43 @@ def run_optuna(
     train: TrainFunction | None = None,
     log: Callable[[str], None] = print,
 ) -> optuna.Study:
-    """Run up to `run.count` trials in the study (KeyboardInterrupt propagates; the study keeps
-    every finished trial). Returns the study."""
+    """Run trials in the study until its totals are reached (by this worker and any others),
+    the grid is done, trials keep failing, or Ctrl-C (KeyboardInterrupt propagates; the study
+    keeps every finished trial). Returns the study."""
     if train is None:
         from src.training.train import train
     study = open_study(spec, run, spec.max_epochs(base))
-    requeued = requeue_interrupted(study)
-    if requeued:
-        log(f"optuna: {requeued} interrupted trial(s) queued to run again")
-    n_trials = trials_to_run(spec, study, run.count)
-    existing = len(study.trials) - _waiting(study)
-    log(
-        f"optuna: study {run.study_name!r} in {run.storage}: {existing} trial(s) so far, "
-        + ("running until Ctrl-C" if n_trials is None else f"running {n_trials} more")
-    )
-    if n_trials == 0:
-        capped = spec.run_cap is not None and finished_trials(study) >= spec.run_cap
-        reason = f"run_cap {spec.run_cap} reached" if capped else "the grid is done"
+    limit = trial_limit(spec, run)
+    counted = len(counted_trials(study.get_trials(deepcopy=False)))
+    goal = "the grid" if limit is None else f"{limit} trials in all"
+    until = "Ctrl-C" if limit is None and spec.method != "grid" else goal
+    log(f"optuna: study {run.study_name!r} in {run.storage}: {counted} trial(s), until {until}")
+    if (limit is not None and counted >= limit) or grid_exhausted(spec, study):
+        if spec.run_cap is not None and counted >= spec.run_cap:
+            reason = f"run_cap {spec.run_cap} reached"
+        elif grid_exhausted(spec, study):
+            reason = "the grid is done"
+        else:
+            reason = f"--count {run.count} reached"
         log(f"optuna: nothing to run ({reason}; raise --count, run_cap or use a new study)")
         return study
-    stop = _StopRules(spec.run_cap, run.max_failures)
-    study.optimize(
-        make_objective(spec, base, train),
-        n_trials=n_trials,
-        catch=(Exception,),
-        callbacks=[stop],
-        gc_after_trial=True,
-    )
+    stop = _StopRules(run.max_failures)
+    objective = make_objective(spec, base, train, run, limit)
+    while not stop.reason:
+        for number in reap_dead_workers(study):
+            log(f"optuna: trial {number} lost its worker process: marked failed")
+        requeued = requeue_stopped(study)
+        if requeued:
+            log(f"optuna: {requeued} interrupted trial(s) queued to run again")
+        trials = study.get_trials(deepcopy=False)
+        if limit is not None and len(counted_trials(trials)) >= limit:
+            break
+        if spec.method == "grid" and grid_exhausted(spec, study):
+            break
+        study.optimize(objective, n_trials=1, catch=(Exception,), callbacks=[stop])
+        if stop.full:
+            break
+    reap_dead_workers(study)
     if stop.reason:
         log(f"optuna: stopped: {stop.reason}")
     return study

@@ -27,6 +27,7 @@ from matplotlib.ticker import MaxNLocator
 from src.atomic import atomic_path
 from src.cli import plain
 from src.sweeps.spec import RUN_FIELDS, Parameter, SweepSpec
+from src.sweeps.study import ERROR, INTERRUPTED, RETRY_OF, SURPLUS, not_counted
 from src.training.config import ESDConfig
 
 TABLE_FILE = "trials.csv"
@@ -60,11 +61,11 @@ def _finite(value: Any) -> float | None:
 
 def records_from_study(study: Any, spec: SweepSpec) -> list[TrialRecord]:
     """TrialRecords of an Optuna study's trials (queued ones left out)."""
-    rerun = {t.user_attrs["retry_of"]: t.number for t in study.trials if "retry_of" in t.user_attrs}
+    rerun = {t.user_attrs[RETRY_OF]: t.number for t in study.trials if RETRY_OF in t.user_attrs}
     records = []
     for trial in study.trials:
         state = trial.state.name
-        if state == "WAITING":
+        if state == "WAITING" or trial.user_attrs.get(SURPLUS):  # queued, or never run
             continue
         config = trial.user_attrs.get("config")
         if config is not None:
@@ -81,11 +82,13 @@ def records_from_study(study: Any, spec: SweepSpec) -> list[TrialRecord]:
         value = trial.value if state == "COMPLETE" else None
         if value is None and intermediate:
             value = intermediate[max(intermediate)]
-        error = trial.user_attrs.get("error")
-        if trial.user_attrs.get("interrupted"):
+        error = trial.user_attrs.get(ERROR)
+        again = rerun.get(trial.number)
+        if trial.user_attrs.get(INTERRUPTED):
             state = "INTERRUPTED"  # Optuna records it as failed; it was stopped, not broken
-            again = rerun.get(trial.number)
             error = f"re-run as trial {again}" if again is not None else None
+        elif state == "FAIL" and not_counted(trial):
+            error = "its worker process died" + (f"; re-run as trial {again}" if again else "")
         records.append(
             TrialRecord(
                 number=trial.number,
@@ -103,9 +106,9 @@ def records_from_study(study: Any, spec: SweepSpec) -> list[TrialRecord]:
 
 
 def records_from_wandb(rows: Iterable[dict[str, Any]], spec: SweepSpec) -> list[TrialRecord]:
-    """TrialRecords of the W&B backend's trial file."""
+    """TrialRecords of the W&B backend's trial file (numbered in the order they finished)."""
     records = []
-    for row in rows:
+    for number, row in enumerate(rows):
         config = row.get("config")
         intermediate = row.get("intermediate") or []
         value = row.get("value")
@@ -113,7 +116,7 @@ def records_from_wandb(rows: Iterable[dict[str, Any]], spec: SweepSpec) -> list[
             value = intermediate[-1]
         records.append(
             TrialRecord(
-                number=int(row["number"]),
+                number=number,
                 state=str(row.get("state", "FAIL")),
                 value=_finite(value),
                 params={name: (config or {}).get(name) for name in spec.swept},

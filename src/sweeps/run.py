@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import multiprocessing
+import os
 import signal
 import sys
 from collections.abc import Iterator
@@ -12,9 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from src.sweeps.config import SweepConfig
-from src.sweeps.optuna_backend import OptunaRun, SweepError, run_optuna
+from src.sweeps.optuna_backend import OptunaRun, open_study, run_optuna
 from src.sweeps.results import records_from_study, records_from_wandb, write_results
-from src.sweeps.spec import SweepSpec, SweepSpecError, load_sweep_file
+from src.sweeps.spec import SweepSpec, SweepSpecError, load_sweep_file, parse_sweep_spec
+from src.sweeps.study import SweepError, open_storage, reap_dead_workers
 from src.sweeps.wandb_backend import choose_backend, read_trials, run_wandb
 from src.training.config import ESDConfig
 
@@ -33,19 +36,90 @@ def trial_base(base: ESDConfig, explicit: set[str], output_dir: Path, backend: s
 
 
 def default_storage(output_dir: Path) -> str:
-    return f"sqlite:///{(output_dir / 'study.db').resolve()}"
+    """`<output_dir>/study.journal` (several processes may share it), or the SQLite study an
+    earlier version made there."""
+    legacy = output_dir / "study.db"
+    if legacy.is_file():
+        return f"sqlite:///{legacy.resolve()}"
+    return str((output_dir / "study.journal").resolve())
+
+
+def _load_study(storage: str, study_name: str, heartbeat_s: int) -> Any:
+    import optuna
+
+    try:
+        return optuna.load_study(study_name=study_name, storage=open_storage(storage, heartbeat_s))
+    except KeyError:  # the study was never created
+        return None
 
 
 def _records(backend: str, spec: SweepSpec, output_dir: Path, run: OptunaRun) -> list[Any]:
     if backend == "wandb":
         return records_from_wandb(read_trials(output_dir), spec)
-    import optuna
+    study = _load_study(run.storage, run.study_name, run.heartbeat_s)
+    return [] if study is None else records_from_study(study, spec)
 
+
+def report(options: SweepConfig) -> int:
+    """Write and print the results of a study as they are now (while its sweep runs, too)."""
+    spec = load_sweep_file(options.sweep_file) if options.sweep_file else None
+    study_name = options.study_name or (spec.name if spec else None) or options.sweep_file.stem  # type: ignore[union-attr]
+    output_dir = options.output_dir or Path("sweeps") / study_name
+    storage = options.storage or default_storage(output_dir)
+    study = _load_study(storage, study_name, options.heartbeat_s)
+    if study is None:
+        print(f"error: no study {study_name!r} in {storage}", file=sys.stderr)
+        return 1
+    if spec is None:
+        spec = parse_sweep_spec(study.user_attrs["sweep"], source=f"study {study_name}")
+    reap_dead_workers(study)
+    write_results(output_dir, records_from_study(study, spec), spec, study_name)
+    return 0
+
+
+def run_workers(spec: SweepSpec, base: ESDConfig, run: OptunaRun, workers: int) -> None:
+    """Run `workers` processes of `run_optuna` on the study (created here first, so that a
+    grid is queued once); on Ctrl-C or SIGTERM, pass the signal on and wait for them."""
+    open_study(spec, run, spec.max_epochs(base))
+    context = multiprocessing.get_context("spawn")
+    processes = [
+        context.Process(
+            target=_worker,
+            args=(spec, base, dataclasses.replace(run, worker=index)),
+            name=f"sweep-worker-{index}",
+        )
+        for index in range(workers)
+    ]
+    for process in processes:
+        process.start()
     try:
-        study = optuna.load_study(study_name=run.study_name, storage=run.storage)
-    except KeyError:  # the study was never created
-        return []
-    return records_from_study(study, spec)
+        for process in processes:
+            process.join()
+    except KeyboardInterrupt:
+        for process in processes:
+            if process.is_alive() and process.pid is not None:
+                os.kill(process.pid, _Stop.signum or signal.SIGINT)
+        for process in processes:
+            process.join()
+        raise
+    finally:
+        study = _load_study(run.storage, run.study_name, run.heartbeat_s)
+        if study is not None:
+            for number in reap_dead_workers(study):
+                print(f"optuna: trial {number} lost its worker process: marked failed")
+    for process in processes:
+        if process.exitcode not in (0, None):
+            print(f"optuna: {process.name} exited with status {process.exitcode}", file=sys.stderr)
+
+
+def _worker(spec: SweepSpec, base: ESDConfig, run: OptunaRun) -> None:
+    """One worker process: run trials until the study's totals are reached."""
+    prefix = f"[worker {run.worker}] "
+    with stop_on_signals():
+        try:
+            run_optuna(spec, base, run, log=lambda line: print(prefix + line, flush=True))
+        except KeyboardInterrupt:
+            sys.exit(128 + (_Stop.signum or signal.SIGINT))
 
 
 class _Stop:
@@ -89,10 +163,23 @@ def _quiet_when_stopped(record: logging.LogRecord) -> bool:
 
 def run_sweep(options: SweepConfig, base: ESDConfig, explicit: set[str]) -> int:
     """Validate the sweep file, run the trials, write the results; the exit status."""
+    if options.report:
+        try:
+            return report(options)
+        except (SweepError, SweepSpecError) as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 1
     try:
         spec = load_sweep_file(options.sweep_file, base)  # type: ignore[arg-type]
     except SweepSpecError as error:
         print(f"error: {error}", file=sys.stderr)
+        return 2
+    if options.objective == "cv" and spec.metric != "val_f1_class1":
+        print(
+            f"error: --objective cv scores a trial by its cross-validated f1_class1: set the "
+            f"sweep's metric to val_f1_class1, not {spec.metric}",
+            file=sys.stderr,
+        )
         return 2
     study_name = options.study_name or spec.name or options.sweep_file.stem  # type: ignore[union-attr]
     output_dir = options.output_dir or Path("sweeps") / study_name
@@ -106,18 +193,38 @@ def run_sweep(options: SweepConfig, base: ESDConfig, explicit: set[str]) -> int:
         print(f"note: --{name} is replaced by the sweep's parameter {name}")
     base = trial_base(base, explicit, output_dir, backend)
     output_dir.mkdir(parents=True, exist_ok=True)
+    if options.objective == "cv" and backend == "wandb":
+        print(
+            "error: --objective cv runs on the Optuna backend: add --backend optuna",
+            file=sys.stderr,
+        )
+        return 2
     run = OptunaRun(
         storage=options.storage or default_storage(output_dir),
         study_name=study_name,
         count=options.count,
         seed=options.sampler_seed,
         max_failures=options.max_failures,
+        heartbeat_s=options.heartbeat_s,
+        objective=options.objective,
+        folds=options.folds,
+        output_dir=output_dir,
     )
     interrupted = False
     with stop_on_signals() as stop:
         try:
             if backend == "wandb":
-                run_wandb(spec, base, output_dir, study_name, options.count, options.max_failures)
+                run_wandb(
+                    spec,
+                    base,
+                    output_dir,
+                    study_name,
+                    options.count,
+                    options.max_failures,
+                    options.workers,
+                )
+            elif options.workers > 1:
+                run_workers(spec, base, run, options.workers)
             else:
                 run_optuna(spec, base, run)
         except SweepError as error:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import multiprocessing
 import os
 import socket
 import threading
@@ -22,8 +23,9 @@ from pathlib import Path
 from typing import Any
 
 from src.cli import config_values
-from src.sweeps.optuna_backend import MetricTracker, SweepError, TrainFunction
+from src.sweeps.optuna_backend import MetricTracker, TrainFunction
 from src.sweeps.spec import SweepSpec, trial_config
+from src.sweeps.study import SweepError
 from src.training.config import ESDConfig
 from src.training.loggers import wandb_logged_in
 
@@ -111,14 +113,13 @@ def run_wandb(
     study_name: str,
     count: int | None,
     max_failures: int = 3,
-    train: TrainFunction | None = None,
+    workers: int = 1,
     log: Callable[[str], None] = print,
 ) -> str:
-    """Create the W&B sweep and run `count` trials with an in-process agent; the sweep id."""
+    """Create the W&B sweep and run its trials with `workers` agents (in this process for one,
+    else in as many processes, splitting `count`); the sweep id."""
     import wandb
 
-    if train is None:
-        from src.training.train import train
     problem = wandb_unavailable()
     if problem:
         raise SweepError(f"--backend wandb: {problem}; {USE_OPTUNA}")
@@ -129,17 +130,46 @@ def run_wandb(
         sweep_id = wandb.sweep(sweep, entity=spec.entity, project=project)
     except Exception as error:  # any API error: a message, not a traceback
         raise SweepError(f"W&B refused the sweep: {error}; {USE_OPTUNA}") from error
-    log(f"wandb: sweep {sweep_id} in project {project}")
-    number = len(read_trials(output_dir))
+    log(f"wandb: sweep {sweep_id} in project {project}, {workers} agent(s)")
+    if workers == 1:
+        run_agent(sweep_id, spec, base, output_dir, count, max_failures)
+        return sweep_id
+    share = None if count is None else -(-count // workers)
+    context = multiprocessing.get_context("spawn")
+    agents = [
+        context.Process(
+            target=run_agent, args=(sweep_id, spec, base, output_dir, share, max_failures)
+        )
+        for _ in range(workers)
+    ]
+    for agent in agents:
+        agent.start()
+    for agent in agents:
+        agent.join()
+    return sweep_id
+
+
+def run_agent(
+    sweep_id: str,
+    spec: SweepSpec,
+    base: ESDConfig,
+    output_dir: Path,
+    count: int | None,
+    max_failures: int = 3,
+    train: TrainFunction | None = None,
+) -> None:
+    """One W&B agent of the sweep: each run it gets trains `trial-<run id>` in this process."""
+    import wandb
+
+    if train is None:
+        from src.training.train import train
 
     def function() -> None:
-        nonlocal number
-        run = wandb.init(project=project, entity=spec.entity, dir=str(base.log_dir))
-        name = f"trial-{number}"
-        number += 1
+        run = wandb.init(project=base.wandb_project, entity=spec.entity, dir=str(base.log_dir))
+        name = f"trial-{run.id}"
         run.name = name
         tracker = MetricTracker(spec.metric)
-        record: dict[str, Any] = {"number": number - 1, "run_name": name, "wandb_id": run.id}
+        record: dict[str, Any] = {"number": run.id, "run_name": name, "wandb_id": run.id}
         started = time.monotonic()
         try:
             values = {k: v for k, v in dict(run.config).items() if k in spec.parameters}
@@ -163,16 +193,14 @@ def run_wandb(
                 intermediate=tracker.values,
             )
             if record.get("state") is None:  # interrupted
-                record["state"] = "FAIL"
-                record["error"] = "interrupted"
+                record["state"] = "INTERRUPTED"
             _append_trial(output_dir, record)
 
     wandb.agent(
         sweep_id,
         function=function,
         entity=spec.entity,
-        project=project,
+        project=base.wandb_project,
         count=count,
         max_consecutive_failed_runs=max_failures,
     )
-    return sweep_id

@@ -205,8 +205,13 @@ def cross_validate(
     base: ESDConfig,
     log: Callable[[str], None] = print,
     extra_callbacks: list[L.Callback] | None = None,
+    on_fold: Callable[[str, int, dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
-    """Run (or complete) the cross-validation; returns what `summary.json` holds."""
+    """Run (or complete) the cross-validation; returns what `summary.json` holds.
+
+    `on_fold(model_type, fold, result)` is called after each fold (e.g. to report it to a
+    sweep, which may stop the cross-validation by raising).
+    """
     data = build_datamodule(base)
     data.prepare_data()
     manifest = data.manifest
@@ -239,6 +244,8 @@ def cross_validate(
                 else _run_fold(config, cv, view, fold_dir, fold, extra_callbacks)
             )
             results.append(result)
+            if on_fold is not None:
+                on_fold(model, fold, result)
             scores = [r["scores"]["f1_class1"] for r in results]
             log(
                 f"{model} fold {fold + 1} of {len(folds)}"

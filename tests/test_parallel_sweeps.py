@@ -1,0 +1,202 @@
+"""Sweeps with several worker processes on one study: journal file, PostgreSQL, CV objective.
+
+Every trial trains a tiny SegmentationCNN for one or two epochs on the shared synthetic set;
+every study is a real Optuna study in a journal file or a real PostgreSQL server.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+
+from src.sweeps.study import WORKER, WORKER_DIED, open_storage
+
+ROOT = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "WANDB_MODE": "offline", "WANDB_API_KEY": ""}
+
+
+def sweep_file(path: Path, method: str, rates: list[float], epochs: int = 1, **extra) -> Path:
+    spec = {
+        "name": path.stem,
+        "method": method,
+        "metric": {"name": "val_f1_class1", "goal": "maximize"},
+        "parameters": {
+            "model_type": {"value": "SegmentationCNN"},
+            "embedding_size": {"value": 4},
+            "depth": {"value": 1},
+            "max_epochs": {"value": epochs},
+            "learning_rate": {"values": rates},
+            "batch_size": {"values": [8, 16]} if method == "grid" else {"value": 16},
+        },
+        **extra,
+    }
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def sweep_command(sweep: Path, out: Path, processed: Path, *flags: str) -> list[str]:
+    return [
+        sys.executable, "-m", "scripts.train_sweeps", "--sweep_file", str(sweep),
+        "--backend", "optuna", "--output_dir", str(out), "--processed_dir", str(processed),
+        "--raw_dir", "none", "--num_workers", "0", "--wandb_mode", "disabled", *flags,
+    ]  # fmt: skip
+
+
+def run(command: list[str], timeout: int = 600) -> subprocess.CompletedProcess:
+    return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=timeout,
+                          env=ENV)  # fmt: skip
+
+
+def study_of(storage: str, name: str) -> optuna.Study:
+    return optuna.load_study(study_name=name, storage=open_storage(storage))
+
+
+def complete(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    return [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+
+
+@pytest.mark.slow
+def test_two_workers_share_a_grid_and_a_total(synthetic_processed, tmp_path):
+    grid = sweep_file(tmp_path / "grid.yml", "grid", [0.001, 0.002, 0.003])  # 3 × 2 points
+    result = run(sweep_command(grid, tmp_path / "grid", synthetic_processed, "--workers", "2"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    study = study_of(str(tmp_path / "grid" / "study.journal"), "grid")
+    points = [(t.params["learning_rate"], t.params["batch_size"]) for t in complete(study)]
+    assert len(points) == 6 and len(set(points)) == 6  # every point once, none twice
+    assert len({t.user_attrs[WORKER]["pid"] for t in complete(study)}) == 2  # both worked
+
+    total = sweep_file(tmp_path / "total.yml", "random", [0.001, 0.002, 0.003, 0.004])
+    command = sweep_command(total, tmp_path / "total", synthetic_processed, "--workers", "2")
+    result = run([*command, "--count", "3"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    study = study_of(str(tmp_path / "total" / "study.journal"), "total")
+    assert len(complete(study)) == 3  # the total, never exceeded by the two workers together
+    with (tmp_path / "total" / "trials.csv").open() as handle:
+        assert len(list(csv.DictReader(handle))) == 3
+
+
+@pytest.mark.slow
+def test_a_killed_worker_is_recorded_and_a_new_call_finishes(synthetic_processed, tmp_path):
+    sweep = sweep_file(tmp_path / "kill.yml", "random", [0.001, 0.002, 0.003], epochs=3)
+    out = tmp_path / "kill"
+    command = [*sweep_command(sweep, out, synthetic_processed, "--workers", "2"), "--count", "4"]
+    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, env=ENV)  # fmt: skip
+    journal = str(out / "study.journal")
+    victim, deadline = None, time.monotonic() + 300
+    while victim is None and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.5)
+        if Path(journal).is_file():
+            trials = study_of(journal, "kill").trials
+            running = [t for t in trials if t.state.name == "RUNNING" and WORKER in t.user_attrs]
+            if running:
+                victim = running[0]
+    assert victim is not None, process.communicate()[1][-3000:]
+    os.kill(victim.user_attrs[WORKER]["pid"], signal.SIGKILL)  # one worker dies mid-trial
+    process.communicate(timeout=600)
+    study = study_of(journal, "kill")
+    died = study.trials[victim.number]
+    assert died.state == optuna.trial.TrialState.FAIL and died.user_attrs[WORKER_DIED]
+    assert len(complete(study)) >= 1  # the other worker went on
+    again = run(command)  # finishes the count if the survivor could not
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert len(complete(study_of(journal, "kill"))) == 4
+    with (out / "trials.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert any("its worker process died" in row["error"] for row in rows)
+
+
+@pytest.mark.slow
+def test_cross_validated_objective_is_the_mean_of_its_folds(synthetic_processed, tmp_path):
+    sweep = sweep_file(tmp_path / "cv.yml", "random", [0.002, 0.003])
+    out = tmp_path / "cv"
+    command = sweep_command(sweep, out, synthetic_processed, "--objective", "cv", "--folds", "2")
+    result = run([*command, "--count", "2"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    trials = complete(study_of(str(out / "study.journal"), "cv"))
+    assert len(trials) == 2
+    for trial in trials:
+        folds = trial.user_attrs["fold_scores"]
+        assert len(folds) == 2 and trial.value == pytest.approx(sum(folds) / 2)
+        assert sorted(trial.intermediate_values) == [1, 2]  # reported after each fold
+
+
+# --------------------------------------------------------------------------------------------
+# PostgreSQL
+
+
+def _server_binaries() -> tuple[Path, Path] | None:
+    for folder in sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True):
+        if (folder / "initdb").is_file() and (folder / "pg_ctl").is_file():
+            return folder / "initdb", folder / "pg_ctl"
+    initdb, pg_ctl = shutil.which("initdb"), shutil.which("pg_ctl")
+    return (Path(initdb), Path(pg_ctl)) if initdb and pg_ctl else None
+
+
+@pytest.fixture(scope="module")
+def postgres_url():
+    """A PostgreSQL server on a local socket for this module (skipped where none can start)."""
+    binaries = _server_binaries()
+    if binaries is None:
+        pytest.skip("no PostgreSQL server here (Debian's postgresql package; .ci/run installs it)")
+    pytest.importorskip("psycopg2", reason="psycopg2 is not installed")
+    initdb, pg_ctl = binaries
+    root = Path(tempfile.mkdtemp(prefix="esd-postgres-"))
+    as_postgres: list[str] = []
+    if os.geteuid() == 0:  # the server refuses to run as root
+        as_postgres = ["runuser", "-u", "postgres", "--"]
+        shutil.chown(root, "postgres")
+    root.chmod(0o755)
+    data, log = root / "data", root / "server.log"
+    started = subprocess.run(
+        [*as_postgres, str(initdb), "-D", str(data), "-A", "trust", "-U", "postgres"],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    if started.returncode == 0:
+        started = subprocess.run(
+            [*as_postgres, str(pg_ctl), "-D", str(data), "-l", str(log), "-w", "-o",
+             f"-k {root} -c listen_addresses=''", "start"],
+            capture_output=True, text=True,
+        )  # fmt: skip
+    if started.returncode != 0:
+        shutil.rmtree(root, ignore_errors=True)
+        pytest.skip(f"PostgreSQL could not start here: {started.stderr.strip()[-300:]}")
+    import psycopg2
+
+    connection = psycopg2.connect(dbname="postgres", user="postgres", host=str(root))
+    connection.autocommit = True
+    connection.cursor().execute("CREATE DATABASE esd")
+    connection.close()
+    yield f"postgresql+psycopg2://postgres@/esd?host={root}"
+    subprocess.run([*as_postgres, str(pg_ctl), "-D", str(data), "-m", "fast", "stop"],
+                   capture_output=True)  # fmt: skip
+    shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.mark.slow
+def test_two_workers_on_a_postgresql_study(postgres_url, synthetic_processed, tmp_path):
+    sweep = sweep_file(tmp_path / "pg.yml", "random", [0.001, 0.002, 0.003])
+    out = tmp_path / "pg"
+    flags = ("--workers", "2", "--count", "3", "--storage", postgres_url)
+    result = run(sweep_command(sweep, out, synthetic_processed, *flags))
+    assert result.returncode == 0, result.stderr[-3000:]
+    study = study_of(postgres_url, "pg")
+    assert len(complete(study)) == 3
+    assert len({t.user_attrs[WORKER]["pid"] for t in complete(study)}) == 2
+    written = (out / "trials.csv").read_text()
+    (out / "trials.csv").unlink()
+    report = run([sys.executable, "-m", "scripts.train_sweeps", "--report", "--storage",
+                  postgres_url, "--study_name", "pg", "--output_dir", str(out)])  # fmt: skip
+    assert report.returncode == 0, report.stderr[-3000:]
+    assert (out / "trials.csv").read_text() == written  # the database holds the results
