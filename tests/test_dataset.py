@@ -278,3 +278,18 @@ def test_training_batches_are_flipped_and_rotated_with_their_labels(synthetic_pr
     assert len(seen) == 16 * len(tiles)
     assert min(counts.values()) >= 3, counts  # every flip and rotation occurs in one epoch
     assert counts["identity"] < 0.3 * len(seen), counts
+
+
+@pytest.mark.parametrize("data_on_device", ["false", "true"])
+def test_only_a_one_sample_last_training_batch_is_dropped(synthetic_processed, data_on_device):
+    module = ESDDataModule(synthetic_processed, num_workers=0, data_on_device=data_on_device)
+    module.setup("fit")
+    items = len(module.datasets["train"])  # 144
+    for batch_size in (13, 10):
+        module.batch_size = batch_size
+        sizes = [len(batch["y"]) for batch in module.train_dataloader()]
+        expected = items // batch_size if items % batch_size == 1 else -(-items // batch_size)
+        assert len(sizes) == expected and min(sizes) > 1
+        assert sum(sizes) == items - (1 if items % batch_size == 1 else 0)
+    module.batch_size = 13
+    assert sum(len(b["y"]) for b in module.val_dataloader()) == len(module.datasets["val"])

@@ -55,6 +55,14 @@ class ESDConfig:
     )
     augment: bool = config_field(True, "flips, rotations, noise and blur on training batches")
     num_workers: int = config_field(2, "data-loader worker processes")
+    data_on_device: Literal["auto", "true", "false"] = config_field(
+        "auto",
+        "keep the tiles on the accelerator and cut batches there, without loader workers "
+        "(auto: on a GPU when they fit in device_memory_share of its free memory)",
+    )
+    device_memory_share: float = config_field(
+        0.5, "share of free device memory the device data path may use"
+    )
     prepare_workers: int = config_field(2, "processes preparing raw tiles")
     # model
     model_type: str = config_field("UNet", f"one of {', '.join(MODEL_TYPES)}")
@@ -139,6 +147,8 @@ class ESDConfig:
 
     def __post_init__(self) -> None:
         """Reject bad values before any data is prepared or any training starts."""
+        if isinstance(self.data_on_device, bool):  # YAML reads `data_on_device: true` as a bool
+            self.data_on_device = "true" if self.data_on_device else "false"
         check_field_types(self)
         problems = []
         for name in PATH_FIELDS:
@@ -165,6 +175,10 @@ class ESDConfig:
                 problems.append(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.learning_rate <= 0:
             problems.append(f"learning_rate must be positive, got {self.learning_rate}")
+        if not 0.0 < self.device_memory_share <= 1.0:
+            problems.append(
+                f"device_memory_share must be in (0, 1], got {self.device_memory_share}"
+            )
         problems += self._model_problems()
         if not 0.0 <= self.freeze_backbone <= 1.0:
             problems.append(f"freeze_backbone must be in [0, 1], got {self.freeze_backbone}")

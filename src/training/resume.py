@@ -23,6 +23,8 @@ MAY_CHANGE = frozenset(
         "patience",
         "num_workers",
         "prepare_workers",
+        "data_on_device",
+        "device_memory_share",
         "accelerator",
         "devices",
         "strategy",

@@ -100,6 +100,8 @@ def build_datamodule(config: ESDConfig) -> ESDDataModule:
         test_fraction=config.test_fraction,
         prepare_workers=config.prepare_workers,
         augment=AugmentConfig() if config.augment else no_augment,
+        data_on_device=config.data_on_device,
+        device_memory_share=config.device_memory_share,
     )
 
 
@@ -234,6 +236,9 @@ def train(config: ESDConfig, extra_callbacks: list[L.Callback] | None = None) ->
     data.prepare_data()
     if data.summary is not None and (is_local_zero() or data.summary.rebuilt):
         print(f"data: {data.summary}")
+    path = data.choose_data_path(trainer.strategy.root_device)
+    if is_local_zero():
+        print(f"data: {path}")
     module = build_module(config, data)
     if config.resume is not None:
         saved = data_identity(read_checkpoint(config.resume), config.resume)
