@@ -2,11 +2,8 @@
 
     python -m benchmarks.bench_data [--copies 4] [--real_dir ../shared/data/dfc2021/Train]
 
-Prints seconds per 800×800 tile (1 worker, and per worker with 2 workers), bytes on disk per
-tile, and training-loader throughput in subtiles per second (t=4, all channels, augmentation
-on, 2 loader workers), with and without the on-device noise/blur batch step.
-
-Then, on the device it runs on (CUDA or MPS where there is one, else the CPU), a table of
+Prints seconds per 800×800 tile (1 worker, and per worker with 2 workers) and bytes on disk
+per tile; then, on the device it runs on (CUDA or MPS where there is one, else the CPU), a table of
 subtiles per second delivered to the model, normalised, by both data paths (loader workers +
 host-to-device copy, and the device path: tiles on the device, batches cut there), without
 and with augmentation (flips and rotations, noise and blur), beside what the UNet and the
@@ -57,31 +54,6 @@ def time_prepare(raw: Path, processed: Path, workers: int) -> tuple[float, float
     wall = time.perf_counter() - start
     per_tile = [json.loads(p.read_text())["seconds"] for p in (processed / "tiles").glob("*.json")]
     return wall, summary.seconds_per_tile, statistics.median(per_tile)
-
-
-def loader_rate(processed: Path, batches: int, on_device: bool) -> float:
-    """Training subtiles per second over `batches` batches after one warm-up batch."""
-    module = ESDDataModule(
-        processed, tile_size_gt=4, batch_size=8, num_workers=2, augment=AugmentConfig()
-    )
-    module.setup("fit")
-    loader = module.train_dataloader()
-    seen, start, iterator = 0, 0.0, None
-    while seen < batches:
-        iterator = iterator or iter(loader)
-        try:
-            batch = next(iterator)
-        except StopIteration:
-            iterator = None
-            continue
-        batch = module.on_after_batch_transfer(batch, 0)  # normalisation (no trainer: no noise)
-        if on_device:
-            batch["X"] = module.batch_augment(batch["X"])
-        if start == 0.0:
-            start = time.perf_counter()
-            continue
-        seen += 1
-    return seen * 8 / (time.perf_counter() - start)
 
 
 def _sync(device: torch.device) -> None:
@@ -229,10 +201,6 @@ def main() -> None:
         )
         print(f"prepare, cached:    {cached:.2f} s for all tiles (no raw file read)")
         print(f"bytes on disk per tile: {tile_bytes / 1e6:.1f} MB")
-        for on_device in (False, True):
-            rate = loader_rate(processed, args.batches, on_device)
-            step = "loader + normalise + noise/blur" if on_device else "loader + normalise"
-            print(f"train {step}: {rate:.0f} subtiles/s (t=4, 99 channels, batch 8, 2 workers)")
         paths_table(processed, args.batches, args.model_steps)
 
 
