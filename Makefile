@@ -36,3 +36,9 @@ test: lint
 
 clean-demo:
 	rm -rf $(DEMO)
+
+# Planted-bug testing of the core modules (Cosmic Ray, about half an hour): not part of `make test`.
+# MUTATION_ARGS="scores split" runs some modules; "--report" prints the last run again.
+.PHONY: mutation
+mutation: $(VENV)/.installed
+	$(PY) tests/mutation/run.py $(MUTATION_ARGS)

@@ -248,3 +248,22 @@ def test_no_library_module_imports_the_scripts():
                 names = [node.module or ""]
             offenders += [f"{path}: {n}" for n in names if n.split(".")[0] == "scripts"]
     assert offenders == []
+
+
+@pytest.mark.slow
+def test_pretrained_smp_checkpoint_evaluates_without_the_weights_file(
+    synthetic_processed, tmp_path
+):
+    import segmentation_models_pytorch as smp
+
+    rgb = smp.create_model("unet", encoder_name="resnet18", encoder_weights=None, in_channels=3)
+    weights = tmp_path / "resnet18_imagenet.pth"
+    torch.save(rgb.encoder.state_dict(), weights)
+    config = tiny_training(
+        tmp_path, synthetic_processed, model_type="SMP", smp_encoder="resnet18",
+        pretrained=True, weights_path=weights, limit_train_batches=1, limit_val_batches=1,
+    )  # fmt: skip
+    checkpoint = Path(train(config)["last_model_path"])
+    weights.unlink()
+    metrics = evaluate_quietly(model_path=checkpoint, results_dir=tmp_path / "out")
+    assert metrics["model_type"] == "SMP" and "f1_class1" in metrics["overall"]

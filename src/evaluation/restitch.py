@@ -4,6 +4,7 @@
 slide with a stride smaller than the window; the logits of every window covering a cell are
 summed and divided by the number of windows (a per-cell count map), as mmsegmentation's
 sliding-window inference does, so cells at subtile borders are predicted with context.
+Evaluation restitches each window's class probabilities this way.
 """
 
 from __future__ import annotations
@@ -32,9 +33,3 @@ def restitch_logits(
     if (count == 0).any():
         raise ValueError(f"{int((count == 0).sum())} label cells are covered by no window")
     return (total / count).astype(np.float32)
-
-
-def softmax(logits: np.ndarray, axis: int = 0) -> np.ndarray:
-    """Numerically stable softmax along `axis`."""
-    shifted = np.exp(logits - logits.max(axis=axis, keepdims=True))
-    return shifted / shifted.sum(axis=axis, keepdims=True)

@@ -82,10 +82,13 @@ def run_workers(spec: SweepSpec, base: ESDConfig, run: OptunaRun, workers: int) 
     grid is queued once); on Ctrl-C or SIGTERM, pass the signal on and wait for them."""
     open_study(spec, run, spec.max_epochs(base))
     context = multiprocessing.get_context("spawn")
+    # Each worker's torch gets its share of the cores: more threads than cores make the
+    # OpenMP threads of the workers spin against each other (many times slower).
+    threads = max(1, (os.cpu_count() or 1) // workers)
     processes = [
         context.Process(
             target=_worker,
-            args=(spec, base, dataclasses.replace(run, worker=index)),
+            args=(spec, base, dataclasses.replace(run, worker=index), threads),
             name=f"sweep-worker-{index}",
         )
         for index in range(workers)
@@ -112,8 +115,11 @@ def run_workers(spec: SweepSpec, base: ESDConfig, run: OptunaRun, workers: int) 
             print(f"optuna: {process.name} exited with status {process.exitcode}", file=sys.stderr)
 
 
-def _worker(spec: SweepSpec, base: ESDConfig, run: OptunaRun) -> None:
+def _worker(spec: SweepSpec, base: ESDConfig, run: OptunaRun, threads: int) -> None:
     """One worker process: run trials until the study's totals are reached."""
+    import torch
+
+    torch.set_num_threads(threads)
     prefix = f"[worker {run.worker}] "
     with stop_on_signals():
         try:
