@@ -10,6 +10,8 @@ recipe moves values by 1e-3 or more.
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 from scipy import ndimage
 
@@ -128,3 +130,11 @@ def assert_matches(stack: np.ndarray, names: list[str], expected: dict[str, np.n
         if not error <= ATOL:
             bad.append(f"{name}: max |error| {error:.3g}")
     assert not bad, "channels off the float64 reference:\n" + "\n".join(bad)
+
+
+def with_data(tile: RawTile, **data: np.ndarray) -> RawTile:
+    """A RawTile whose named sensors carry new (time, band, H, W) data."""
+    sensors = dict(tile.sensors)
+    for sensor, array in data.items():
+        sensors[sensor] = dataclasses.replace(sensors[sensor], data=array)
+    return RawTile(tile.tile_id, sensors, tile.ground_truth)

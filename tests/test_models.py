@@ -43,7 +43,7 @@ def _assert_grid_outputs(model: nn.Module, in_channels: int, cell_px: int, batch
         assert torch.isfinite(out).all()
 
 
-def _train_losses(
+def train_losses(
     model: nn.Module, x: torch.Tensor, y: torch.Tensor, lr: float, steps: int
 ) -> list[float]:
     """Adam on one fixed batch; the cross-entropy loss of each step."""
@@ -78,7 +78,7 @@ def test_small_models_training_lowers_loss(model_type: str) -> None:
     model = build_model(model_type, 6, CELL_PX)
     x = torch.randn(2, 6, 2 * CELL_PX, 2 * CELL_PX)
     y = torch.randint(0, N_CLASSES, (2, 2, 2))
-    losses = _train_losses(model, x, y, lr=1e-2, steps=15)
+    losses = train_losses(model, x, y, lr=1e-2, steps=15)
     assert losses[-1] < 0.5 * losses[0], losses
 
 
@@ -487,6 +487,6 @@ def test_fcn_training_lowers_loss() -> None:
     assert isinstance(model, FCNResnetTransfer)
     x = torch.randn(2, 3, 16, 16)
     y = torch.randint(0, N_CLASSES, (2, 2, 2))
-    losses = _train_losses(model, x, y, lr=1e-3, steps=10)
+    losses = train_losses(model, x, y, lr=1e-3, steps=10)
     assert math.isfinite(losses[-1])
     assert losses[-1] < 0.5 * losses[0], losses

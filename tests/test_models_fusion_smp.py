@@ -27,6 +27,7 @@ from src.models.temporal_fusion import (
     parse_channels,
     stem_stride,
 )
+from tests.test_models import train_losses
 
 N_CLASSES = 4
 FIVE_ARCHS = ("unet", "unetplusplus", "deeplabv3plus", "fpn", "segformer")
@@ -80,22 +81,6 @@ def permuted(
 ) -> tuple[list[str], torch.Tensor]:
     """The channel names and input channels both reordered by `order`."""
     return [channels[i] for i in order], x[:, order]
-
-
-def _train_losses(
-    model: nn.Module, x: torch.Tensor, y: torch.Tensor, lr: float, steps: int
-) -> list[float]:
-    """Adam on one fixed batch; the cross-entropy loss of each step."""
-    model.train()
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
-    losses = []
-    for _ in range(steps):
-        optimizer.zero_grad()
-        loss = F.cross_entropy(model(x), y)
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
-    return losses
 
 
 # --- TemporalFusion: parsing the channel names ---------------------------------------------
@@ -226,7 +211,7 @@ def test_fusion_on_channel_selections(
     model = tiny_fusion(channels)
     assert list(model.sensor_dates) == sensors
     assert (model.static_branch is not None) == static
-    losses = _train_losses(
+    losses = train_losses(
         model, torch.randn(2, len(channels), 4, 4), torch.zeros(2, 2, 2, dtype=torch.long), 1e-2, 2
     )
     assert all(math.isfinite(loss) for loss in losses)
@@ -250,7 +235,7 @@ def test_permuting_dates_with_their_names_keeps_the_output(temporal: str) -> Non
     channels = small_channels()
     x = torch.randn(2, len(channels), 8, 8)  # every date differs
     model = tiny_fusion(channels, temporal=temporal)
-    _train_losses(model, x, torch.randint(0, N_CLASSES, (2, 4, 4)), 1e-2, 2)  # non-trivial BN
+    train_losses(model, x, torch.randint(0, N_CLASSES, (2, 4, 4)), 1e-2, 2)  # non-trivial BN
     # Swap the two Sentinel-2 dates and reverse the VIIRS dates (bands stay within their date).
     s2 = [[channels.index(f"sentinel2/{d}/{b}") for b in S2_BANDS] for d in S2_DATES]
     viirs = [channels.index(f"viirs/{d}/DNB") for d in VIIRS_DATES]
@@ -371,7 +356,7 @@ def test_fusion_training_lowers_loss(temporal: str) -> None:
     model = tiny_fusion(channels, cell_px=4, temporal=temporal, tf_width=8)
     x = torch.randn(2, len(channels), 8, 8)
     y = torch.randint(0, N_CLASSES, (2, 2, 2))
-    losses = _train_losses(model, x, y, lr=1e-2, steps=15)
+    losses = train_losses(model, x, y, lr=1e-2, steps=15)
     assert losses[-1] < 0.5 * losses[0], losses
 
 
@@ -568,5 +553,5 @@ def test_smp_training_lowers_loss() -> None:
     model = build_smp(5, 4, N_CLASSES, smp_encoder="resnet18")
     x = torch.randn(2, 5, 8, 8)
     y = torch.randint(0, N_CLASSES, (2, 2, 2))
-    losses = _train_losses(model, x, y, lr=1e-3, steps=6)
+    losses = train_losses(model, x, y, lr=1e-3, steps=6)
     assert losses[-1] < 0.5 * losses[0], losses

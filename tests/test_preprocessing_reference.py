@@ -6,26 +6,22 @@ float64 and shares no code with `src.esd_data`'s preprocessing; it explains the 
 
 from __future__ import annotations
 
-import dataclasses
-
 import numpy as np
 import pytest
 
 from src.esd_data.preprocessing import PreprocessConfig, preprocess_tile
 from src.esd_data.reader import RawTile, read_tile
-from tests.preprocessing_reference import ATOL, SENSOR_ORDER, assert_matches, reference
+from tests.preprocessing_reference import (
+    ATOL,
+    SENSOR_ORDER,
+    assert_matches,
+    reference,
+    with_data,
+)
 
 pytestmark = pytest.mark.real_data
 
 CONFIG = PreprocessConfig()
-
-
-def with_data(tile: RawTile, **data: np.ndarray) -> RawTile:
-    """A RawTile whose named sensors carry new (time, band, H, W) data."""
-    sensors = dict(tile.sensors)
-    for sensor, array in data.items():
-        sensors[sensor] = dataclasses.replace(sensors[sensor], data=array)
-    return RawTile(tile.tile_id, sensors, tile.ground_truth)
 
 
 # --- fixtures --------------------------------------------------------------------------------

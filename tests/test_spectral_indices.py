@@ -12,7 +12,6 @@ at most 2^-12 ≈ 2.44e-4 (ATOL_FLOAT16 = 2.5e-4). A wrong band, a swapped pair,
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 import re
 from pathlib import Path
@@ -31,6 +30,7 @@ from src.esd_data.preprocessing import PreprocessConfig, preprocess_tile
 from src.esd_data.reader import RawTile, read_tile
 from src.training.config import ESDConfig
 from src.training.train import train
+from tests.preprocessing_reference import with_data
 
 ATOL_FLOAT32 = 1e-6
 ATOL_FLOAT16 = 2.5e-4
@@ -110,13 +110,6 @@ def compare(stack: np.ndarray, names: list[str], expected: dict[str, np.ndarray]
         if not error <= atol:
             bad.append(f"{name}: max |error| {error:.3g}")
     assert not bad, "index channels off the numpy reference:\n" + "\n".join(bad)
-
-
-def with_data(tile: RawTile, **data: np.ndarray) -> RawTile:
-    sensors = dict(tile.sensors)
-    for sensor, array in data.items():
-        sensors[sensor] = dataclasses.replace(sensors[sensor], data=array)
-    return RawTile(tile.tile_id, sensors, tile.ground_truth)
 
 
 # --- the real Tile1 ------------------------------------------------------------------------

@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import math
 import os
-import pickle
 from collections.abc import Mapping
 from pathlib import Path
 from urllib.parse import urlparse
@@ -53,7 +52,11 @@ from torch import nn
 from torchvision.models.segmentation import FCN_ResNet101_Weights, fcn_resnet101
 
 from src.models.checks import check_input_size, check_positive_int
-from src.models.pretrained import adapt_first_conv_weight
+from src.models.pretrained import (
+    adapt_first_conv_weight,
+    check_pretrained_options,
+    read_state_dict,
+)
 
 PRETRAINED_WEIGHTS = FCN_ResNet101_Weights.COCO_WITH_VOC_LABELS_V1
 BACKBONE_BLOCKS: tuple[str, ...] = ("bn1", "layer1", "layer2", "layer3", "layer4")
@@ -113,12 +116,8 @@ def frozen_block_names(freeze_backbone: bool | float) -> tuple[str, ...]:
 
 
 def _read_state_dict(weights_file: Path) -> Mapping[str, torch.Tensor]:
-    try:
-        state = torch.load(weights_file, map_location="cpu", weights_only=True)
-    except (RuntimeError, pickle.UnpicklingError, EOFError) as error:
-        message = f"could not read {weights_file} as a PyTorch state dict: {error}"
-        raise ValueError(message) from error
-    if not isinstance(state, Mapping) or _FIRST_CONV_KEY not in state:
+    state = read_state_dict(weights_file)
+    if _FIRST_CONV_KEY not in state:
         raise ValueError(
             f"{weights_file} is not an FCN-ResNet101 state dict (no '{_FIRST_CONV_KEY}'); "
             f"expected the state dict of torchvision's {PRETRAINED_WEIGHTS}"
@@ -142,10 +141,7 @@ class FCNResnetTransfer(nn.Module):
         check_positive_int("in_channels", in_channels)
         check_positive_int("out_channels", out_channels)
         check_positive_int("cell_px", cell_px)
-        if not isinstance(pretrained, bool):
-            raise ValueError(f"pretrained must be a bool, got {pretrained!r}")
-        if weights_path is not None and not pretrained:
-            raise ValueError("weights_path is only read when pretrained=True")
+        check_pretrained_options(pretrained, weights_path)
         _check_freeze_backbone(freeze_backbone)
         # Fail fast, before the (slow) construction, on a missing or malformed weights file.
         weights_file = resolve_weights_file(weights_path) if pretrained else None

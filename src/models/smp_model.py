@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import math
 import os
-import pickle
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -36,12 +35,14 @@ import segmentation_models_pytorch as smp
 import timm
 import torch
 import torch.nn.functional as F
-from safetensors import SafetensorError
-from safetensors.torch import load_file
 from torch import nn
 
 from src.models.checks import check_input_size, check_positive_int
-from src.models.pretrained import adapt_first_conv_weight
+from src.models.pretrained import (
+    adapt_first_conv_weight,
+    check_pretrained_options,
+    read_state_dict,
+)
 
 _UNSUPPORTED_ARCHS = {"dpt": "it needs a ViT ('tu-vit…') encoder at one fixed input size"}
 SMP_ARCHS: tuple[str, ...] = tuple(
@@ -89,18 +90,7 @@ def read_state_dict_file(path: str | os.PathLike[str]) -> dict[str, torch.Tensor
             "downloaded at run time: save the encoder's state dict (or copy smp's "
             "model.safetensors for it) to this machine and pass its path."
         )
-    try:
-        if path.suffix == ".safetensors":
-            state = load_file(path, device="cpu")
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, pickle.UnpicklingError, EOFError, SafetensorError) as error:
-        raise ValueError(f"could not read {path} as a state dict: {error}") from error
-    if not isinstance(state, Mapping) or not all(
-        isinstance(key, str) and isinstance(value, torch.Tensor) for key, value in state.items()
-    ):
-        raise ValueError(f"{path} is not a state dict (a mapping of names to tensors)")
-    return dict(state)
+    return read_state_dict(path)
 
 
 def _is_rgb_version(value: torch.Tensor, expected: torch.Size, in_channels: int) -> bool:
@@ -172,10 +162,7 @@ class SMPSegmentation(nn.Module):
         check_positive_int("cell_px", cell_px)
         arch = smp_arch_name(arch)
         check_smp_encoder(encoder)
-        if not isinstance(pretrained, bool):
-            raise ValueError(f"pretrained must be a bool, got {pretrained!r}")
-        if weights_path is not None and not pretrained:
-            raise ValueError("weights_path is only read when pretrained=True")
+        check_pretrained_options(pretrained, weights_path)
         if pretrained and weights_path is None:
             raise ValueError(
                 "pretrained=True needs weights_path, a local file with the encoder's state "
