@@ -154,30 +154,37 @@ LONG_SWEEP = {
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
-def test_a_signal_stops_a_sweep_cleanly(signum, synthetic_processed, tmp_path):
+@pytest.mark.parametrize(
+    ("signum", "objective"),
+    [(signal.SIGINT, "val"), (signal.SIGTERM, "val"), (signal.SIGINT, "cv")],
+)
+def test_a_signal_stops_a_sweep_cleanly(signum, objective, synthetic_processed, tmp_path):
     sweep = tmp_path / "long.yml"
     sweep.write_text(yaml.safe_dump(LONG_SWEEP))
     out = tmp_path / "out"
     process = subprocess.Popen(
         [sys.executable, "-m", "scripts.train_sweeps", "--sweep_file", str(sweep),
          "--backend", "optuna", "--output_dir", str(out), "--count", "3",
+         "--objective", objective, "--folds", "2",
          "--processed_dir", str(synthetic_processed), "--raw_dir", "none"],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         env={**os.environ, "WANDB_MODE": "offline", "WANDB_API_KEY": ""},
     )  # fmt: skip
-    metrics = out / "logs" / "UNet" / "trial-0" / "metrics.csv"
     deadline = time.monotonic() + 240
-    while not metrics.exists() and time.monotonic() < deadline and process.poll() is None:
+    while (
+        next(out.rglob("metrics.csv"), None) is None
+        and time.monotonic() < deadline
+        and process.poll() is None
+    ):
         time.sleep(0.5)
     assert process.poll() is None, process.communicate()[1][-3000:]
     process.send_signal(signum)
     _, stderr = process.communicate(timeout=60)
-    assert process.returncode == 128 + signum
+    assert process.returncode == 128 + signum, stderr[-3000:]
     assert "Traceback" not in stderr
     assert f"stopped by {signal.Signals(signum).name}: trial 0 marked interrupted" in stderr
     with (out / "trials.csv").open() as handle:
         rows = list(csv.DictReader(handle))
     assert [(row["trial"], row["state"]) for row in rows] == [("0", "INTERRUPTED")]
-    status = (out / "logs" / "UNet" / "trial-0" / "status.json").read_text()
-    assert '"interrupted"' in status
+    (status,) = out.rglob("status.json")  # the trial's run (its first fold's, with cv)
+    assert '"interrupted"' in status.read_text()
