@@ -17,6 +17,7 @@ from sklearn.metrics import accuracy_score, f1_score
 from src.esd_data.cache import prepare_dataset
 from src.esd_data.folds import assign_folds, class1_shares, fold_manifest
 from src.esd_data.manifest import Manifest
+from src.esd_data.synthetic import generate_synthetic_dataset
 from src.evaluation.config import EvalConfig
 from src.evaluation.evaluate import evaluate
 from src.evaluation.tta import averaged_probabilities, views
@@ -68,6 +69,16 @@ def test_stratification_spreads_class1_tiles_over_the_folds():
         assert all(sum(shares[t] > 0 for t in fold) == 1 for fold in folds), folds
 
 
+def test_folds_with_tied_shares_do_not_depend_on_the_listing_order():
+    # Many real tiles hold no class 1 at all: equal shares must not fall back on the order.
+    shares = {f"Tile{n}": (0.25 if n % 4 == 0 else 0.0) for n in range(1, 13)}
+    folds = assign_folds(shares, 3, seed=2)
+    for order in range(5):
+        listed = list(shares.items())
+        random.Random(order).shuffle(listed)
+        assert assign_folds(dict(listed), 3, seed=2) == folds
+
+
 def test_fold_statistics_come_from_the_fold_training_tiles_only(synthetic_processed, tmp_path):
     processed = Path(shutil.copytree(synthetic_processed, tmp_path / "processed"))
     manifest = Manifest.load(processed)
@@ -116,8 +127,29 @@ def test_cross_validation_scores_resumes_and_agrees_with_its_files(synthetic_pro
     root = tmp_path / "b" / "cv" / "SegmentationCNN"
     first_fold = (root / "fold_0" / "result.json").stat().st_mtime_ns
     assert not (root / "fold_1" / "result.json").exists()
+    cv_dir = tmp_path / "b" / "cv"
+    with pytest.raises(CheckpointError, match=r"fold_1\b.*have not finished"):
+        evaluate(EvalConfig(cv_dir=cv_dir, accelerator="cpu"), log=lambda _: None)
     resumed = cross_validate(
         CVConfig(output_dir=tmp_path / "b", **options), base, log=lambda _: None
+    )
+    # --cv_dir is the ensemble of the best checkpoints the folds recorded.
+    recorded = [json.loads((root / f"fold_{k}" / "result.json").read_text())["best_checkpoint"]
+                for k in range(3)]  # fmt: skip
+    unseen = tmp_path / "unseen"  # tiles no fold trained on
+    generate_synthetic_dataset(unseen, n_tiles=2, seed=7, tile_px=64)
+    common = {"raw_dir": unseen, "cache_dir": tmp_path / "cache", "accelerator": "cpu"}
+    by_dir = evaluate(EvalConfig(cv_dir=cv_dir, results_dir=tmp_path / "by_dir", **common),
+                      log=lambda _: None)  # fmt: skip
+    by_paths = evaluate(EvalConfig(model_path=[Path(r) for r in recorded],
+                                   results_dir=tmp_path / "by_paths", **common),
+                        log=lambda _: None)  # fmt: skip
+    assert sorted(Path(p).resolve() for p in by_dir["model_path"]) == sorted(
+        Path(r).resolve() for r in recorded
+    )
+    np.testing.assert_array_equal(
+        probabilities(tmp_path / "by_dir", by_dir["tiles_predicted"]),
+        probabilities(tmp_path / "by_paths", by_paths["tiles_predicted"]),
     )
     assert (root / "fold_0" / "result.json").stat().st_mtime_ns == first_fold  # not retrained
     for a, b in zip(straight["models"], resumed["models"], strict=True):

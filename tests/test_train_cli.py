@@ -123,6 +123,7 @@ def test_help_lists_every_config_field():
             "--weights_path, a local file (nothing is downloaded): missing_encoder.pth",
         ),
         (["--model_type", "SMP", "--smp_arch", "unet3d"], "unknown smp architecture 'unet3d'"),
+        (["--model_type", "UNet", "--pretrained"], "UNet loads no pretrained weights"),
     ],
 )
 def test_bad_options_fail_before_any_work(flags, message, tmp_path, capsys):

@@ -21,6 +21,12 @@ PairTransform = Callable[[np.ndarray, np.ndarray, torch.Generator], tuple[np.nda
 """Takes (image (C, H, W), labels (t, t), generator) and returns the pair, e.g. `FlipRotate`."""
 
 
+def sample_generator(seed: int, epoch: int, index: int) -> torch.Generator:
+    """The generator of item `index`'s transform in `epoch`: the same on every path."""
+    state = np.random.SeedSequence((seed, epoch, index)).generate_state(1)[0]
+    return torch.Generator().manual_seed(int(state))
+
+
 class ESDDataset(Dataset):
     """Every t×t-cell subtile of the parent tiles of one split of a processed folder.
 
@@ -133,10 +139,7 @@ class ESDDataset(Dataset):
         else:
             y = labels[cell_rows, cell_cols].astype(np.int64) - 1
         if self.transform is not None:
-            generator = torch.Generator().manual_seed(
-                int(np.random.SeedSequence((self.seed, epoch, index)).generate_state(1)[0])
-            )
-            x, y = self.transform(x, y, generator)
+            x, y = self.transform(x, y, sample_generator(self.seed, epoch, index))
         # One copy of the (possibly flipped) float16 view.
         X = torch.from_numpy(np.array(x, order="C", copy=True))
         if self.normalise:

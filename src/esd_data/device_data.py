@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from src.esd_data.dataset import IGNORE_LABEL, ESDDataset
+from src.esd_data.dataset import IGNORE_LABEL, ESDDataset, sample_generator
 from src.esd_data.manifest import Manifest
 from src.esd_data.sampler import EpochShuffleSampler, ShardSampler
 
@@ -168,12 +168,6 @@ ELEMENTS = {
 }  # the 8 distinct images of the probe
 
 
-def sample_generator(seed: int, epoch: int, index: int) -> torch.Generator:
-    """The generator `ESDDataset` gives the transform of item `index` in `epoch`."""
-    state = np.random.SeedSequence((seed, epoch, index)).generate_state(1)[0]
-    return torch.Generator().manual_seed(int(state))
-
-
 def dihedral_elements(
     transform: Any, seed: int, indices: Sequence[int], epochs: Sequence[int]
 ) -> np.ndarray:
@@ -202,14 +196,16 @@ def _to(values: np.ndarray, device: torch.device) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(values)).to(device, non_blocking=True)
 
 
-def apply_dihedral(batch: torch.Tensor, elements: np.ndarray) -> torch.Tensor:
-    """Each sample of `batch` (B, …, H, W) under its element, in place, one group per element."""
+def apply_dihedral(elements: np.ndarray, *batches: torch.Tensor) -> None:
+    """Each sample of every batch (B, …, H, W) under its element, in place, one group per
+    element (images and their labels together, sharing the index tensors)."""
     for element in np.unique(elements):
         if element == 0:
             continue
-        chosen = _to(np.flatnonzero(elements == element), batch.device)
-        batch.index_copy_(0, chosen, _dihedral_torch(batch.index_select(0, chosen), int(element)))
-    return batch
+        chosen = _to(np.flatnonzero(elements == element), batches[0].device)
+        for batch in batches:
+            turned = _dihedral_torch(batch.index_select(0, chosen), int(element))
+            batch.index_copy_(0, chosen, turned)
 
 
 # --- cutting ----------------------------------------------------------------------------------
@@ -322,7 +318,7 @@ class DeviceTiles:
             X = cut_windows(self.images, n, (tops * px).tolist(), (lefts * px).tolist(), px * t)
             y = cut_windows(self.labels[:, None], n, tops.tolist(), lefts.tolist(), t).squeeze(1)
             if elements is not None:
-                X, y = apply_dihedral(X, elements), apply_dihedral(y, elements)
+                apply_dihedral(elements, X, y)
         names = self.dataset.tiles
         return {
             "X": X,
@@ -361,7 +357,7 @@ def _is_identity(transform: Any) -> bool:
 class DeviceLoader:
     """Batches of `DeviceTiles` in a sampler's order: what `train_dataloader()` etc. return.
 
-    Not a DataLoader: an iterable with `len` (batches), `set_epoch` and the `sampler` whose
+    Not a DataLoader: an iterable with `len` (batches) and the `sampler` whose
     `set_epoch` Lightning calls before every training epoch. The sampler is read when the
     first batch is asked for, so creating the iterator (Lightning does, before `set_epoch`)
     draws nothing. Keys are the sampler's: `(index, epoch)` from `EpochShuffleSampler`,
@@ -389,11 +385,6 @@ class DeviceLoader:
         if self.drop_last:
             return len(self.sampler) // self.batch_size
         return -(-len(self.sampler) // self.batch_size)
-
-    def set_epoch(self, epoch: int) -> None:
-        """Fix the epoch of the next iteration (training; evaluation has no epochs)."""
-        if isinstance(self.sampler, EpochShuffleSampler):
-            self.sampler.set_epoch(epoch)
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         keys = list(self.sampler)

@@ -26,12 +26,14 @@ from src.evaluation.config import EvalConfig
 from src.evaluation.evaluator import (
     Predictor,
     check_compatible,
+    check_ensemble,
     newest_best_checkpoint,
     predict_tiles,
 )
 from src.evaluation.report import true_colour_image, write_run_outputs, write_tile_outputs
 from src.hardware import resolve_device
 from src.training.checkpoints import CheckpointError, data_identity, load_module, read_checkpoint
+from src.training.cv_config import FOLD_RESULT_FILE, FOLDS_FILE
 
 EVAL_CACHE_ROOT = Path("data/eval_cache")
 TILE_OUTPUT = re.compile(r"(Tile\d+)(\.png|_prediction\.tif|_probabilities\.tif|_attention\.png)")
@@ -208,13 +210,40 @@ def choose_checkpoints(config: EvalConfig) -> tuple[list[Path], str]:
     if config.model_path is not None:
         return list(config.model_path), "--model_path"
     if config.cv_dir is not None:
-        folds = sorted(config.cv_dir.rglob("fold_*/checkpoints"))
-        chosen = [newest_best_checkpoint(folder)[0] for folder in folds]
-        if not chosen:
-            raise CheckpointError(f"no fold_*/checkpoints under --cv_dir {config.cv_dir}")
-        return chosen, f"the best checkpoint of each of the {len(chosen)} folds in {config.cv_dir}"
+        return _cv_checkpoints(config.cv_dir)
     path, why = newest_best_checkpoint(config.checkpoint_dir, config.model_type)
     return [path], why
+
+
+def _cv_checkpoints(cv_dir: Path) -> tuple[list[Path], str]:
+    """The best checkpoint each fold of a cross-validation recorded when it finished.
+
+    `cv_dir` is a cross-validation's folder (all its model types) or one model's folder in it.
+    """
+    if (cv_dir / FOLDS_FILE).is_file():
+        root, models = cv_dir, sorted(d for d in cv_dir.iterdir() if (d / "fold_0").is_dir())
+    elif (cv_dir.parent / FOLDS_FILE).is_file():
+        root, models = cv_dir.parent, [cv_dir]
+    else:
+        raise CheckpointError(
+            f"--cv_dir {cv_dir} is not the folder of a cross-validation (no {FOLDS_FILE} in it "
+            f"or above it): pass <output_dir>/<name> or <output_dir>/<name>/<model_type> of "
+            f"python -m scripts.cross_validate"
+        )
+    n_folds = len(json.loads((root / FOLDS_FILE).read_text())["folds"])
+    results = [model / f"fold_{k}" / FOLD_RESULT_FILE for model in models for k in range(n_folds)]
+    unfinished = [str(result.parent) for result in results if not result.is_file()]
+    if unfinished or not results:
+        raise CheckpointError(
+            f"fold(s) {', '.join(unfinished) or 'all'} of --cv_dir {cv_dir} have not finished "
+            f"(no {FOLD_RESULT_FILE}): run python -m scripts.cross_validate again to complete them"
+        )
+    chosen = []
+    for result in results:
+        # The file the fold recorded, found under the fold's own folder (which may have moved).
+        recorded = Path(json.loads(result.read_text())["best_checkpoint"])
+        chosen.append(next((result.parent / "checkpoints").rglob(recorded.name), recorded))
+    return chosen, f"the best checkpoint of each of the {len(chosen)} folds in {cv_dir}"
 
 
 def evaluate(config: EvalConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
@@ -226,17 +255,22 @@ def evaluate(config: EvalConfig, log: Callable[[str], None] = print) -> dict[str
     model_paths, why = choose_checkpoints(config)
     for path in model_paths:
         log(f"checkpoint: {path} ({why})")
-    checkpoints = [read_checkpoint(path) for path in model_paths]
-    identities = [data_identity(c, p) for c, p in zip(checkpoints, model_paths, strict=True)]
+    identities, hparams, epochs = [], [], []
+    for path in model_paths:  # only what is needed is kept, not the weights
+        checkpoint = read_checkpoint(path)
+        identities.append(data_identity(checkpoint, path))
+        hparams.append(checkpoint["hyper_parameters"])
+        epochs.append(int(checkpoint.get("epoch", -1)))
+    del checkpoint
+    check_ensemble(hparams)
     device = resolve_device(config.accelerator)
     if config.raw_dir is not None:
         source = _from_raw(config, identities, log)
     else:
         source = _from_processed(config, identities)
-    hparams = checkpoints[0]["hyper_parameters"]
     if config.stride_gt is not None and config.restitch != "overlap":
         raise ValueError("--stride_gt sets the overlap windows' stride: add --restitch overlap")
-    tile_size_gt = config.tile_size_gt or hparams["tile_size_gt"]
+    tile_size_gt = config.tile_size_gt or hparams[0]["tile_size_gt"]
     stride = None
     if config.restitch == "overlap":
         stride = config.stride_gt or max(1, tile_size_gt // 2)
@@ -244,7 +278,7 @@ def evaluate(config: EvalConfig, log: Callable[[str], None] = print) -> dict[str
         Predictor(load_module(path, device), *identity.normalisation())
         for path, identity in zip(model_paths, identities, strict=True)
     ]
-    types = sorted({c["hyper_parameters"]["model_type"] for c in checkpoints})
+    types = sorted({hp["model_type"] for hp in hparams})
     model_type = types[0] if len(types) == 1 else "ensemble"
     run = (
         Path(model_paths[0]).parent.name
@@ -276,9 +310,7 @@ def evaluate(config: EvalConfig, log: Callable[[str], None] = print) -> dict[str
         else str(model_paths[0]),
         "model_type": model_type,
         "run": run,
-        "epoch": [int(c.get("epoch", -1)) for c in checkpoints]
-        if len(checkpoints) > 1
-        else int(checkpoints[0].get("epoch", -1)),
+        "epoch": epochs if len(epochs) > 1 else epochs[0],
         "split": source.label,
         "tiles_scored": [p.tile for p in predictions if p.truth is not None],
         "tiles_predicted": [p.tile for p in predictions],

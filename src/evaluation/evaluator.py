@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
+import functools
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -49,11 +51,19 @@ class Predictor:
     def channels(self) -> list[str]:
         return list(self.module.hparams.channels)
 
-    def __call__(self, stored: torch.Tensor) -> torch.Tensor:
-        """Logits for windows as stored (float16 (B, C, H, W) on the module's device)."""
-        mean = torch.as_tensor(self.mean, device=stored.device)[:, None, None]
-        std = torch.as_tensor(self.std, device=stored.device)[:, None, None]
-        return self.module((stored.float() - mean) / std)
+    @functools.cached_property
+    def _moments(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and std (C, 1, 1) on the module's device, made once."""
+        device = self.module.device
+        return (
+            torch.as_tensor(self.mean, dtype=torch.float32, device=device)[:, None, None],
+            torch.as_tensor(self.std, dtype=torch.float32, device=device)[:, None, None],
+        )
+
+    def normalise(self, stored: torch.Tensor) -> torch.Tensor:
+        """Windows as stored (float16 (B, C, H, W) on the module's device), normalised."""
+        mean, std = self._moments
+        return (stored.float() - mean) / std
 
 
 class _DateWeights:
@@ -134,16 +144,17 @@ def check_compatible(identity: DataIdentity, manifest: Manifest, processed_dir: 
         )
 
 
-def check_ensemble(predictors: Sequence[Predictor]) -> None:
-    """CheckpointError unless every model reads the same channels at the same cell size."""
-    first = predictors[0].module.hparams
-    for predictor in predictors[1:]:
-        hp = predictor.module.hparams
-        if list(hp.channels) != list(first.channels) or hp.cell_px != first.cell_px:
+def check_ensemble(hparams: Sequence[Mapping[str, Any]]) -> None:
+    """CheckpointError unless every checkpoint (its hyper-parameters) reads the same channels
+    at the same cell size."""
+    first = hparams[0]
+    for hp in hparams[1:]:
+        if list(hp["channels"]) != list(first["channels"]) or hp["cell_px"] != first["cell_px"]:
             raise CheckpointError(
                 f"the checkpoints of an ensemble must read the same channels at the same cell "
-                f"size: {first.model_type} has {len(first.channels)} channels at {first.cell_px} "
-                f"px per cell, {hp.model_type} {len(hp.channels)} at {hp.cell_px} px"
+                f"size: {first['model_type']} has {len(first['channels'])} channels at "
+                f"{first['cell_px']} px per cell, {hp['model_type']} {len(hp['channels'])} at "
+                f"{hp['cell_px']} px"
             )
 
 
@@ -161,9 +172,9 @@ def predict_tiles(
 
     Each window's probabilities are the mean over the models (each normalising the window
     with its own training statistics) and over the views of `tta` (each mapped back onto the
-    label grid); a cell's probabilities are the mean over the windows that cover it.
+    label grid); a cell's probabilities are the mean over the windows that cover it. The
+    models must read the same channels (`check_ensemble`).
     """
-    check_ensemble(predictors)
     dataset = ESDDataset(
         processed_dir,
         "predict",
@@ -183,9 +194,16 @@ def predict_tiles(
             for start in range(0, windows, batch_size):
                 batch = torch.stack([item["X"] for item in items[start : start + batch_size]])
                 batch = batch.to(device)
-                total = averaged_probabilities(predictors[0], batch, tta, attention.add)
-                for predictor in predictors[1:]:
-                    total = total + averaged_probabilities(predictor, batch, tta)
+                # Normalised once per model: a per-channel normalisation commutes with the views.
+                total = sum(
+                    averaged_probabilities(
+                        predictor.module,
+                        predictor.normalise(batch),
+                        tta,
+                        attention.add if index == 0 else None,
+                    )
+                    for index, predictor in enumerate(predictors)
+                )
                 probabilities.append((total / len(predictors)).cpu().numpy())
         tile_probabilities = restitch_logits(
             np.concatenate(probabilities),

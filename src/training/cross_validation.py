@@ -39,13 +39,11 @@ from src.evaluation.evaluate import evaluate
 from src.evaluation.evaluator import TilePrediction
 from src.evaluation.report import write_run_outputs
 from src.training.config import ESDConfig
-from src.training.cv_config import CVConfig
+from src.training.cv_config import FOLD_RESULT_FILE, FOLDS_FILE, CVConfig
 from src.training.train import build_datamodule, train
 from src.visualization.evaluation_plots import plot_cross_validation
 
 SCORES = ("f1_class1", "accuracy", "iou_macro", "f1_macro")
-FOLDS_FILE = "folds.json"
-RESULT_FILE = "result.json"
 
 
 def cv_name(cv: CVConfig, seed: int) -> str:
@@ -113,7 +111,7 @@ def _run_fold(
         "train_seconds": round(trained - started, 1),
         "evaluation_seconds": round(time.perf_counter() - trained, 2),
     }
-    write_json(fold_dir / RESULT_FILE, result)
+    write_json(fold_dir / FOLD_RESULT_FILE, result)
     return result
 
 
@@ -235,7 +233,7 @@ def cross_validate(
         results: list[dict[str, Any]] = []
         for fold, validation in enumerate(folds):
             fold_dir = model_dir / f"fold_{fold}"
-            done = fold_dir / RESULT_FILE
+            done = fold_dir / FOLD_RESULT_FILE
             finished = done.is_file()
             view = fold_manifest(manifest, processed, validation, labelled)
             result = (

@@ -9,6 +9,11 @@ from src.cli import check_field_types, config_field
 from src.evaluation.config import TTAMode
 from src.models.registry import MODEL_TYPES
 
+FOLDS_FILE = "folds.json"
+"""Written into a cross-validation's folder: its folds, seed, test tiles and data."""
+FOLD_RESULT_FILE = "result.json"
+"""Written into a fold's folder when the fold has finished: its scores and best checkpoint."""
+
 
 @dataclass
 class CVConfig:
