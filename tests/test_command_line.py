@@ -181,7 +181,10 @@ def test_a_signal_stops_a_sweep_cleanly(signum, objective, synthetic_processed, 
     process.send_signal(signum)
     _, stderr = process.communicate(timeout=60)
     assert process.returncode == 128 + signum, stderr[-3000:]
-    assert "Traceback" not in stderr
+    # None of ours. Rarely (about 1 run in 30 here) a loader worker's fd-sharing thread,
+    # multiprocessing's resource_sharer, prints one when the stopping process closes its socket.
+    tracebacks = stderr.split("Traceback")[1:]
+    assert not [t for t in tracebacks if "multiprocessing/resource_sharer.py" not in t], stderr
     assert f"stopped by {signal.Signals(signum).name}: trial 0 marked interrupted" in stderr
     with (out / "trials.csv").open() as handle:
         rows = list(csv.DictReader(handle))

@@ -256,10 +256,12 @@ def make_objective(
         trial.set_user_attr("run_name", config.wandb_run_name)
         main_thread = threading.current_thread() is threading.main_thread()
         handler = signal.getsignal(signal.SIGINT) if main_thread else None
-        callback = PruningCallback(trial, spec.metric)
+        # A cross-validation reports per fold (below), so its callback only watches for Ctrl-C.
+        cv = run.objective == "cv"
+        callback = MetricTracker(spec.metric) if cv else PruningCallback(trial, spec.metric)
         try:
-            if run.objective == "cv":
-                return _cross_validated(trial, spec, config, run)
+            if cv:
+                return _cross_validated(trial, config, run, callback)
             results = train(config, extra_callbacks=[callback])
         except SystemExit as error:
             if callback.interrupted:  # Lightning's answer to Ctrl-C
@@ -291,7 +293,7 @@ def make_objective(
 
 
 def _cross_validated(
-    trial: optuna.Trial, spec: SweepSpec, config: ESDConfig, run: OptunaRun
+    trial: optuna.Trial, config: ESDConfig, run: OptunaRun, callback: L.Callback
 ) -> float:
     """The mean `f1_class1` of a K-fold cross-validation of the trial's config, reported to
     Optuna (and pruned) after each fold; the fold scores go to the trial's attributes."""
@@ -311,7 +313,9 @@ def _cross_validated(
         folds=run.folds, model_type=[config.model_type], name=f"trial-{trial.number}",
         output_dir=run.output_dir / "cv",
     )  # fmt: skip
-    summary = cross_validate(cv, config, log=lambda _: None, on_fold=after_fold)
+    summary = cross_validate(
+        cv, config, log=lambda _: None, extra_callbacks=[callback], on_fold=after_fold
+    )
     trial.set_user_attr("epochs", None)
     return float(summary["models"][0]["mean"]["f1_class1"])
 

@@ -188,10 +188,8 @@ class ESDConfig:
     def _model_problems(self) -> list[str]:
         """What the chosen model cannot be built with, found before any data is prepared."""
         problems = []
-        if self.pretrained and self.model_type not in ("FCNResnetTransfer", "SMP"):
-            problems.append(
-                f"pretrained weights are for FCNResnetTransfer and SMP, not {self.model_type}"
-            )
+        if self.pretrained and "pretrained" not in model_hparams(self.model_type):
+            problems.append(f"{self.model_type} loads no pretrained weights: drop --pretrained")
         if self.model_type == "FCNResnetTransfer" and self.pretrained:
             from src.models.fcn_resnet_transfer import resolve_weights_file
 
