@@ -58,6 +58,11 @@ class TileStats:
     mean: np.ndarray
     m2: np.ndarray
 
+    @classmethod
+    def from_record(cls, record: dict) -> TileStats:
+        """The statistics stored in a cached tile's record."""
+        return cls(record["count"], np.array(record["mean"]), np.array(record["m2"]))
+
     @staticmethod
     def merge(parts: list[TileStats]) -> tuple[np.ndarray, np.ndarray]:
         """Pooled (mean, std) over tiles; a constant channel gets std 1 so it normalises to 0."""
@@ -118,8 +123,7 @@ def _paths(processed_dir: Path, tile_id: str) -> tuple[Path, Path, Path]:
 def read_tile_stats(processed_dir: Path, tile_id: str) -> TileStats:
     """The per-channel statistics that preparation recorded for one cached tile."""
     _, _, record_path = _paths(Path(processed_dir), tile_id)
-    record = json.loads(record_path.read_text())
-    return TileStats(record["count"], np.array(record["mean"]), np.array(record["m2"]))
+    return TileStats.from_record(json.loads(record_path.read_text()))
 
 
 def _load_record(processed_dir: Path, tile_id: str, fingerprint: str) -> dict | None:
@@ -386,12 +390,7 @@ def _build_manifest(
         split = split_tiles(labelled, seed, val_fraction, test_fraction)
         split["predict"] = unlabelled
         statistics_tiles = split["train"]
-    mean, std = TileStats.merge(
-        [
-            TileStats(records[t]["count"], np.array(records[t]["mean"]), np.array(records[t]["m2"]))
-            for t in statistics_tiles
-        ]
-    )
+    mean, std = TileStats.merge([TileStats.from_record(records[t]) for t in statistics_tiles])
     _, height, width = shapes.pop()
     tiles = {}
     for tile_dir, fingerprint in fingerprints.items():

@@ -134,13 +134,17 @@ def run_wandb(
     if workers == 1:
         run_agent(sweep_id, spec, base, output_dir, count, max_failures)
         return sweep_id
-    share = None if count is None else -(-count // workers)
+    # `count` split exactly: the agents together never run more than the sweep's total.
+    shares = [None] * workers if count is None else [
+        count // workers + (index < count % workers) for index in range(workers)
+    ]  # fmt: skip
     context = multiprocessing.get_context("spawn")
     agents = [
         context.Process(
             target=run_agent, args=(sweep_id, spec, base, output_dir, share, max_failures)
         )
-        for _ in range(workers)
+        for share in shares
+        if share != 0
     ]
     for agent in agents:
         agent.start()

@@ -15,7 +15,6 @@ import datetime as dt
 import os
 import secrets
 import sys
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -43,9 +42,6 @@ from src.training.module import ESDSegmentation
 from src.training.quiet import quiet_third_party
 from src.training.resume import MAY_CHANGE, check_same_data, saved_run_config
 from src.training.summary import LayerSummary
-
-# Epoch metrics are synchronised by torchmetrics before they are logged (see the module).
-warnings.filterwarnings("ignore", message=".*when logging on epoch level in distributed.*")
 
 RUN_NAME_VARIABLE = "ESD_RUN_NAME"
 """Carries the run name to the processes that DDP starts, so all ranks share one folder."""
