@@ -23,7 +23,7 @@ from typing import Any
 if __package__ in (None, ""):  # run as `python scripts/NAME.py`, not `python -m scripts.NAME`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from src.cli import add_config_arguments, build_parser, parse_values
+from src.cli import add_config_arguments, build_parser, construct, parse_values
 from src.sweeps.config import SweepConfig
 from src.training.config import ESDConfig
 
@@ -59,13 +59,8 @@ def parse_arguments(
     sweep_fields = {f.name for f in dataclasses.fields(SweepConfig)}
     sweep_values = {k: v for k, v in values.items() if k in sweep_fields}
     training_values = {k: v for k, v in values.items() if k not in sweep_fields}
-    try:
-        options = SweepConfig(**sweep_values)
-        base = ESDConfig(**training_values)
-    except (TypeError, ValueError) as error:
-        parser.exit(2, f"{parser.prog}: error: {error}\n")
-        raise  # unreachable: parser.exit raises SystemExit
-    return options, base, set(training_values)
+    options = construct(parser, SweepConfig, sweep_values)
+    return options, construct(parser, ESDConfig, training_values), set(training_values)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
