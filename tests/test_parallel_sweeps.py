@@ -200,3 +200,18 @@ def test_two_workers_on_a_postgresql_study(postgres_url, synthetic_processed, tm
                   postgres_url, "--study_name", "pg", "--output_dir", str(out)])  # fmt: skip
     assert report.returncode == 0, report.stderr[-3000:]
     assert (out / "trials.csv").read_text() == written  # the database holds the results
+
+
+def test_a_trial_admitted_beyond_the_total_is_refused_and_marked():
+    """The race guard: trials asked by several workers at once never exceed the total."""
+    from src.sweeps.optuna_backend import _admit, _SurplusTrialError
+    from src.sweeps.study import SURPLUS
+
+    study = optuna.create_study()
+    first, second, third = study.ask(), study.ask(), study.ask()  # all running at once
+    _admit(study, first, limit=2)
+    _admit(study, second, limit=2)
+    with pytest.raises(_SurplusTrialError):
+        _admit(study, third, limit=2)
+    assert third.user_attrs.get(SURPLUS) is True and SURPLUS not in second.user_attrs
+    _admit(study, study.ask(), limit=None)  # no total: always admitted
