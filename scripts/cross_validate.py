@@ -16,8 +16,8 @@ if __package__ in (None, ""):  # run as `python scripts/NAME.py`, not `python -m
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from src.cli import add_config_arguments, build_parser, construct, parse_values
+from src.cross_validation.config import CVConfig
 from src.training.config import ESDConfig
-from src.training.cv_config import CVConfig
 
 SHARED = frozenset({"model_type", "resume"})
 """ESDConfig fields this command sets itself: the model types are CVConfig's, folds start anew."""
@@ -45,7 +45,7 @@ def parse_arguments(argv: Sequence[str] | None = None) -> tuple[CVConfig, ESDCon
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse the options and run (or complete) the cross-validation."""
     cv, base = parse_arguments(argv)
-    from src.training.cross_validation import cross_validate
+    from src.cross_validation.run import cross_validate
 
     try:
         cross_validate(cv, base)

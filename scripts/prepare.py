@@ -1,4 +1,8 @@
-"""Validate, preprocess and cache raw DFC2021 tiles: `python -m scripts.prepare --raw_dir R`."""
+"""Validate, preprocess and cache raw DFC2021 tiles: `python -m scripts.prepare --raw_dir R`.
+
+A cached tile is reused only after every pixel of its file is hashed and found to be the
+recorded one (training and evaluation check a sample of each file, which is cheaper).
+"""
 
 from __future__ import annotations
 
@@ -70,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         summary = prepare_requested(
-            config.raw_dir, config.processed_dir, config.request(), config.workers
+            config.raw_dir, config.processed_dir, config.request(), config.workers, verify="full"
         )
     except (PrepareError, TileError, FileNotFoundError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)

@@ -14,17 +14,18 @@ import tifffile
 import torch
 from sklearn.metrics import accuracy_score, f1_score
 
+from src.cross_validation.config import CVConfig
+from src.cross_validation.run import cross_validate
 from src.esd_data.cache import prepare_dataset
 from src.esd_data.folds import assign_folds, class1_shares, fold_manifest
 from src.esd_data.manifest import Manifest
 from src.esd_data.synthetic import generate_synthetic_dataset
 from src.evaluation.config import EvalConfig
+from src.evaluation.cv_record import CVRecordError
 from src.evaluation.evaluate import evaluate
 from src.evaluation.tta import averaged_probabilities, views
 from src.training.checkpoints import CheckpointError
 from src.training.config import ESDConfig
-from src.training.cross_validation import cross_validate
-from src.training.cv_config import CVConfig
 from src.training.train import train
 
 
@@ -84,7 +85,8 @@ def test_fold_statistics_come_from_the_fold_training_tiles_only(synthetic_proces
     manifest = Manifest.load(processed)
     labelled = manifest.split["train"] + manifest.split["val"]
     validation = labelled[:3]
-    before = fold_manifest(manifest, processed, validation, labelled)
+    train = [tile for tile in labelled if tile not in validation]
+    before = fold_manifest(manifest, processed, train, validation, [])
     assert before.split["val"] == sorted(validation, key=lambda t: int(t[4:]))
     assert not set(before.split["train"]) & set(validation)
     for tile, change in ((validation[0], False), (before.split["train"][0], True)):
@@ -92,7 +94,7 @@ def test_fold_statistics_come_from_the_fold_training_tiles_only(synthetic_proces
         record = json.loads(record_path.read_text())
         record["mean"] = [m + 5.0 for m in record["mean"]]  # the tile's pixels "altered"
         record_path.write_text(json.dumps(record))
-        after = fold_manifest(manifest, processed, validation, labelled)
+        after = fold_manifest(manifest, processed, train, validation, [])
         assert (after.mean != before.mean) is change, tile
         before = after
 
@@ -128,13 +130,13 @@ def test_cross_validation_scores_resumes_and_agrees_with_its_files(synthetic_pro
     first_fold = (root / "fold_0" / "result.json").stat().st_mtime_ns
     assert not (root / "fold_1" / "result.json").exists()
     cv_dir = tmp_path / "b" / "cv"
-    with pytest.raises(CheckpointError, match=r"fold_1\b.*have not finished"):
+    with pytest.raises(CVRecordError, match=r"fold_1\b.*have not finished"):
         evaluate(EvalConfig(cv_dir=cv_dir, accelerator="cpu"), log=lambda _: None)
     resumed = cross_validate(
         CVConfig(output_dir=tmp_path / "b", **options), base, log=lambda _: None
     )
-    # --cv_dir is the ensemble of the best checkpoints the folds recorded.
-    recorded = [json.loads((root / f"fold_{k}" / "result.json").read_text())["best_checkpoint"]
+    # --cv_dir is the ensemble of the checkpoints the folds chose and recorded.
+    recorded = [json.loads((root / f"fold_{k}" / "result.json").read_text())["checkpoint"]
                 for k in range(3)]  # fmt: skip
     unseen = tmp_path / "unseen"  # tiles no fold trained on
     generate_synthetic_dataset(unseen, n_tiles=2, seed=7, tile_px=64)

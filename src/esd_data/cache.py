@@ -4,11 +4,15 @@ A tile is rebuilt only when its fingerprint changes: the names, sizes and modifi
 of its raw files, the preprocessing parameters and the cache format, so a cache hit opens no
 raw file. Each tile's arrays are written atomically and its record (`TileN.json`, holding the
 fingerprint and per-channel statistics) is written last, so an interrupted run never leaves a
-tile that a later run trusts. The manifest is removed before any change and written last.
+tile that a later run trusts. A cached tile is reused only when its image file is still the
+recorded one (a sample of it, or every pixel with `verify="full"`); a file swapped or changed
+by hand is rebuilt, with a warning naming it. The manifest is removed before any change and
+written last.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import multiprocessing
@@ -23,7 +27,14 @@ import torch
 from tqdm import tqdm
 
 from src.atomic import remove_temporaries, write_json, write_npy
-from src.esd_data.manifest import FORMAT_VERSION, MANIFEST_FILE, Manifest, TileRecord
+from src.esd_data.manifest import (
+    FORMAT_VERSION,
+    MANIFEST_FILE,
+    Manifest,
+    TileRecord,
+    pixel_digest,
+    sample_digest,
+)
 from src.esd_data.preprocessing import PreprocessConfig, preprocess_tile
 from src.esd_data.reader import (
     NoDataWarning,
@@ -48,6 +59,10 @@ class PrepareError(RuntimeError):
 
 class MissingLabelsWarning(UserWarning):
     """Tiles of a labelled folder without `groundTruth.tif` (they go to the predict split)."""
+
+
+class ChangedTileWarning(UserWarning):
+    """A cached tile file that is not the one its record describes (rebuilt from raw)."""
 
 
 @dataclass(frozen=True)
@@ -126,8 +141,9 @@ def read_tile_stats(processed_dir: Path, tile_id: str) -> TileStats:
     return TileStats.from_record(json.loads(record_path.read_text()))
 
 
-def _load_record(processed_dir: Path, tile_id: str, fingerprint: str) -> dict | None:
-    """A tile's cached record when it matches `fingerprint` and its arrays are complete."""
+def _load_record(processed_dir: Path, tile_id: str, fingerprint: str, verify: str) -> dict | None:
+    """A tile's cached record when it matches `fingerprint` and its arrays are the recorded
+    ones (`verify`: "sample" reads a sample of the image file, "full" hashes every pixel)."""
     image, labels, record_path = _paths(processed_dir, tile_id)
     try:
         record = json.loads(record_path.read_text())
@@ -135,9 +151,17 @@ def _load_record(processed_dir: Path, tile_id: str, fingerprint: str) -> dict | 
         return None
     if record.get("fingerprint") != fingerprint or not image.is_file():
         return None
-    if image.stat().st_size != record["image_bytes"]:
-        return None
     if record["has_labels"] and not labels.is_file():
+        return None
+    if image.stat().st_size != record["image_bytes"] or sample_digest(image) != record.get(
+        "sample_sha256"
+    ) or (verify == "full" and pixel_digest(image) != record["sha256"]):  # fmt: skip
+        warnings.warn(
+            f"{image} is not the file its record {record_path} describes (replaced or changed "
+            f"since it was prepared): rebuilding {tile_id}",
+            ChangedTileWarning,
+            stacklevel=3,
+        )
         return None
     return record
 
@@ -177,6 +201,7 @@ def process_tile(
         "shape": list(stored.shape),
         "image_bytes": image.stat().st_size,
         "sha256": content,
+        "sample_sha256": sample_digest(image),
         "has_labels": labels_grid is not None,
         "count": int(stored.shape[1] * stored.shape[2]),
         "mean": means.tolist(),
@@ -270,6 +295,7 @@ def prepare_dataset(
     workers: int = 2,
     preprocessing: PreprocessConfig | None = None,
     purpose: str = "training",
+    verify: str = "sample",
 ) -> PrepareSummary:
     """Validate, preprocess and cache every tile of `raw_dir`, split them, write the manifest.
 
@@ -277,7 +303,8 @@ def prepare_dataset(
     naming them when other tiles have labels). With `purpose="evaluation"` nothing is split:
     every tile, labelled or not, is in `predict` (for `scripts.evaluate --raw_dir`). Raises
     PrepareError (every problem of every tile) or FileNotFoundError before anything is
-    written for bad raw data.
+    written for bad raw data. `verify` is how a cached tile is checked before it is reused:
+    "sample" (a sample of its file) or "full" (every pixel hashed).
     """
     start = time.perf_counter()
     preprocessing = preprocessing or PreprocessConfig()
@@ -285,7 +312,9 @@ def prepare_dataset(
     raw_dir, processed_dir = Path(raw_dir), Path(processed_dir)
     tile_dirs = find_tile_dirs(raw_dir)
     fingerprints = {d: tile_fingerprint(d, preprocessing) for d in tile_dirs}
-    records = {d.name: _load_record(processed_dir, d.name, fp) for d, fp in fingerprints.items()}
+    records = {
+        d.name: _load_record(processed_dir, d.name, fp, verify) for d, fp in fingerprints.items()
+    }
     stale = {d: fp for d, fp in fingerprints.items() if records[d.name] is None}
     overall = hashlib.sha256(
         json.dumps(
@@ -297,7 +326,7 @@ def prepare_dataset(
         previous = Manifest.load(processed_dir) if manifest_path.is_file() else None
     except (ValueError, TypeError, KeyError):
         previous = None
-    if previous is not None and previous.fingerprint == overall and not stale:
+    if previous is not None and previous.inputs == overall and not stale:
         if previous.tile_size_gt != tile_size_gt:
             previous = _replace_tile_size(previous, tile_size_gt, processed_dir)
         return PrepareSummary(previous, [], list(records), 0, time.perf_counter() - start, None)
@@ -336,8 +365,7 @@ def prepare_dataset(
 
 
 def _replace_tile_size(manifest: Manifest, tile_size_gt: int, processed_dir: Path) -> Manifest:
-    values = {**manifest.__dict__, "tile_size_gt": tile_size_gt}
-    updated = Manifest(**values)
+    updated = dataclasses.replace(manifest, tile_size_gt=tile_size_gt).sealed()
     updated.save(processed_dir)
     return updated
 
@@ -402,6 +430,7 @@ def _build_manifest(
             fingerprint,
             records[tile_dir.name]["image_bytes"],
             records[tile_dir.name]["sha256"],
+            records[tile_dir.name]["sample_sha256"],
         )
     return Manifest(
         raw_dir=str(raw_dir),
@@ -416,7 +445,7 @@ def _build_manifest(
         tile_size_gt=tile_size_gt,
         mean=mean.tolist(),
         std=std.tolist(),
-        fingerprint=overall,
+        inputs=overall,
         tiles=tiles,
         purpose=purpose,
-    )
+    ).sealed()

@@ -1,29 +1,33 @@
-"""K-fold cross-validation over parent tiles: the folds, and one processed-folder view per fold.
+"""K-fold cross-validation over parent tiles: the folds, the inner split, one folder view per fold.
 
 `assign_folds` puts every labelled tile in exactly one fold, deterministically from the seed
-and whatever the listing order, stratified on each tile's share of class-1 cells so that
-every fold's validation tiles hold class 1 where the data allow: the tiles are ordered by
-that share, cut into blocks of K consecutive tiles, and each block is dealt to the K folds in
-an order drawn from the seed. A held-out test split stays out of every fold.
+and whatever the listing order, stratified on each tile's share of class-1 cells: the tiles
+are ordered by that share, highest first, cut into blocks of K consecutive tiles, and each
+block is dealt to the K folds in an order drawn from the seed. The first block therefore
+holds the K tiles richest in class 1, so every fold holds class 1 whenever at least K tiles
+do (the partial block, when K does not divide the count, is the poorest one). A held-out
+test split stays out of every fold.
 
-`fold_manifest` is a fold's own manifest, saved into a folder of its own: the fold's
-split (its tiles as `val`, the other folds' as `train`, the test and predict tiles as they
-are), the per-channel mean and std of the fold's training tiles only, and the shared cache's
-tile files by absolute path (nothing is copied). Training and evaluation use the view like
-any processed folder, so a fold's checkpoint records exactly the data of its fold.
+`inner_split` cuts a fold's training tiles into the tiles it trains on and the tiles that
+choose its epoch (early stopping, best checkpoint), stratified the same way, so that the
+fold's own validation tiles never take part in choosing the model scored on them.
+
+`fold_manifest` is a fold's own manifest, saved into a folder of its own: the fold's split,
+the per-channel mean and std of the tiles it trains on only, and the shared cache's tile
+files by absolute path with their recorded hashes (nothing is copied; a file changed since is
+detected by `Manifest.check_files`). Training and evaluation use the view like any processed
+folder, so a fold's checkpoint records exactly the data of its fold.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
 from src.esd_data.cache import TileStats, read_tile_stats
-from src.esd_data.manifest import Manifest, TileRecord
+from src.esd_data.manifest import Manifest
 from src.esd_data.reader import tile_number
 
 CONTEST_CLASS = 1
@@ -44,7 +48,7 @@ def assign_folds(shares: dict[str, float], folds: int, seed: int) -> list[list[s
         raise ValueError(f"cross-validation needs at least 2 folds, got {folds}")
     if len(shares) < folds:
         raise ValueError(f"{len(shares)} labelled tile(s) cannot fill {folds} folds")
-    ordered = sorted(shares, key=lambda tile: (shares[tile], tile_number(tile)))
+    ordered = sorted(shares, key=lambda tile: (-shares[tile], tile_number(tile)))
     rng = np.random.default_rng(seed)
     assigned: list[list[str]] = [[] for _ in range(folds)]
     for start in range(0, len(ordered), folds):
@@ -54,32 +58,55 @@ def assign_folds(shares: dict[str, float], folds: int, seed: int) -> list[list[s
     return [sorted(tiles, key=tile_number) for tiles in assigned]
 
 
+def inner_split(
+    shares: dict[str, float], fraction: float, seed: int
+) -> tuple[list[str], list[str]]:
+    """(tiles to train on, tiles that choose the epoch) out of a fold's training tiles.
+
+    About `fraction` of the tiles (at least one) choose the epoch, stratified like the folds.
+    With at least two class-1 tiles both parts hold class 1; with one, it stays in training
+    (a model must see the class to learn it).
+    """
+    if not 0.0 < fraction < 1.0:
+        raise ValueError(f"the inner validation fraction must be in (0, 1), got {fraction}")
+    if len(shares) < 2:
+        raise ValueError(f"{len(shares)} training tile(s) cannot be split into train and val")
+    parts = min(len(shares), max(2, round(1 / fraction)))
+    folds = assign_folds(shares, parts, seed)
+    with_class1 = sum(share > 0 for share in shares.values())
+    if with_class1 >= 2:
+        chosen = next(f for f in folds if any(shares[t] > 0 for t in f))
+    elif with_class1 == 1:
+        chosen = next(f for f in folds if not any(shares[t] > 0 for t in f))
+    else:
+        chosen = folds[0]
+    train = [tile for tile in sorted(shares, key=tile_number) if tile not in set(chosen)]
+    return train, chosen
+
+
 def fold_manifest(
-    manifest: Manifest, processed_dir: Path, validation: list[str], labelled: list[str]
+    manifest: Manifest, processed_dir: Path, train: list[str], val: list[str], test: list[str]
 ) -> Manifest:
-    """The manifest of one fold: `validation` as val, the other labelled tiles as train,
-    the training tiles' statistics, the shared tile files by absolute path."""
+    """The manifest of one fold: `train`, `val` and `test` as its split (nothing to predict),
+    the statistics of `train`, the shared tile files by absolute path."""
     folder = Path(processed_dir).resolve()
-    train = [tile for tile in labelled if tile not in set(validation)]
     mean, std = TileStats.merge([read_tile_stats(folder, tile) for tile in train])
     split = {
         "train": sorted(train, key=tile_number),
-        "val": sorted(validation, key=tile_number),
-        "test": list(manifest.split.get("test", [])),
-        "predict": list(manifest.split.get("predict", [])),
+        "val": sorted(val, key=tile_number),
+        "test": sorted(test, key=tile_number),
+        "predict": [],
     }
+    used = {tile for tiles in split.values() for tile in tiles}
     tiles = {
-        name: TileRecord(
-            str(folder / record.image),
-            None if record.labels is None else str(folder / record.labels),
-            record.fingerprint,
-            record.image_bytes,
-            record.sha256,
+        name: replace(
+            record,
+            image=str(folder / record.image),
+            labels=None if record.labels is None else str(folder / record.labels),
         )
         for name, record in manifest.tiles.items()
+        if name in used
     }
-    fingerprint = hashlib.sha256(json.dumps([manifest.fingerprint, split]).encode()).hexdigest()
     return replace(
-        manifest, split=split, mean=mean.tolist(), std=std.tolist(), tiles=tiles,
-        fingerprint=fingerprint,
-    )  # fmt: skip
+        manifest, split=split, mean=mean.tolist(), std=std.tolist(), tiles=tiles
+    ).sealed()

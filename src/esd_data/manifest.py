@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +19,9 @@ from src.esd_data.sensors import (
 )
 
 MANIFEST_FILE = "manifest.json"
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4
+SAMPLE_BLOCKS = 64
+SAMPLE_BLOCK_BYTES = 4096
 
 BandSelection = dict[str, list[str] | None] | list[str]
 """Sensor name → band, date or `date/band` names to keep (None keeps all of that sensor),
@@ -77,18 +80,59 @@ PURPOSES = ("training", "evaluation")
 `scripts.evaluate --raw_dir`) has every tile in `predict` and is never trained on."""
 
 
+def sample_digest(path: Path) -> str:
+    """SHA-256 of the file's size and of `SAMPLE_BLOCKS` blocks spread evenly over it: reads
+    256 KiB whatever the file's size, and tells one tile's pixels from another's."""
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as handle:
+        size = handle.seek(0, 2)
+        digest.update(str(size).encode())
+        last = max(0, size - SAMPLE_BLOCK_BYTES)
+        for block in range(SAMPLE_BLOCKS):
+            handle.seek(last * block // (SAMPLE_BLOCKS - 1))
+            digest.update(handle.read(SAMPLE_BLOCK_BYTES))
+    return digest.hexdigest()
+
+
+def pixel_digest(path: Path) -> str:
+    """SHA-256 of the pixels of a stored tile (as `TileRecord.sha256` records them)."""
+    pixels = np.load(path, mmap_mode="r")
+    digest = hashlib.sha256()
+    for channel in pixels:  # a channel at a time: bounded memory for any tile size
+        digest.update(memoryview(np.ascontiguousarray(channel)).cast("B"))
+    return digest.hexdigest()
+
+
 @dataclass(frozen=True)
 class TileRecord:
     """Where one parent tile's processed arrays are, relative to the processed folder, with
-    the image file's size in bytes (checked before use), the fingerprint of its raw files and
-    parameters, and the SHA-256 of its processed pixels (the same data gives the same hash on
-    any machine)."""
+    the image file's size in bytes, the fingerprint of its raw files and parameters, the
+    SHA-256 of its processed pixels (the same data gives the same hash on any machine) and
+    the `sample_digest` of its image file (the cheap check that it is still that file)."""
 
     image: str
     labels: str | None
     fingerprint: str
     image_bytes: int
     sha256: str
+    sample_sha256: str
+
+    def file_problem(self, folder: Path, full: bool = False) -> str | None:
+        """What is wrong with this tile's files in `folder` (None: they are the recorded
+        ones): missing, another size, or other content (sampled, or every pixel with `full`)."""
+        image = Path(folder) / self.image
+        if not image.is_file():
+            return f"{image} is missing"
+        size = image.stat().st_size
+        if size != self.image_bytes:
+            return f"{image} has {size} bytes, the manifest records {self.image_bytes}"
+        if sample_digest(image) != self.sample_sha256 or (
+            full and pixel_digest(image) != self.sha256
+        ):
+            return f"{image} is not the file the manifest records (other pixels)"
+        if self.labels is not None and not (Path(folder) / self.labels).is_file():
+            return f"{Path(folder) / self.labels} is missing"
+        return None
 
 
 @dataclass(frozen=True)
@@ -107,14 +151,42 @@ class Manifest:
     tile_size_gt: int
     mean: list[float]
     std: list[float]
-    fingerprint: str
+    inputs: str
+    """Hash of what the cache was built from (raw files, parameters, split options)."""
     tiles: dict[str, TileRecord]
     purpose: str = "training"
     format_version: int = FORMAT_VERSION
+    fingerprint: str = ""
+    """Hash of everything above (split, statistics, preprocessing, tile records): a manifest
+    edited by hand no longer matches it. Set by `sealed`."""
+
+    def content_hash(self) -> str:
+        """The SHA-256 of every field but `fingerprint`."""
+        values = {k: v for k, v in asdict(self).items() if k != "fingerprint"}
+        return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()
+
+    def sealed(self) -> Manifest:
+        """This manifest with its split checked and its `fingerprint` set from its content."""
+        self.check_split()
+        return replace(self, fingerprint=self.content_hash())
+
+    def check_split(self) -> None:
+        """ValueError naming tiles in two splits, or in a split but not in `tiles`."""
+        seen: dict[str, str] = {}
+        problems = []
+        for name, tiles in self.split.items():
+            for tile in tiles:
+                if tile in seen:
+                    problems.append(f"{tile} is in both {seen[tile]} and {name}")
+                elif tile not in self.tiles:
+                    problems.append(f"{tile} ({name}) has no tile record")
+                seen.setdefault(tile, name)
+        if problems:
+            raise ValueError("the split is inconsistent: " + "; ".join(problems))
 
     def save(self, processed_dir: Path) -> None:
-        """Atomically write `manifest.json` into `processed_dir`."""
-        write_json(Path(processed_dir) / MANIFEST_FILE, asdict(self))
+        """Atomically write `manifest.json` into `processed_dir` (sealed)."""
+        write_json(Path(processed_dir) / MANIFEST_FILE, asdict(self.sealed()))
 
     @classmethod
     def load(cls, processed_dir: Path) -> Manifest:
@@ -136,9 +208,23 @@ class Manifest:
                 f"{path} has format version {values.get('format_version')}, this code reads "
                 f"{FORMAT_VERSION}: run scripts.prepare again"
             )
-        values["tiles"] = {k: TileRecord(**v) for k, v in values["tiles"].items()}
-        values["tile_shape"] = tuple(values["tile_shape"])
-        return cls(**values)
+        rebuild = f"run scripts.prepare again (or restore {path})"
+        try:
+            values["tiles"] = {k: TileRecord(**v) for k, v in values["tiles"].items()}
+            values["tile_shape"] = tuple(values["tile_shape"])
+            manifest = cls(**values)
+        except (KeyError, TypeError, AttributeError) as error:
+            raise ValueError(f"{path} is damaged ({error}): {rebuild}") from None
+        if manifest.fingerprint != manifest.content_hash():
+            raise ValueError(
+                f"{path} was edited or damaged (its content no longer matches its fingerprint): "
+                f"{rebuild}"
+            )
+        try:
+            manifest.check_split()
+        except ValueError as error:
+            raise ValueError(f"{path}: {error}: {rebuild}") from None
+        return manifest
 
     def tiles_in(self, split: str) -> list[str]:
         """The parent tiles of a split (`train`, `val`, `test` or `predict`)."""
@@ -199,28 +285,31 @@ class Manifest:
             raise ValueError("the band selection selects no channel")
         return indices
 
-    def check_files(self, processed_dir: Path) -> None:
-        """FileNotFoundError / ValueError naming the first tile file that is missing, truncated
-        or of another shape than the manifest says, before any of it is used."""
+    def check_files(self, processed_dir: Path, full: bool = False) -> None:
+        """ValueError naming every tile whose files are missing, truncated or not the ones the
+        manifest records, before any of it is used. The content check reads a sample of each
+        file (`sample_digest`); `full` hashes every pixel."""
         folder = Path(processed_dir)
-        rebuild = (
-            f"rebuild it with `python -m scripts.prepare --raw_dir {self.raw_dir} "
-            f"--processed_dir {folder}`"
-        )
-        for tile, record in self.tiles.items():
-            image = folder / record.image
-            if not image.is_file():
-                raise FileNotFoundError(f"{image} ({tile}) is missing from the cache: {rebuild}")
-            size = image.stat().st_size
-            if size != record.image_bytes:
-                raise ValueError(
-                    f"{image} ({tile}) has {size} bytes, the manifest expects "
-                    f"{record.image_bytes} (truncated or replaced): {rebuild}"
-                )
-            if record.labels is not None and not (folder / record.labels).is_file():
-                raise FileNotFoundError(
-                    f"{folder / record.labels} ({tile}) is missing from the cache: {rebuild}"
-                )
+        problems = [
+            f"{tile}: {problem}"
+            for tile, record in self.tiles.items()
+            if (problem := record.file_problem(folder, full)) is not None
+        ]
+        if problems:
+            shared = any(Path(r.image).is_absolute() for r in self.tiles.values())
+            fix = (
+                "the shared cache this view points at was re-prepared or changed since: run "
+                "the cross-validation again under a new name"
+                if shared
+                else f"rebuild it with `python -m scripts.prepare --raw_dir {self.raw_dir} "
+                f"--processed_dir {folder}`"
+            )
+            raise ValueError(
+                f"{len(problems)} tile file(s) of {folder} are not the recorded ones: "
+                + "; ".join(problems[:5])
+                + (" …" if len(problems) > 5 else "")
+                + f"; {fix}"
+            )
 
     def normalisation(self, indices: list[int]) -> tuple[np.ndarray, np.ndarray]:
         """Per-channel (mean, std) as float32 arrays for the selected channels."""

@@ -12,13 +12,15 @@ others wait and then reuse the cache.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from src.esd_data.manifest import MANIFEST_FILE, Manifest
+from src.esd_data.manifest import FORMAT_VERSION, MANIFEST_FILE, Manifest
 from src.esd_data.subtiles import check_tile_size_gt
 
 if TYPE_CHECKING:
@@ -79,7 +81,7 @@ class PrepareRequest:
         except TypeError as error:
             raise ValueError(f"preprocessing: {error}") from error
 
-    def resolve(self, previous: Manifest | None) -> PrepareOptions:
+    def resolve(self, previous: Manifest | OutdatedManifest | None) -> PrepareOptions:
         """The concrete options: explicit values, else `previous`'s, else the defaults."""
         if previous is None:
             return PrepareOptions(
@@ -102,7 +104,7 @@ def _given(value: Any, fallback: Any) -> Any:
     return fallback if value is None else value
 
 
-def describe_changes(previous: Manifest, options: PrepareOptions) -> str | None:
+def describe_changes(previous: Manifest | OutdatedManifest, options: PrepareOptions) -> str | None:
     """One line naming what `options` change in a prepared folder (None: nothing)."""
     rebuilt = [
         f"{key}={value!r} (was {previous.preprocessing.get(key)!r})"
@@ -128,13 +130,52 @@ def describe_changes(previous: Manifest, options: PrepareOptions) -> str | None:
     return "; ".join(parts) or None
 
 
-def read_previous_manifest(processed_dir: Path) -> Manifest | None:
-    """The folder's manifest, or None when there is none or it cannot be used any more."""
-    if not (Path(processed_dir) / MANIFEST_FILE).is_file():
+@dataclass(frozen=True)
+class OutdatedManifest:
+    """The preparation options of a manifest written by an older esd (another format)."""
+
+    raw_dir: str
+    preprocessing: dict[str, Any]
+    seed: int
+    val_fraction: float
+    test_fraction: float
+    tile_size_gt: int
+    purpose: str = "training"
+
+
+def read_previous_manifest(processed_dir: Path) -> Manifest | OutdatedManifest | None:
+    """The folder's manifest (None when there is none); an older format's options, so that
+    rebuilding keeps its split. ValueError for a damaged or edited one: a rebuild would have
+    to guess its split, so it is not rebuilt silently."""
+    path = Path(processed_dir) / MANIFEST_FILE
+    if not path.is_file():
         return None
     try:
         return Manifest.load(processed_dir)
-    except (ValueError, TypeError, KeyError):
+    except ValueError as error:
+        try:
+            values = json.loads(path.read_text())
+            if values.get("format_version") != FORMAT_VERSION:
+                names = [f.name for f in dataclasses.fields(OutdatedManifest)]
+                return OutdatedManifest(**{name: values[name] for name in names if name in values})
+        except (ValueError, KeyError, TypeError, AttributeError):
+            pass
+        raise ValueError(
+            f"{error}; to rebuild it, give its split explicitly (--seed, --val_fraction and "
+            f"--test_fraction), or delete {path}"
+        ) from None
+
+
+def read_manifest_for(
+    request: PrepareRequest, processed_dir: Path
+) -> Manifest | OutdatedManifest | None:
+    """`read_previous_manifest`, except that a damaged manifest is rebuilt (None) when
+    `request` gives the whole split."""
+    try:
+        return read_previous_manifest(processed_dir)
+    except ValueError:
+        if None in (request.split_seed, request.val_fraction, request.test_fraction):
+            raise
         return None
 
 
@@ -151,7 +192,9 @@ def preparation_lock(processed_dir: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def check_same_source(previous: Manifest | None, raw_dir: Path, processed_dir: Path) -> None:
+def check_same_source(
+    previous: Manifest | OutdatedManifest | None, raw_dir: Path, processed_dir: Path
+) -> None:
     """ValueError when `processed_dir` was prepared from another raw folder than `raw_dir`."""
     if previous is None or Path(previous.raw_dir).resolve() == Path(raw_dir).resolve():
         return
@@ -168,15 +211,17 @@ def prepare_requested(
     request: PrepareRequest,
     workers: int = 2,
     log: Any = print,
+    verify: str = "sample",
 ) -> PrepareSummary:
     """Prepare (or reuse) `processed_dir` from `raw_dir` as `request` asks, under the lock.
 
     Logs one line when explicit options change a prepared folder, and one summary line.
+    `verify` is how cached tiles are checked before reuse ("sample" or "full", every pixel).
     """
     from src.esd_data.cache import prepare_dataset
 
     with preparation_lock(processed_dir):
-        previous = read_previous_manifest(processed_dir)
+        previous = read_manifest_for(request, processed_dir)
         check_same_source(previous, raw_dir, processed_dir)
         options = request.resolve(previous)
         change = None if previous is None else describe_changes(previous, options)
@@ -191,5 +236,6 @@ def prepare_requested(
             options.test_fraction,
             workers,
             options.preprocessing,
+            verify=verify,
         )
     return summary

@@ -23,6 +23,7 @@ from src.esd_data.manifest import Manifest
 from src.esd_data.preparation import preparation_lock, read_previous_manifest
 from src.esd_data.reader import tile_number
 from src.evaluation.config import EvalConfig
+from src.evaluation.cv_record import read_fold_checkpoints
 from src.evaluation.evaluator import (
     Predictor,
     check_compatible,
@@ -33,7 +34,6 @@ from src.evaluation.evaluator import (
 from src.evaluation.report import true_colour_image, write_run_outputs, write_tile_outputs
 from src.hardware import resolve_device
 from src.training.checkpoints import CheckpointError, data_identity, load_module, read_checkpoint
-from src.training.cv_config import FOLD_RESULT_FILE, FOLDS_FILE
 
 EVAL_CACHE_ROOT = Path("data/eval_cache")
 TILE_OUTPUT = re.compile(r"(Tile\d+)(\.png|_prediction\.tif|_probabilities\.tif|_attention\.png)")
@@ -216,34 +216,10 @@ def choose_checkpoints(config: EvalConfig) -> tuple[list[Path], str]:
 
 
 def _cv_checkpoints(cv_dir: Path) -> tuple[list[Path], str]:
-    """The best checkpoint each fold of a cross-validation recorded when it finished.
-
-    `cv_dir` is a cross-validation's folder (all its model types) or one model's folder in it.
-    """
-    if (cv_dir / FOLDS_FILE).is_file():
-        root, models = cv_dir, sorted(d for d in cv_dir.iterdir() if (d / "fold_0").is_dir())
-    elif (cv_dir.parent / FOLDS_FILE).is_file():
-        root, models = cv_dir.parent, [cv_dir]
-    else:
-        raise CheckpointError(
-            f"--cv_dir {cv_dir} is not the folder of a cross-validation (no {FOLDS_FILE} in it "
-            f"or above it): pass <output_dir>/<name> or <output_dir>/<name>/<model_type> of "
-            f"python -m scripts.cross_validate"
-        )
-    n_folds = len(json.loads((root / FOLDS_FILE).read_text())["folds"])
-    results = [model / f"fold_{k}" / FOLD_RESULT_FILE for model in models for k in range(n_folds)]
-    unfinished = [str(result.parent) for result in results if not result.is_file()]
-    if unfinished or not results:
-        raise CheckpointError(
-            f"fold(s) {', '.join(unfinished) or 'all'} of --cv_dir {cv_dir} have not finished "
-            f"(no {FOLD_RESULT_FILE}): run python -m scripts.cross_validate again to complete them"
-        )
-    chosen = []
-    for result in results:
-        # The file the fold recorded, found under the fold's own folder (which may have moved).
-        recorded = Path(json.loads(result.read_text())["best_checkpoint"])
-        chosen.append(next((result.parent / "checkpoints").rglob(recorded.name), recorded))
-    return chosen, f"the best checkpoint of each of the {len(chosen)} folds in {cv_dir}"
+    """The checkpoint each fold of a cross-validation chose when it finished (`cv_dir` is its
+    folder, all its model types, or one model's folder in it)."""
+    chosen = read_fold_checkpoints(cv_dir)
+    return chosen, f"the checkpoint each of the {len(chosen)} folds in {cv_dir} chose"
 
 
 def evaluate(config: EvalConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
@@ -262,7 +238,7 @@ def evaluate(config: EvalConfig, log: Callable[[str], None] = print) -> dict[str
         hparams.append(checkpoint["hyper_parameters"])
         epochs.append(int(checkpoint.get("epoch", -1)))
     del checkpoint
-    check_ensemble(hparams)
+    check_ensemble(hparams, config.tile_size_gt)
     device = resolve_device(config.accelerator)
     if config.raw_dir is not None:
         source = _from_raw(config, identities, log)

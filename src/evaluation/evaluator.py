@@ -144,10 +144,19 @@ def check_compatible(identity: DataIdentity, manifest: Manifest, processed_dir: 
         )
 
 
-def check_ensemble(hparams: Sequence[Mapping[str, Any]]) -> None:
+def check_ensemble(hparams: Sequence[Mapping[str, Any]], tile_size_gt: int | None = None) -> None:
     """CheckpointError unless every checkpoint (its hyper-parameters) reads the same channels
-    at the same cell size."""
+    at the same cell size, and, unless `tile_size_gt` sets one window for all, was trained on
+    windows of the same size."""
     first = hparams[0]
+    sizes = sorted({int(hp["tile_size_gt"]) for hp in hparams})
+    if tile_size_gt is None and len(sizes) > 1:
+        raise CheckpointError(
+            f"the checkpoints of an ensemble were trained on windows of "
+            f"{' and '.join(map(str, sizes))} label cells (tile_size_gt): every model would run "
+            f"at the first one's window; ensemble checkpoints of one tile_size_gt, or choose "
+            f"the window for all with --tile_size_gt"
+        )
     for hp in hparams[1:]:
         if list(hp["channels"]) != list(first["channels"]) or hp["cell_px"] != first["cell_px"]:
             raise CheckpointError(

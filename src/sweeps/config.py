@@ -49,6 +49,11 @@ class SweepConfig:
         "cross-validation (cv, pruned after each fold)",
     )
     folds: int = config_field(3, "folds of --objective cv")
+    selection: Literal["inner", "last", "outer"] = config_field(
+        "inner",
+        "how the folds of --objective cv choose their checkpoints: inner (an inner split of "
+        "each fold's training tiles), last (the last epoch) or outer (optimistic)",
+    )
     heartbeat_s: int = config_field(
         30, "database storages: a trial whose worker is silent for 3× this long is failed"
     )

@@ -23,6 +23,7 @@ died is queued to run again first. With `objective="cv"`, a trial's value is the
 from __future__ import annotations
 
 import itertools
+import secrets
 import signal
 import threading
 from collections.abc import Callable
@@ -105,12 +106,18 @@ class MetricTracker(L.Callback):
     def __init__(self, metric: str) -> None:
         self.metric = metric
         self.values: list[float] = []
+        self.monitored: list[float] = []
+        """The module's monitor (what checkpoints are chosen by), epoch by epoch."""
         self.interrupted = False
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.sanity_checking or self.metric not in trainer.callback_metrics:
+        metrics = trainer.callback_metrics
+        if trainer.sanity_checking or self.metric not in metrics:
             return
-        self.values.append(float(trainer.callback_metrics[self.metric]))
+        self.values.append(float(metrics[self.metric]))
+        monitor = getattr(pl_module.hparams, "monitor", None)
+        if monitor in metrics:
+            self.monitored.append(float(metrics[monitor]))
         self.report(trainer, len(self.values))
 
     def report(self, trainer: L.Trainer, epochs: int) -> None:
@@ -158,6 +165,8 @@ class OptunaRun:
     heartbeat_s: int = 30
     objective: str = "val"
     folds: int = 3
+    selection: str = "inner"
+    """How a cross-validated trial's folds choose their checkpoints (`CVConfig.selection`)."""
     output_dir: Path = Path("sweeps")
     worker: int = 0
     """This worker's index among the call's workers (offsets the sampler's seed)."""
@@ -188,6 +197,7 @@ def open_study(spec: SweepSpec, run: OptunaRun, max_epochs: int) -> optuna.Study
             f"study {run.study_name!r} optimises {metric}, but the sweep file says "
             f"{spec.metric}: use another --study_name or --storage"
         )
+    _check_protocol(study, run)
     if spec.method == "grid" and not study.user_attrs.get("grid_queued"):
         names = list(spec.grid())
         for point in itertools.product(*spec.grid().values()):
@@ -195,6 +205,41 @@ def open_study(spec: SweepSpec, run: OptunaRun, max_epochs: int) -> optuna.Study
         study.set_user_attr("grid_queued", True)
     study.sampler = make_sampler(spec, run.seed + len(study.trials) + 1000 * run.worker)
     return study
+
+
+PROTOCOL = "protocol"
+IDENTITY = "identity"
+
+
+def run_protocol(run: OptunaRun) -> dict[str, Any]:
+    """What a trial's value means: the objective, and for `cv` its folds and selection rule."""
+    if run.objective == "cv":
+        return {"objective": "cv", "folds": run.folds, "selection": run.selection}
+    return {"objective": run.objective}
+
+
+def _check_protocol(study: optuna.Study, run: OptunaRun) -> None:
+    """Record the protocol (and a unique identity) with a new study; SweepError when a call
+    would add trials of another protocol to an existing one, whose values would not compare."""
+    wanted = run_protocol(run)
+    recorded = study.user_attrs.get(PROTOCOL)
+    if recorded is None:
+        study.set_user_attr(PROTOCOL, wanted)
+    elif recorded != wanted:
+        described = ", ".join(f"{k} {v}" for k, v in recorded.items())
+        asked = ", ".join(f"{k} {v}" for k, v in wanted.items())
+        raise SweepError(
+            f"study {run.study_name!r} in {run.storage} scores trials by {described}, not "
+            f"{asked}: use the study's options, or another --study_name or --storage"
+        )
+    if IDENTITY not in study.user_attrs:
+        study.set_user_attr(IDENTITY, secrets.token_hex(4))
+
+
+def study_folder(study: optuna.Study, run: OptunaRun) -> Path:
+    """The folder of this study's cross-validated trials: `<output_dir>/cv/<name>-<identity>`,
+    so a new study (another storage, the journal moved away) never sees another's folds."""
+    return run.output_dir / "cv" / f"{run.study_name}-{study.user_attrs[IDENTITY]}"
 
 
 def trial_limit(spec: SweepSpec, run: OptunaRun) -> int | None:
@@ -250,46 +295,70 @@ def make_objective(
 
     def objective(trial: optuna.Trial) -> float:
         _admit(trial.study, trial, limit)
-        values = suggest(trial, spec.parameters)
-        config = trial_config(base, values, f"trial-{trial.number}")
-        trial.set_user_attr("config", config_values(config))
-        trial.set_user_attr("run_name", config.wandb_run_name)
         main_thread = threading.current_thread() is threading.main_thread()
         handler = signal.getsignal(signal.SIGINT) if main_thread else None
-        # A cross-validation reports per fold (below), so its callback only watches for Ctrl-C.
-        cv = run.objective == "cv"
-        callback = MetricTracker(spec.metric) if cv else PruningCallback(trial, spec.metric)
         try:
-            if cv:
-                return _cross_validated(trial, config, run, callback)
-            results = train(config, extra_callbacks=[callback])
-        except SystemExit as error:
-            if callback.interrupted:  # Lightning's answer to Ctrl-C
-                trial.set_user_attr(INTERRUPTED, True)
-                raise KeyboardInterrupt from error
-            trial.set_user_attr(ERROR, f"training exited with status {error.code}")
-            raise RuntimeError(f"training exited with status {error.code}") from error
+            return _run_trial(trial, spec, base, train, run)
         except KeyboardInterrupt:
             trial.set_user_attr(INTERRUPTED, True)
             raise
         except optuna.TrialPruned:
-            trial.set_user_attr("epochs", len(callback.values))
             raise
-        except Exception as error:
+        except Exception as error:  # a failure of the trial itself: counted, not re-run
             trial.set_user_attr(ERROR, f"{type(error).__name__}: {error}")
             raise
         finally:
             if main_thread:  # Lightning ignores SIGINT after a Ctrl-C; let the next one stop us
                 signal.signal(signal.SIGINT, handler)
-        trial.set_user_attr("epochs", len(callback.values))
-        for key in ("best_model_path", "best_model_score"):
-            trial.set_user_attr(key, results.get(key))
-        value = results.get(spec.metric, callback.values[-1] if callback.values else None)
-        if value is None:
-            raise RuntimeError(f"training logged no {spec.metric} (logged: {sorted(results)})")
-        return float(value)
 
     return objective
+
+
+def _run_trial(trial: optuna.Trial, spec: SweepSpec, base: ESDConfig, train: TrainFunction,
+               run: OptunaRun) -> float:  # fmt: skip
+    """Sample, train `trial-<number>` (or cross-validate it) and return its value: the metric
+    of the checkpoint the trial exports (the best epoch by the run's monitor)."""
+    values = suggest(trial, spec.parameters)
+    config = trial_config(base, values, f"trial-{trial.number}")
+    trial.set_user_attr("config", config_values(config))
+    trial.set_user_attr("run_name", config.wandb_run_name)
+    # A cross-validation reports per fold, so its callback only watches for Ctrl-C.
+    cv = run.objective == "cv"
+    callback = MetricTracker(spec.metric) if cv else PruningCallback(trial, spec.metric)
+    try:
+        if cv:
+            return _cross_validated(trial, config, run, callback)
+        results = train(config, extra_callbacks=[callback])
+    except SystemExit as error:
+        if callback.interrupted:  # Lightning's answer to Ctrl-C
+            raise KeyboardInterrupt from error
+        raise RuntimeError(f"training exited with status {error.code}") from error
+    except optuna.TrialPruned:
+        trial.set_user_attr("epochs", len(callback.values))
+        raise
+    trial.set_user_attr("epochs", len(callback.values))
+    for key in ("best_model_path", "best_model_score"):
+        trial.set_user_attr(key, results.get(key))
+    tested = {k: v for k, v in results.items() if k.startswith("test_")}
+    if tested:
+        trial.set_user_attr("test_scores", tested)
+    value = _exported_value(results, callback, spec.metric, config)
+    if value is None:
+        raise RuntimeError(f"training logged no {spec.metric} (logged: {sorted(results)})")
+    return float(value)
+
+
+def _exported_value(results: dict[str, Any], tracker: MetricTracker, metric: str,
+                    config: ESDConfig) -> float | None:  # fmt: skip
+    """The sweep metric at the epoch of the checkpoint the trial exports (its best by the
+    monitor), not at the last epoch."""
+    if metric == config.monitor and results.get("best_model_score") is not None:
+        return float(results["best_model_score"])
+    if tracker.monitored and len(tracker.monitored) == len(tracker.values):
+        pick = max if config.monitor_mode == "max" else min
+        best = pick(tracker.monitored)
+        return tracker.values[tracker.monitored.index(best)]  # the first best, as Lightning
+    return results.get(metric, tracker.values[-1] if tracker.values else None)
 
 
 def _cross_validated(
@@ -297,8 +366,8 @@ def _cross_validated(
 ) -> float:
     """The mean `f1_class1` of a K-fold cross-validation of the trial's config, reported to
     Optuna (and pruned) after each fold; the fold scores go to the trial's attributes."""
-    from src.training.cross_validation import cross_validate
-    from src.training.cv_config import CVConfig
+    from src.cross_validation.config import CVConfig
+    from src.cross_validation.run import cross_validate
 
     scores: list[float] = []
 
@@ -311,7 +380,7 @@ def _cross_validated(
 
     cv = CVConfig(
         folds=run.folds, model_type=[config.model_type], name=f"trial-{trial.number}",
-        output_dir=run.output_dir / "cv",
+        output_dir=study_folder(trial.study, run), selection=run.selection,
     )  # fmt: skip
     summary = cross_validate(
         cv, config, log=lambda _: None, extra_callbacks=[callback], on_fold=after_fold

@@ -50,6 +50,8 @@ class TrialRecord:
     epochs: int | None = None
     duration_s: float | None = None
     error: str | None = None
+    test_scores: dict[str, float] | None = None
+    """The trial's checkpoint on the held-out test tiles (never used to choose it)."""
 
 
 def _finite(value: Any) -> float | None:
@@ -100,6 +102,7 @@ def records_from_study(study: Any, spec: SweepSpec) -> list[TrialRecord]:
                 epochs=trial.user_attrs.get("epochs", len(intermediate) or None),
                 duration_s=trial.duration.total_seconds() if trial.duration else None,
                 error=error,
+                test_scores=trial.user_attrs.get("test_scores"),
             )
         )
     return records
@@ -221,7 +224,14 @@ def write_best_config(path: Path, record: TrialRecord, spec: SweepSpec, study: s
     header = (
         f"# Best trial of sweep {study}: {record.run_name or record.number} "
         f"({spec.metric} = {record.value:.6g}, goal {spec.goal}).\n"
-        f"# Retrain with: python -m scripts.train --config {path}\n"
+        + (
+            "# Held-out test scores of its checkpoint: "
+            + ", ".join(f"{k} = {v:.6g}" for k, v in sorted(record.test_scores.items()))
+            + "\n"
+            if record.test_scores
+            else ""
+        )
+        + f"# Retrain with: python -m scripts.train --config {path}\n"
     )
     body = yaml.safe_dump(best_config_values(record), sort_keys=False, allow_unicode=True)
     with atomic_path(path) as temporary:
@@ -341,6 +351,12 @@ def write_results(
         written["best_config"] = output_dir / BEST_CONFIG_FILE
         write_best_config(written["best_config"], best, spec, study)
         log(f"best: {best.run_name or best.number} with {spec.metric} = {best.value:.4g}")
+        if best.test_scores:
+            log(
+                "its checkpoint on the test tiles (held out, used by no choice): "
+                + ", ".join(f"{k} = {v:.4g}" for k, v in sorted(best.test_scores.items()))
+                + f"; the {spec.metric} above chose it among the trials, so it is optimistic"
+            )
     written["plot"] = output_dir / PLOT_FILE
     save_figure(plot_sweep(ordered, spec), written["plot"])
     for kind, path in written.items():

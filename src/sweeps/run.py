@@ -214,6 +214,7 @@ def run_sweep(options: SweepConfig, base: ESDConfig, explicit: set[str]) -> int:
         heartbeat_s=options.heartbeat_s,
         objective=options.objective,
         folds=options.folds,
+        selection=options.selection,
         output_dir=output_dir,
     )
     interrupted = False

@@ -129,16 +129,28 @@ def build_module(config: ESDConfig, data: ESDDataModule) -> ESDSegmentation:
     )
 
 
-def checkpoint_callbacks(config: ESDConfig, name: str) -> tuple[ModelCheckpoint, ModelCheckpoint]:
-    """(best by the monitored metric, last completed epoch), both in the run's folder."""
+def validates(config: ESDConfig) -> bool:
+    """Whether the run validates at all (`--limit_val_batches 0`: a fixed budget, no choice)."""
+    return config.limit_val_batches != 0
+
+
+def checkpoint_callbacks(
+    config: ESDConfig, name: str
+) -> tuple[ModelCheckpoint | None, ModelCheckpoint]:
+    """(best by the monitored metric, last completed epoch), both in the run's folder; no
+    best checkpoint for a run that does not validate."""
     folder = config.checkpoint_dir / config.model_type / name
-    best = ModelCheckpoint(
-        dirpath=folder,
-        filename=f"best-{{epoch:03d}}-{{{config.monitor}:.4f}}",
-        monitor=config.monitor,
-        mode=config.monitor_mode,
-        auto_insert_metric_name=False,
-        save_on_train_epoch_end=True,
+    best = (
+        None
+        if not validates(config)
+        else ModelCheckpoint(
+            dirpath=folder,
+            filename=f"best-{{epoch:03d}}-{{{config.monitor}:.4f}}",
+            monitor=config.monitor,
+            mode=config.monitor_mode,
+            auto_insert_metric_name=False,
+            save_on_train_epoch_end=True,
+        )
     )
     last = ModelCheckpoint(
         dirpath=folder,
@@ -167,10 +179,10 @@ def build_trainer(
     check_accelerator(config.accelerator)
     quiet_third_party()
     best, last = checkpoint_callbacks(config, name)
+    stopping = EarlyStopping(config.monitor, patience=config.patience, mode=config.monitor_mode)
     callbacks: list[L.Callback] = [
-        best,
+        *([best, stopping] if best is not None else []),
         last,
-        EarlyStopping(config.monitor, patience=config.patience, mode=config.monitor_mode),
         LearningRateMonitor(logging_interval="epoch"),
         TQDMProgressBar(),
         LayerSummary(max_depth=2),
@@ -215,12 +227,16 @@ def _numbers(metrics: dict[str, Any]) -> dict[str, float]:
     return {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float, torch.Tensor))}
 
 
-def train(config: ESDConfig, extra_callbacks: list[L.Callback] | None = None) -> dict[str, Any]:
-    """Prepare the data, train, test when there are test tiles; return the final metrics.
+def train(
+    config: ESDConfig, extra_callbacks: list[L.Callback] | None = None, test: bool = True
+) -> dict[str, Any]:
+    """Prepare the data, train, test when there are test tiles (and `test`); return the
+    final metrics.
 
-    The result holds the last epoch's logged metrics, `best_model_score`, `best_model_path`,
-    `last_model_path`, `run_name` and, with test tiles, the best checkpoint's `test_*`. With
-    `config.resume`, the checkpoint must belong to a run of this config on the same data.
+    The result holds the last epoch's logged metrics, `best_model_score`, `best_model_path`
+    (empty without validation), `last_model_path`, `run_name` and, with test tiles, the
+    chosen checkpoint's `test_*`. With `config.resume`, the checkpoint must belong to a run
+    of this config on the same data.
     """
     L.seed_everything(config.seed, workers=True, verbose=False)
     resumed_epoch = None
@@ -239,7 +255,8 @@ def train(config: ESDConfig, extra_callbacks: list[L.Callback] | None = None) ->
     if config.resume is not None:
         saved = data_identity(read_checkpoint(config.resume), config.resume)
         check_same_data(saved, DataIdentity.from_dict(module.data_identity))
-    best, last = (c for c in trainer.checkpoint_callbacks if isinstance(c, ModelCheckpoint))
+    last = next(c for c in trainer.checkpoint_callbacks if c.filename == LAST_CHECKPOINT)
+    best = next((c for c in trainer.checkpoint_callbacks if c is not last), None)
     os.environ[RUN_NAME_VARIABLE] = config.wandb_run_name or ""
     os.environ[WANDB_ID_VARIABLE] = config.wandb_id or ""
     status = "failed"
@@ -249,14 +266,14 @@ def train(config: ESDConfig, extra_callbacks: list[L.Callback] | None = None) ->
         results.update(
             run_name=config.wandb_run_name,
             metrics_csv=str(Path(trainer.loggers[0].log_dir) / "metrics.csv"),
-            best_model_path=best.best_model_path,
+            best_model_path=best.best_model_path if best is not None else "",
             last_model_path=last.best_model_path,
             best_model_score=None
-            if best.best_model_score is None
+            if best is None or best.best_model_score is None
             else float(best.best_model_score),
         )
-        if data.manifest.split["test"] and not config.fast_dev_run:
-            ckpt = results["best_model_path"] or None
+        if test and data.manifest.split["test"] and not config.fast_dev_run:
+            ckpt = results["best_model_path"] or results["last_model_path"] or None
             results.update(_numbers(trainer.test(module, datamodule=data, ckpt_path=ckpt)[0]))
         status = "finished"
     except BaseException as error:

@@ -297,6 +297,12 @@ def plot_cross_validation(summaries: Sequence[dict], save_to: Path | str | None 
     axis.set_xticks(range(len(summaries)), [s["model_type"] for s in summaries])
     axis.set_ylim(0, 1)
     axis.set_ylabel("f1_class1")
-    axis.set_title(f"{len(summaries[0]['folds'])}-fold cross-validation: mean ± std")
+    selection = summaries[0].get("selection", "outer")
+    warning = ", OPTIMISTIC" if summaries[0].get("optimistic") else ""
+    axis.set_title(
+        f"{len(summaries[0]['folds'])}-fold cross-validation: mean ± std\n"
+        f"(epoch selection: {selection}{warning})",
+        fontsize="medium",
+    )
     axis.legend(fontsize="small", loc="lower right")
     return finish_figure(figure, save_to)

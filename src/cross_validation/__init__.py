@@ -1,0 +1,1 @@
+"""K-fold cross-validation: orchestrates training and evaluation, a floor above both."""

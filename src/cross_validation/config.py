@@ -1,0 +1,80 @@
+"""`CVConfig`: the options of `scripts.cross_validate` besides the training options."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from src.cli import check_field_types, config_field
+from src.evaluation.config import TTAMode
+from src.models.registry import MODEL_TYPES
+
+Selection = Literal["inner", "last", "outer"]
+OPTIMISTIC = "outer"
+"""The one selection rule that chooses a fold's epoch on the tiles the fold is scored on."""
+
+SELECTION_LABELS = {
+    "inner": "inner: epoch chosen on an inner split of each fold's training tiles (held out)",
+    "last": "last: the last epoch of a fixed budget, no validation (held out)",
+    "outer": "outer: epoch chosen on the scored tiles themselves (OPTIMISTIC, not held out)",
+}
+"""How each selection rule is described wherever its scores are printed or written."""
+
+
+@dataclass
+class CVConfig:
+    """K-fold cross-validation over parent tiles: per-fold and out-of-fold scores."""
+
+    folds: int = config_field(5, "number of folds K (every labelled tile is validated once)")
+    model_type: list[str] = field(
+        default_factory=lambda: ["UNet"],
+        metadata={
+            "help": f"model type(s) to cross-validate, one leaderboard: {', '.join(MODEL_TYPES)}"
+        },
+    )
+    selection: Selection = config_field(
+        "inner",
+        "how each fold's checkpoint is chosen without its scored tiles: inner (early stopping "
+        "and best epoch on an inner split of its training tiles), last (the last epoch, no "
+        "validation) or outer (on the scored tiles: optimistic, for comparison only)",
+    )
+    inner_val_fraction: float = config_field(
+        0.2, "share of a fold's training tiles that choose its epoch (--selection inner)"
+    )
+    name: str | None = config_field(
+        None,
+        "name of the cross-validation (None: <model types>-<K>fold-seed<seed>-<hash of the "
+        "configuration>)",
+    )
+    output_dir: Path = config_field(Path("cv"), "folds, predictions and summaries go to DIR/name/")
+    tta: TTAMode = config_field(
+        "none", "test-time augmentation of the fold evaluations: none, flips or d4"
+    )
+
+    def __post_init__(self) -> None:
+        check_field_types(self)
+        self.output_dir = Path(self.output_dir)
+        problems = []
+        if self.folds < 2:
+            problems.append(f"folds must be at least 2, got {self.folds}")
+        if not 0.0 < self.inner_val_fraction < 1.0:
+            problems.append(f"inner_val_fraction must be in (0, 1), got {self.inner_val_fraction}")
+        unknown = [m for m in self.model_type if m not in MODEL_TYPES]
+        if unknown:
+            problems.append(
+                f"unknown model_type {', '.join(unknown)}: use {', '.join(MODEL_TYPES)}"
+            )
+        if len(set(self.model_type)) != len(self.model_type):
+            problems.append(f"model_type repeats a model: {' '.join(self.model_type)}")
+        if problems:
+            raise ValueError("; ".join(problems))
+
+    def protocol(self) -> dict[str, object]:
+        """The options of this cross-validation that determine its scores."""
+        protocol: dict[str, object] = {
+            "folds": self.folds, "selection": self.selection, "tta": self.tta,
+        }  # fmt: skip
+        if self.selection == "inner":
+            protocol["inner_val_fraction"] = self.inner_val_fraction
+        return protocol

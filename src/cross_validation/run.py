@@ -1,0 +1,269 @@
+"""`cross_validate`: K-fold cross-validation of one or more model types over parent tiles.
+
+Per fold (see `src.esd_data.folds`): a processed-folder view with the fold's split and the
+statistics of the tiles it trains on, training as `scripts.train` does (same loggers,
+checkpoints under `<output_dir>/<name>/<model_type>/fold_<k>/`), then the restitched
+evaluation of the fold's held-out tiles with the checkpoint the selection rule chose
+without them (`--selection inner`: early stopping and best epoch on an inner split of the
+fold's training tiles; `last`: the last epoch, no validation at all; `outer`, optimistic
+and labelled so: on the held-out tiles themselves). The out-of-fold (OOF) predictions,
+every labelled tile predicted once by the fold that did not train on it, are gathered in
+`<model_type>/oof/` and scored together. The summary (`summary.json`, `summary.csv`,
+`summary.png`, a printed table) is written by `src.cross_validation.summary`.
+
+Everything that determines the scores (each model's training options, the selection rule,
+folds, TTA, the data's fingerprint) is recorded with its hash in `folds.json` and every
+fold's `result.json`, and a finished fold is reused only when it is the same; the default
+name ends in that hash, so another configuration is another cross-validation. A second call
+completes an interrupted run (resuming a fold that stopped part-way from its `last.ckpt`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import tifffile
+
+from src.atomic import write_json
+from src.cross_validation.config import CVConfig
+from src.cross_validation.summary import SCORES, model_summary, write_summary
+from src.esd_data.folds import assign_folds, class1_shares, fold_manifest, inner_split
+from src.esd_data.manifest import Manifest
+from src.evaluation.config import EvalConfig
+from src.evaluation.cv_record import FOLD_RESULT_FILE, FOLDS_FILE, read_json
+from src.evaluation.evaluate import evaluate
+from src.evaluation.evaluator import TilePrediction
+from src.evaluation.report import write_run_outputs
+from src.training.config import ESDConfig
+from src.training.result_config import config_hash, differences, result_config
+from src.training.train import build_datamodule, train
+
+
+class ConfigurationMismatchError(ValueError):
+    """A folder that holds results of another configuration than the one asked for."""
+
+
+def cv_name(cv: CVConfig, seed: int, digest: str) -> str:
+    """The cross-validation's name: given, or `<model types>-<K>fold-seed<seed>-<hash>`."""
+    return cv.name or f"{'+'.join(cv.model_type)}-{cv.folds}fold-seed{seed}-{digest[:8]}"
+
+
+def _check_same(path: Path, recorded: dict[str, Any], wanted: dict[str, Any], hint: str) -> None:
+    """ConfigurationMismatchError naming the first differing options of two configurations."""
+    if recorded.get("configuration_hash") == wanted["configuration_hash"]:
+        return
+    changed = differences(recorded.get("configuration", {}), wanted["configuration"])
+    raise ConfigurationMismatchError(
+        f"{path} holds results of another configuration ({'; '.join(changed)}): {hint}"
+    )
+
+
+def _fold_plan(root: Path, plan: dict[str, Any], default_name: str) -> None:
+    """Record the plan in `root/folds.json`, or check that a previous call used the same."""
+    path = root / FOLDS_FILE
+    if path.is_file():
+        hint = (
+            f"give another --name, or leave out --name for the name derived from this "
+            f"configuration ({default_name})"
+        )
+        _check_same(path, read_json(path), plan, hint)
+        return
+    write_json(path, plan)
+
+
+def _eval_accelerator(accelerator: str) -> str:
+    return accelerator if accelerator in ("cpu", "cuda", "mps") else "auto"
+
+
+@dataclasses.dataclass(frozen=True)
+class FoldPlan:
+    """One fold: its view of the data, which split of it is scored, what identifies it."""
+
+    fold: int
+    view: Manifest
+    scored_split: str
+    identity: dict[str, Any]
+
+
+def _fold_view(cv: CVConfig, manifest: Manifest, processed: Path, shares: dict[str, float],
+               heldout: list[str], seed: int) -> tuple[Manifest, str]:  # fmt: skip
+    """The fold's manifest for `cv.selection` and the split of it that holds `heldout`."""
+    train_tiles = [tile for tile in shares if tile not in set(heldout)]
+    if cv.selection == "inner":
+        fit, choose = inner_split({t: shares[t] for t in train_tiles}, cv.inner_val_fraction, seed)
+        return fold_manifest(manifest, processed, fit, choose, heldout), "test"
+    if cv.selection == "last":
+        return fold_manifest(manifest, processed, train_tiles, [], heldout), "test"
+    return fold_manifest(manifest, processed, train_tiles, heldout, []), "val"
+
+
+def _run_fold(base: ESDConfig, cv: CVConfig, plan: FoldPlan, fold_dir: Path,
+              extra_callbacks: list[L.Callback] | None) -> dict[str, Any]:  # fmt: skip
+    """Train and evaluate one fold (resuming from its last.ckpt if it stopped part-way)."""
+    fold, view = plan.fold, plan.view
+    view.save(fold_dir / "data")
+    last = fold_dir / "checkpoints" / base.model_type / f"fold_{fold}" / "last.ckpt"
+    config = dataclasses.replace(
+        base,
+        raw_dir=None,
+        processed_dir=fold_dir / "data",
+        checkpoint_dir=fold_dir / "checkpoints",
+        log_dir=fold_dir / "logs",
+        wandb_run_name=f"fold_{fold}",
+        wandb_id=None,
+        resume=last if last.is_file() else None,
+        limit_val_batches=0 if cv.selection == "last" else base.limit_val_batches,
+    )
+    started = time.perf_counter()
+    results = train(config, extra_callbacks, test=False)
+    trained = time.perf_counter()
+    checkpoint = results["last_model_path" if cv.selection == "last" else "best_model_path"]
+    if not checkpoint:
+        raise RuntimeError(
+            f"fold {fold} saved no checkpoint by {base.monitor} (was it logged?): check "
+            f"--monitor, or use --selection last"
+        )
+    metrics = evaluate(
+        EvalConfig(
+            model_path=[Path(checkpoint)],
+            results_dir=fold_dir / "predictions",
+            split=plan.scored_split,
+            tta=cv.tta,
+            accelerator=_eval_accelerator(base.accelerator),
+        ),
+        log=lambda _: None,
+    )
+    result = {
+        "fold": fold,
+        "val_tiles": view.split[plan.scored_split],
+        "train_tiles": view.split["train"],
+        "selection": cv.selection,
+        "selection_tiles": view.split["val"] if cv.selection == "inner" else [],
+        "checkpoint": checkpoint,
+        "selected_epoch": metrics["epoch"],
+        "scores": {k: metrics["overall"][k] for k in SCORES},
+        "configuration": plan.identity,
+        "configuration_hash": config_hash(plan.identity),
+        "train_seconds": round(trained - started, 1),
+        "evaluation_seconds": round(time.perf_counter() - trained, 2),
+    }
+    write_json(fold_dir / FOLD_RESULT_FILE, result)
+    return result
+
+
+def _out_of_fold(model_dir: Path, results: list[dict[str, Any]], manifest: Manifest,
+                 processed_dir: Path) -> dict[str, Any]:  # fmt: skip
+    """Gather every fold's held-out predictions into `oof/` and score them together."""
+    oof = model_dir / "oof"
+    predictions = []
+    for result in results:
+        tiles = model_dir / f"fold_{result['fold']}" / "predictions" / "tiles"
+        for tile in result["val_tiles"]:
+            for suffix in ("_prediction.tif", "_probabilities.tif"):
+                target = oof / "tiles" / f"{tile}{suffix}"
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(tiles / f"{tile}{suffix}", target)
+            truth = np.load(processed_dir / manifest.tiles[tile].labels).astype(np.uint8)
+            predictions.append(
+                TilePrediction(
+                    tile,
+                    tifffile.imread(oof / "tiles" / f"{tile}_probabilities.tif"),
+                    tifffile.imread(oof / "tiles" / f"{tile}_prediction.tif"),
+                    truth,
+                )
+            )
+    info = {"out_of_fold": True, "folds": len(results), "selection": results[0]["selection"]}
+    return write_run_outputs(oof, predictions, [], info)["overall"]
+
+
+def _model_identity(cv: CVConfig, config: ESDConfig, data_fingerprint: str) -> dict[str, Any]:
+    return {"training": result_config(config), "protocol": cv.protocol(), "data": data_fingerprint}
+
+
+def cross_validate(
+    cv: CVConfig,
+    base: ESDConfig,
+    log: Callable[[str], None] = print,
+    extra_callbacks: list[L.Callback] | None = None,
+    on_fold: Callable[[str, int, dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
+    """Run (or complete) the cross-validation; returns what `summary.json` holds.
+
+    `on_fold(model_type, fold, result)` is called after each fold (e.g. to report it to a
+    sweep, which may stop the cross-validation by raising). ConfigurationMismatchError when the
+    named folder holds results of another configuration.
+    """
+    data = build_datamodule(base)
+    data.prepare_data()
+    manifest = data.manifest
+    processed = Path(base.processed_dir).resolve()
+    labelled = sorted(manifest.split["train"] + manifest.split["val"])
+    seed = base.seed if base.split_seed is None else base.split_seed
+    shares = class1_shares(processed, manifest, labelled)
+    folds = assign_folds(shares, cv.folds, seed)
+    configuration = {
+        "models": {
+            model: _model_identity(cv, dataclasses.replace(base, model_type=model),
+                                   manifest.fingerprint)
+            for model in cv.model_type
+        },
+        "folds": folds,
+    }  # fmt: skip
+    digest = config_hash(configuration)
+    default_name = cv_name(dataclasses.replace(cv, name=None), seed, digest)
+    root = cv.output_dir / (cv.name or default_name)
+    plan = {
+        "folds": folds,
+        "seed": seed,
+        "selection": cv.selection,
+        "test": manifest.split["test"],
+        "data_fingerprint": manifest.fingerprint,
+        "processed_dir": str(processed),
+        "configuration": configuration,
+        "configuration_hash": digest,
+    }
+    _fold_plan(root, plan, default_name)
+    log(f"cross-validation {root}: selection {cv.selection}; configuration {digest[:12]}")
+    summaries = []
+    for model in cv.model_type:
+        model_dir = root / model
+        config = dataclasses.replace(base, model_type=model)
+        results: list[dict[str, Any]] = []
+        for fold, heldout in enumerate(folds):
+            fold_dir = model_dir / f"fold_{fold}"
+            view, scored = _fold_view(cv, manifest, processed, shares, heldout, seed)
+            identity = _model_identity(cv, config, view.fingerprint)
+            fold_plan = FoldPlan(fold, view, scored, identity)
+            done = fold_dir / FOLD_RESULT_FILE
+            finished = done.is_file()
+            if finished:
+                result = read_json(done)
+                wanted = {"configuration": identity, "configuration_hash": config_hash(identity)}
+                _check_same(done, result, wanted, f"delete {fold_dir} to train the fold again")
+            else:
+                result = _run_fold(config, cv, fold_plan, fold_dir, extra_callbacks)
+            results.append(result)
+            if on_fold is not None:
+                on_fold(model, fold, result)
+            scores = [r["scores"]["f1_class1"] for r in results]
+            log(
+                f"{model} fold {fold + 1} of {len(folds)}"
+                + (" (finished earlier, same configuration)" if finished else "")
+                + f": {len(view.split['train'])} training, {len(heldout)} held-out tiles "
+                f"({', '.join(heldout)}), epoch {result['selected_epoch']}: f1_class1 "
+                f"{scores[-1]:.4f}; so far {np.mean(scores):.4f} ± "
+                f"{np.std(scores, ddof=1) if len(scores) > 1 else 0:.4f}"
+            )
+        oof = _out_of_fold(model_dir, results, manifest, processed)
+        summaries.append(model_summary(model, results, oof, cv.selection))
+    summaries.sort(key=lambda s: -s["mean"]["f1_class1"])
+    lines = write_summary(root, summaries, plan)
+    log(lines)
+    return {"plan": plan, "models": summaries, "root": str(root)}

@@ -1,0 +1,63 @@
+"""The files a cross-validation leaves, as both sides read them: `folds.json` and each fold's
+`result.json`.
+
+`src.cross_validation` writes them; evaluation (`--cv_dir`) reads which checkpoint each fold
+chose through `read_fold_checkpoints`, without importing the layer above it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+FOLDS_FILE = "folds.json"
+"""Written into a cross-validation's folder: its folds, seed, test tiles, data and configuration."""
+FOLD_RESULT_FILE = "result.json"
+"""Written into a fold's folder when the fold has finished: its scores and chosen checkpoint."""
+
+
+class CVRecordError(ValueError):
+    """A cross-validation folder that cannot be read (unfinished, mixed or not one at all)."""
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    """A cross-validation record, with a one-line error for a damaged file."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise CVRecordError(f"{path} cannot be read ({error}): run the fold again") from None
+
+
+def cv_root_and_models(cv_dir: Path) -> tuple[Path, list[Path]]:
+    """(the cross-validation's folder, the model folders `cv_dir` names): all of them for
+    the cross-validation's own folder, one for a model's folder in it."""
+    if (cv_dir / FOLDS_FILE).is_file():
+        return cv_dir, sorted(d for d in cv_dir.iterdir() if (d / "fold_0").is_dir())
+    if (cv_dir.parent / FOLDS_FILE).is_file():
+        return cv_dir.parent, [cv_dir]
+    raise CVRecordError(
+        f"--cv_dir {cv_dir} is not the folder of a cross-validation (no {FOLDS_FILE} in it or "
+        f"above it): pass <output_dir>/<name> or <output_dir>/<name>/<model_type> of "
+        f"python -m scripts.cross_validate"
+    )
+
+
+def read_fold_checkpoints(cv_dir: Path) -> list[Path]:
+    """The checkpoint each finished fold of `cv_dir` chose (see `cv_root_and_models`);
+    CVRecordError naming the folds that have not finished."""
+    root, models = cv_root_and_models(cv_dir)
+    n_folds = len(read_json(root / FOLDS_FILE)["folds"])
+    results = [model / f"fold_{k}" / FOLD_RESULT_FILE for model in models for k in range(n_folds)]
+    unfinished = [str(result.parent) for result in results if not result.is_file()]
+    if unfinished or not results:
+        raise CVRecordError(
+            f"fold(s) {', '.join(unfinished) or 'all'} of --cv_dir {cv_dir} have not finished "
+            f"(no {FOLD_RESULT_FILE}): run python -m scripts.cross_validate again to complete them"
+        )
+    chosen = []
+    for result in results:
+        # The file the fold recorded, found under the fold's own folder (which may have moved).
+        recorded = Path(read_json(result)["checkpoint"])
+        chosen.append(next((result.parent / "checkpoints").rglob(recorded.name), recorded))
+    return chosen
