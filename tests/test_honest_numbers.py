@@ -341,3 +341,17 @@ def test_a_trial_that_logs_no_metric_fails_once_and_counts(tmp_path):
     assert [t.state for t in trials] == [optuna.trial.TrialState.FAIL] * 2
     assert all("logged no val_f1_class1" in t.user_attrs["error"] for t in trials)
     assert len(counted_trials(trials)) == 2
+
+
+def test_a_trial_is_worth_the_checkpoint_it_exports_not_its_last_epoch(tmp_path):
+    spec = parse_sweep_spec(SPEC)
+
+    def train(config, extra_callbacks=None):  # the best epoch scored 0.9, the last 0.7
+        return {"best_model_path": "best.ckpt", "best_model_score": 0.9, "val_f1_class1": 0.7,
+                "test_f1_class1": 0.6}  # fmt: skip
+
+    run = OptunaRun(storage=str(tmp_path / "study.journal"), study_name="s", count=1,
+                    output_dir=tmp_path)  # fmt: skip
+    study = run_optuna(spec, ESDConfig(wandb_mode="disabled"), run, train=train, log=quiet)
+    (trial,) = study.get_trials()
+    assert trial.value == 0.9 and trial.user_attrs["test_scores"] == {"test_f1_class1": 0.6}
