@@ -33,14 +33,22 @@ def evaluate(config: EvalConfig) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     """Parse EvalConfig, evaluate, print the table and where the files are."""
     config = parse_config(EvalConfig, argv)
+    from src.esd_data.cache import PrepareError
+    from src.esd_data.reader import TileError
     from src.evaluation.report import format_table
     from src.training.checkpoints import CheckpointError
+    from src.training.signals import StopSignal, stop_on_signals
 
-    try:
-        metrics = evaluate(config)
-    except (CheckpointError, FileNotFoundError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
+    with stop_on_signals():
+        try:
+            metrics = evaluate(config)
+        except KeyboardInterrupt:
+            print("interrupted: no result was written (an earlier one is left whole)",
+                  file=sys.stderr)  # fmt: skip
+            return StopSignal.exit_status()
+        except (CheckpointError, FileNotFoundError, ValueError, PrepareError, TileError) as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 1
     results_dir = Path(metrics["results_dir"])
     print(format_table(metrics))
     tiles = results_dir / "tiles"

@@ -40,15 +40,23 @@ def parse_arguments(argv: list[str] | None = None) -> ESDConfig:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Parse ESDConfig from the command line, train, print the final metrics."""
+    """Parse ESDConfig from the command line, train, print the final metrics.
+
+    Exit status: 0, 1 for an error (one line), 2 for bad options, 130/143 for Ctrl-C/SIGTERM
+    (the run is recorded as interrupted and the line to resume it is printed).
+    """
     config = parse_arguments(argv)
+    from src.training.signals import StopSignal, stop_on_signals
     from src.training.train import is_local_zero
 
-    try:
-        results = train(config)
-    except (FileNotFoundError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
+    with stop_on_signals():
+        try:
+            results = train(config)
+        except KeyboardInterrupt:
+            return StopSignal.exit_status()
+        except (FileNotFoundError, ValueError) as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 1
     if is_local_zero():
         print(format_results(results))
     return 0
@@ -59,6 +67,11 @@ SUMMARY_METRICS = ("f1_class1", "acc_overall", "iou_macro", "f1_macro", "auroc_m
 
 def format_results(results: dict[str, Any]) -> str:
     """The run's checkpoints and its main validation/test metrics, rounded, a few lines."""
+    if results.get("fast_dev_run"):
+        return (
+            f"run {results['run_name']}: --fast_dev_run ran one training and one validation "
+            f"batch; no checkpoint, log or status was written"
+        )
     score = results["best_model_score"]
     lines = [
         f"run {results['run_name']}",

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
+import shutil
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,16 +14,66 @@ from typing import Any
 
 import numpy as np
 
+OUTPUT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
+"""Write failures that mean "this folder cannot take the output", not a bug."""
+
+
+class OutputError(ValueError):
+    """An output that cannot be written: its folder is full, read-only or not ours (one line)."""
+
+
+def _free_space(folder: Path) -> str:
+    for candidate in (folder, *folder.parents):
+        if candidate.exists():
+            return f"{shutil.disk_usage(candidate).free / 2**20:.1f} MiB free"
+    return "free space unknown"
+
+
+def output_error(error: OSError, target: Path, what: str = "") -> OutputError:
+    """The one-line OutputError for a failed write of `target` (`what` it was)."""
+    folder = Path(target).parent
+    writing = f"writing {what or Path(target).name}"
+    if error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return OutputError(
+            f"no space left in {folder} ({_free_space(folder)}) while {writing}: free space "
+            f"there or choose another folder; nothing half-written was left"
+        )
+    return OutputError(
+        f"{folder} is not writable ({os.strerror(error.errno or 0)}) while {writing}: choose a "
+        f"folder you can write to"
+    )
+
+
+def check_writable(folder: Path, what: str) -> None:
+    """OutputError unless files can be created in `folder` (made if missing), before any work;
+    `what` says what goes there (e.g. "checkpoints")."""
+    folder = Path(folder)
+    probe = folder / f".write-check-{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as error:
+        if error.errno not in OUTPUT_ERRNOS:
+            raise
+        raise output_error(error, probe, f"{what} (a test file)") from None
+
 
 @contextlib.contextmanager
 def atomic_path(target: Path) -> Iterator[Path]:
-    """Yield a temporary path beside `target`; on success rename it to `target`, else delete it."""
+    """Yield a temporary path beside `target`; on success rename it to `target`, else delete it.
+
+    A full or read-only folder raises OutputError naming it (the temporary file removed)."""
     target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
     temporary = target.with_name(f".{target.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
     try:
+        target.parent.mkdir(parents=True, exist_ok=True)
         yield temporary
         temporary.replace(target)
+    except OSError as error:
+        if error.errno not in OUTPUT_ERRNOS:
+            raise
+        raise output_error(error, target) from None
     finally:
         temporary.unlink(missing_ok=True)
 
@@ -42,3 +94,27 @@ def remove_temporaries(folder: Path) -> None:
     """Delete temporary files that an interrupted atomic write left in `folder`."""
     for leftover in Path(folder).glob(".*.tmp"):
         leftover.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def replaced_folder(target: Path) -> Iterator[Path]:
+    """Yield an empty staging folder beside `target`; when the block succeeds it takes the
+    place of `target` (whose earlier content is removed only then), else it is removed and
+    `target` stays whole. A full or read-only disk raises OutputError naming the folder."""
+    target = Path(target)
+    tag = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    staging = target.with_name(f".{target.name}.{tag}.staging")
+    old = target.with_name(f".{target.name}.{tag}.old")
+    try:
+        staging.mkdir(parents=True)
+        yield staging
+        if target.exists():
+            target.rename(old)
+        staging.rename(target)
+    except OSError as error:
+        if error.errno not in OUTPUT_ERRNOS:
+            raise
+        raise output_error(error, target / "…", f"the results in {target}") from None
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)

@@ -81,7 +81,7 @@ def type_problem(value: Any, annotation: Any) -> str | None:
         if isinstance(value, int) and not isinstance(value, bool):
             return None
         return "must be a whole number" + text_number_hint(value, whole=True)
-    if inner is float:
+    if inner is float or set(typing.get_args(inner)) == {int, float}:
         return None if is_number(value) else "must be a number" + text_number_hint(value)
     if inner is str:
         return None if isinstance(value, str) else "must be text"

@@ -83,16 +83,22 @@ def test_limit_batches_means_the_same_from_flags_and_yaml(tmp_path):
     from src.training.train import build_trainer, run_identity
 
     path = tmp_path / "limits.yaml"
-    path.write_text("limit_val_batches: 1\nlimit_train_batches: 3\n")
+    path.write_text("limit_val_batches: 1.0\nlimit_train_batches: 1\n")
     from_yaml = parse_config(ESDConfig, ["--config", str(path)])
-    from_flags = parse_config(ESDConfig, ["--limit_val_batches", "1", "--limit_train_batches", "3"])
+    from_flags = parse_config(
+        ESDConfig, ["--limit_val_batches", "1.0", "--limit_train_batches", "1"]
+    )
     trainers = []
     for config in (from_yaml, from_flags):
         quiet = dataclasses.replace(config, wandb_mode="disabled", log_dir=tmp_path)
         trainers.append(build_trainer(run_identity(quiet)))
-    assert [t.limit_val_batches for t in trainers] == [1.0, 1.0]  # all batches, as documented
+    assert [t.limit_val_batches for t in trainers] == [1.0, 1.0]  # a fraction: all batches
     assert all(isinstance(t.limit_val_batches, float) for t in trainers)
-    assert [t.limit_train_batches for t in trainers] == [3, 3]
+    assert [t.limit_train_batches for t in trainers] == [1, 1]  # a count: one batch, as Lightning
+    assert all(isinstance(t.limit_train_batches, int) for t in trainers)
+    with pytest.raises(SystemExit) as exit_status:
+        parse_config(ESDConfig, ["--limit_train_batches", "3.5"])
+    assert exit_status.value.code == 2
 
 
 def test_training_output_is_short(synthetic_raw, tmp_path):

@@ -144,7 +144,7 @@ def test_evaluate_command_writes_everything(checkpoint, synthetic_processed, tmp
 def test_overlap_mode_and_default_checkpoint(checkpoint, synthetic_processed, tmp_path):
     metrics = evaluate(EvalConfig(
         checkpoint_dir=checkpoint.parents[2], processed_dir=synthetic_processed,
-        results_dir=tmp_path, restitch="overlap", accelerator="cpu",
+        results_dir=tmp_path / "out", restitch="overlap", accelerator="cpu",
     ))  # fmt: skip
     assert metrics["stride_gt"] == 2 and metrics["restitch"] == "overlap"
     assert Path(metrics["model_path"]).name.startswith("best-")

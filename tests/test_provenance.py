@@ -180,7 +180,7 @@ def test_empty_split_and_stride_without_overlap_are_errors(trained, tmp_path):
         evaluate_quietly(model_path=trained, stride_gt=2, results_dir=tmp_path)
 
 
-def test_default_results_folder_is_per_run_and_split_without_stale_tiles(
+def test_default_results_folder_is_per_result_and_never_mixes_results(
     trained, synthetic_processed, tmp_path, monkeypatch
 ):
     monkeypatch.chdir(tmp_path)
@@ -189,11 +189,23 @@ def test_default_results_folder_is_per_run_and_split_without_stale_tiles(
     folder = Path("data/predictions/UNet/run/val")
     assert Path(metrics["results_dir"]) == folder
     assert sorted(p.stem for p in (folder / "tiles").glob("*.png")) == sorted(val)
-    evaluate_quietly(model_path=trained, tiles=val[:1])
-    assert [p.stem for p in (folder / "tiles").glob("*.png")] == val[:1]
-    assert len(list((folder / "tiles").glob("*.tif"))) == 2
+    before = {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+    # Other tiles, other TTA: other folders; the first evaluation stays as it was.
+    subset = evaluate_quietly(model_path=trained, tiles=val[:1])
+    flipped = evaluate_quietly(model_path=trained, tta="flips")
+    folders = {Path(m["results_dir"]) for m in (metrics, subset, flipped)}
+    assert len(folders) == 3 and Path(flipped["results_dir"]).name == "val-tta-flips"
+    assert [p.stem for p in (Path(subset["results_dir"]) / "tiles").glob("*.png")] == val[:1]
+    assert {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()} == before
+    # Another result into a folder holding one is refused; the same one replaces it.
+    with pytest.raises(ValueError, match="holds another evaluation.*tiles"):
+        evaluate_quietly(model_path=trained, tiles=val[:1], results_dir=folder)
+    assert {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()} == before
+    again = evaluate_quietly(model_path=trained)
+    assert again["overall"] == metrics["overall"]
     info = json.loads((folder / "metrics.json").read_text())
-    assert info["tiles_scored"] == val[:1] and info["model_path"] == str(trained)
+    assert info["tiles_scored"] == val and info["model_path"] == str(trained)
+    assert not list(folder.parent.glob(".*"))  # no staging folder left
 
 
 @pytest.mark.slow

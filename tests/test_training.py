@@ -157,9 +157,10 @@ def test_false_positive_penalty_acts_only_on_cells_of_other_classes():
 
 
 NEW_MODELS = {
-    "UNet": {},
-    "TemporalFusion": {"tf_width": 16},
-    "SMP": {"smp_arch": "unet", "smp_encoder": "resnet18"},
+    "UNet": {"max_epochs": 8},
+    "TemporalFusion": {"tf_width": 16, "max_epochs": 8},
+    # 14.6 M parameters: 3 epochs reach 0.84 on this data (the margin needs 0.52), 8 cost 27 s.
+    "SMP": {"smp_arch": "unet", "smp_encoder": "resnet18", "max_epochs": 3},
 }
 
 
@@ -170,7 +171,7 @@ def test_model_learns_clearly_better_than_a_constant_predictor(
 ):
     # The best constant prediction for the class-1 F1 is "everything is class 1", whose F1 is
     # 2p / (1 + p) for the class-1 share p of the validation cells; any other constant scores
-    # 0. Eight epochs must beat it by 0.15: a clear margin that noise from the tiny data (3
+    # 0. A few epochs must beat it by 0.15: a clear margin that noise from the tiny data (3
     # validation tiles) does not reach.
     manifest = Manifest.load(synthetic_processed)
     labels = np.concatenate(
@@ -182,7 +183,7 @@ def test_model_learns_clearly_better_than_a_constant_predictor(
     share = (labels == 1).mean()
     constant_f1 = 2 * share / (1 + share)
     config = tiny_config(
-        tmp_path, synthetic_processed, max_epochs=8, learning_rate=3e-3, model_type=model_type,
+        tmp_path, synthetic_processed, learning_rate=3e-3, model_type=model_type,
         **NEW_MODELS[model_type],
     )  # fmt: skip
     results = train(config)

@@ -36,6 +36,7 @@ from src.cross_validation.config import CVConfig
 from src.cross_validation.summary import SCORES, model_summary, write_summary
 from src.esd_data.folds import assign_folds, class1_shares, fold_manifest, inner_split
 from src.esd_data.manifest import Manifest
+from src.esd_data.preparation import preparation_lock
 from src.evaluation.config import EvalConfig
 from src.evaluation.cv_record import FOLD_RESULT_FILE, FOLDS_FILE, read_json
 from src.evaluation.evaluate import evaluate
@@ -231,38 +232,41 @@ def cross_validate(
     }
     _fold_plan(root, plan, default_name)
     log(f"cross-validation {root}: selection {cv.selection}; configuration {digest[:12]}")
-    summaries = []
-    for model in cv.model_type:
-        model_dir = root / model
-        config = dataclasses.replace(base, model_type=model)
-        results: list[dict[str, Any]] = []
-        for fold, heldout in enumerate(folds):
-            fold_dir = model_dir / f"fold_{fold}"
-            view, scored = _fold_view(cv, manifest, processed, shares, heldout, seed)
-            identity = _model_identity(cv, config, view.fingerprint)
-            fold_plan = FoldPlan(fold, view, scored, identity)
-            done = fold_dir / FOLD_RESULT_FILE
-            finished = done.is_file()
-            if finished:
-                result = read_json(done)
-                wanted = {"configuration": identity, "configuration_hash": config_hash(identity)}
-                _check_same(done, result, wanted, f"delete {fold_dir} to train the fold again")
-            else:
-                result = _run_fold(config, cv, fold_plan, fold_dir, extra_callbacks)
-            results.append(result)
-            if on_fold is not None:
-                on_fold(model, fold, result)
-            scores = [r["scores"]["f1_class1"] for r in results]
-            log(
-                f"{model} fold {fold + 1} of {len(folds)}"
-                + (" (finished earlier, same configuration)" if finished else "")
-                + f": {len(view.split['train'])} training, {len(heldout)} held-out tiles "
-                f"({', '.join(heldout)}), epoch {result['selected_epoch']}: f1_class1 "
-                f"{scores[-1]:.4f}; so far {np.mean(scores):.4f} ± "
-                f"{np.std(scores, ddof=1) if len(scores) > 1 else 0:.4f}"
-            )
-        oof = _out_of_fold(model_dir, results, manifest, processed)
-        summaries.append(model_summary(model, results, oof, cv.selection))
+    # The shared cache stays as it is while its folds train (a preparation waits).
+    with preparation_lock(processed, shared=True):
+        summaries = []
+        for model in cv.model_type:
+            model_dir = root / model
+            config = dataclasses.replace(base, model_type=model)
+            results: list[dict[str, Any]] = []
+            for fold, heldout in enumerate(folds):
+                fold_dir = model_dir / f"fold_{fold}"
+                view, scored = _fold_view(cv, manifest, processed, shares, heldout, seed)
+                identity = _model_identity(cv, config, view.fingerprint)
+                fold_plan = FoldPlan(fold, view, scored, identity)
+                done = fold_dir / FOLD_RESULT_FILE
+                finished = done.is_file()
+                if finished:
+                    result = read_json(done)
+                    digest = config_hash(identity)
+                    wanted = {"configuration": identity, "configuration_hash": digest}
+                    _check_same(done, result, wanted, f"delete {fold_dir} to train the fold again")
+                else:
+                    result = _run_fold(config, cv, fold_plan, fold_dir, extra_callbacks)
+                results.append(result)
+                if on_fold is not None:
+                    on_fold(model, fold, result)
+                scores = [r["scores"]["f1_class1"] for r in results]
+                log(
+                    f"{model} fold {fold + 1} of {len(folds)}"
+                    + (" (finished earlier, same configuration)" if finished else "")
+                    + f": {len(view.split['train'])} training, {len(heldout)} held-out tiles "
+                    f"({', '.join(heldout)}), epoch {result['selected_epoch']}: f1_class1 "
+                    f"{scores[-1]:.4f}; so far {np.mean(scores):.4f} ± "
+                    f"{np.std(scores, ddof=1) if len(scores) > 1 else 0:.4f}"
+                )
+            oof = _out_of_fold(model_dir, results, manifest, processed)
+            summaries.append(model_summary(model, results, oof, cv.selection))
     summaries.sort(key=lambda s: -s["mean"]["f1_class1"])
     lines = write_summary(root, summaries, plan)
     log(lines)

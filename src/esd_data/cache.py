@@ -296,7 +296,8 @@ def prepare_dataset(
     preprocessing: PreprocessConfig | None = None,
     purpose: str = "training",
     verify: str = "sample",
-) -> PrepareSummary:
+    reuse_only: bool = False,
+) -> PrepareSummary | None:
     """Validate, preprocess and cache every tile of `raw_dir`, split them, write the manifest.
 
     Tiles without `groundTruth.tif` go to the `predict` split (with a MissingLabelsWarning
@@ -304,7 +305,8 @@ def prepare_dataset(
     every tile, labelled or not, is in `predict` (for `scripts.evaluate --raw_dir`). Raises
     PrepareError (every problem of every tile) or FileNotFoundError before anything is
     written for bad raw data. `verify` is how a cached tile is checked before it is reused:
-    "sample" (a sample of its file) or "full" (every pixel hashed).
+    "sample" (a sample of its file) or "full" (every pixel hashed). With `reuse_only`, None
+    instead of any change to the folder (the cache is not current).
     """
     start = time.perf_counter()
     preprocessing = preprocessing or PreprocessConfig()
@@ -327,10 +329,14 @@ def prepare_dataset(
     except (ValueError, TypeError, KeyError):
         previous = None
     if previous is not None and previous.inputs == overall and not stale:
+        if previous.tile_size_gt != tile_size_gt and reuse_only:
+            return None
         if previous.tile_size_gt != tile_size_gt:
             previous = _replace_tile_size(previous, tile_size_gt, processed_dir)
         return PrepareSummary(previous, [], list(records), 0, time.perf_counter() - start, None)
 
+    if reuse_only:
+        return None
     manifest_path.unlink(missing_ok=True)  # stale from here on: never trusted again
     inventories = _check_all(list(stale))
     tiles_folder = processed_dir / TILES_FOLDER

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from src.atomic import check_writable
 from src.esd_data.manifest import FORMAT_VERSION, MANIFEST_FILE, Manifest
 from src.esd_data.subtiles import check_tile_size_gt
 
@@ -180,12 +181,24 @@ def read_manifest_for(
 
 
 @contextlib.contextmanager
-def preparation_lock(processed_dir: Path) -> Iterator[None]:
-    """Hold an exclusive lock on `processed_dir` (other processes wait for it)."""
+def preparation_lock(processed_dir: Path, shared: bool = False, log: Any = print) -> Iterator[None]:
+    """Hold a lock on `processed_dir`: exclusive to change it (other processes wait), shared
+    to read it (any number of readers; a change waits until they are done). A process that
+    has to wait says so in one line."""
     folder = Path(processed_dir)
     folder.mkdir(parents=True, exist_ok=True)
+    mode = fcntl.LOCK_SH if shared else fcntl.LOCK_EX
     with (folder / LOCK_FILE).open("a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(handle, mode | fcntl.LOCK_NB)
+        except BlockingIOError:
+            user = (
+                "is being changed"
+                if shared
+                else "is in use (a training reads it, or it is prepared)"
+            )
+            log(f"{folder} {user} by another process: waiting for it")
+            fcntl.flock(handle, mode)
         try:
             yield
         finally:
@@ -213,29 +226,52 @@ def prepare_requested(
     log: Any = print,
     verify: str = "sample",
 ) -> PrepareSummary:
-    """Prepare (or reuse) `processed_dir` from `raw_dir` as `request` asks, under the lock.
+    """Prepare (or reuse) `processed_dir` from `raw_dir` as `request` asks: a cache hit under
+    a shared lock, a change under the exclusive one (after every reader is done).
 
-    Logs one line when explicit options change a prepared folder, and one summary line.
+    Logs one line when explicit options change a prepared folder.
     `verify` is how cached tiles are checked before reuse ("sample" or "full", every pixel).
     """
+    check_writable(processed_dir, "the processed cache")
+    with preparation_lock(processed_dir, shared=True, log=log):  # the usual case: a cache hit
+        summary = _prepare(raw_dir, processed_dir, request, workers, verify, reuse_only=True)
+    if summary is not None:
+        return summary
+    with preparation_lock(processed_dir, log=log):
+        summary = _prepare(raw_dir, processed_dir, request, workers, verify, log=log)
+    assert summary is not None
+    return summary
+
+
+def _prepare(
+    raw_dir: Path,
+    processed_dir: Path,
+    request: PrepareRequest,
+    workers: int,
+    verify: str,
+    reuse_only: bool = False,
+    log: Any = print,
+) -> PrepareSummary | None:
+    """One preparation under the caller's lock (None: `reuse_only` and the cache is stale)."""
     from src.esd_data.cache import prepare_dataset
 
-    with preparation_lock(processed_dir):
-        previous = read_manifest_for(request, processed_dir)
-        check_same_source(previous, raw_dir, processed_dir)
-        options = request.resolve(previous)
-        change = None if previous is None else describe_changes(previous, options)
-        if change:
-            log(f"{processed_dir}: {change}")
-        summary = prepare_dataset(
-            raw_dir,
-            processed_dir,
-            options.tile_size_gt,
-            options.seed,
-            options.val_fraction,
-            options.test_fraction,
-            workers,
-            options.preprocessing,
-            verify=verify,
-        )
-    return summary
+    previous = read_manifest_for(request, processed_dir)
+    check_same_source(previous, raw_dir, processed_dir)
+    options = request.resolve(previous)
+    change = None if previous is None else describe_changes(previous, options)
+    if change and reuse_only:
+        return None
+    if change:
+        log(f"{processed_dir}: {change}")
+    return prepare_dataset(
+        raw_dir,
+        processed_dir,
+        options.tile_size_gt,
+        options.seed,
+        options.val_fraction,
+        options.test_fraction,
+        workers,
+        options.preprocessing,
+        verify=verify,
+        reuse_only=reuse_only,
+    )

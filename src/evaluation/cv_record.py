@@ -47,6 +47,12 @@ def read_fold_checkpoints(cv_dir: Path) -> list[Path]:
     """The checkpoint each finished fold of `cv_dir` chose (see `cv_root_and_models`);
     CVRecordError naming the folds that have not finished."""
     root, models = cv_root_and_models(cv_dir)
+    if len(models) > 1:
+        raise CVRecordError(
+            f"--cv_dir {cv_dir} holds the folds of {len(models)} model types "
+            f"({', '.join(m.name for m in models)}): an ensemble of one model's folds is "
+            f"--cv_dir {cv_dir / models[0].name}"
+        )
     n_folds = len(read_json(root / FOLDS_FILE)["folds"])
     results = [model / f"fold_{k}" / FOLD_RESULT_FILE for model in models for k in range(n_folds)]
     unfinished = [str(result.parent) for result in results if not result.is_file()]

@@ -12,18 +12,18 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from src.atomic import check_writable, replaced_folder
 from src.esd_data.identity import SCORED_SPLITS, DataIdentity
 from src.esd_data.manifest import Manifest
 from src.esd_data.preparation import preparation_lock, read_previous_manifest
 from src.esd_data.reader import tile_number
 from src.evaluation.config import EvalConfig
-from src.evaluation.cv_record import read_fold_checkpoints
+from src.evaluation.cv_record import cv_root_and_models, read_fold_checkpoints
 from src.evaluation.evaluator import (
     Predictor,
     check_compatible,
@@ -36,7 +36,6 @@ from src.hardware import resolve_device
 from src.training.checkpoints import CheckpointError, data_identity, load_module, read_checkpoint
 
 EVAL_CACHE_ROOT = Path("data/eval_cache")
-TILE_OUTPUT = re.compile(r"(Tile\d+)(\.png|_prediction\.tif|_probabilities\.tif|_attention\.png)")
 
 
 @dataclass(frozen=True)
@@ -161,6 +160,7 @@ def _from_raw(
 
     raw_dir = config.raw_dir
     assert raw_dir is not None
+    _check_raw_cell_size(raw_dir, identities)
     cache_dir = config.cache_dir or default_cache_dir(raw_dir, identity)
     if cache_dir.resolve() == Path(identity.processed_dir).resolve():
         raise ValueError(
@@ -189,20 +189,22 @@ def _from_raw(
     return TileSource(cache_dir, manifest, tiles, raw_dir.name)
 
 
-def remove_stale_tile_outputs(results_dir: Path, tiles: list[str]) -> list[Path]:
-    """Delete per-tile files of an earlier evaluation in `results_dir/tiles` whose tile is not
-    among `tiles` (so the folder holds exactly this evaluation's tiles); the removed paths."""
-    folder = results_dir / "tiles"
-    if not folder.is_dir():
-        return []
-    keep = set(tiles)
-    removed = []
-    for path in folder.iterdir():
-        match = TILE_OUTPUT.fullmatch(path.name)
-        if match and match[1] not in keep:
-            path.unlink()
-            removed.append(path)
-    return removed
+def _check_raw_cell_size(raw_dir: Path, identities: list[DataIdentity]) -> None:
+    """CheckpointError, before anything is prepared or written, when the raw folder's tiles
+    have another cell size than the checkpoints were trained on (from one tile's headers)."""
+    from src.esd_data.reader import find_tile_dirs, inspect_tile
+    from src.esd_data.sensors import LABEL_GRID
+
+    first = find_tile_dirs(raw_dir)[0]
+    height = inspect_tile(first, require_labels=False).shape[0]
+    cell_px = height // LABEL_GRID
+    wrong = sorted({i.cell_px for i in identities if i.cell_px != cell_px})
+    if wrong:
+        raise CheckpointError(
+            f"the checkpoint(s) were trained on {', '.join(map(str, wrong))} px per label cell, "
+            f"but the tiles of {raw_dir} have {cell_px} ({height} px tiles, e.g. {first.name}): "
+            f"predict tiles of the training data's size"
+        )
 
 
 def choose_checkpoints(config: EvalConfig) -> tuple[list[Path], str]:
@@ -256,12 +258,23 @@ def evaluate(config: EvalConfig, log: Callable[[str], None] = print) -> dict[str
     ]
     types = sorted({hp["model_type"] for hp in hparams})
     model_type = types[0] if len(types) == 1 else "ensemble"
-    run = (
-        Path(model_paths[0]).parent.name
-        if len(model_paths) == 1
-        else (config.cv_dir.name if config.cv_dir else f"ensemble-of-{len(model_paths)}")
+    run = _run_label(config, model_paths)
+    key = {
+        "checkpoints": [str(Path(path).resolve()) for path in model_paths],
+        "epochs": epochs,
+        "training_data": [identity.fingerprint for identity in identities],
+        "processed_dir": str(Path(source.processed_dir).resolve()),
+        "split": source.label,
+        "tiles": list(source.tiles),
+        "restitch": config.restitch,
+        "stride_gt": stride or tile_size_gt,
+        "tile_size_gt": tile_size_gt,
+        "tta": config.tta,
+    }
+    results_dir = config.results_dir or (
+        Path("data/predictions") / model_type / run / _output_label(config, source, stride)
     )
-    results_dir = config.results_dir or Path("data/predictions") / model_type / run / source.label
+    check_results_dir(results_dir, key)
     predictions = predict_tiles(
         predictors,
         source.processed_dir,
@@ -272,14 +285,6 @@ def evaluate(config: EvalConfig, log: Callable[[str], None] = print) -> dict[str
         device,
         config.tta,
     )
-    for path in remove_stale_tile_outputs(results_dir, source.tiles):
-        log(f"removed {path} (a tile of an earlier evaluation)")
-    per_tile = [
-        write_tile_outputs(
-            results_dir, p, true_colour_image(source.processed_dir, source.manifest, p.tile)
-        )
-        for p in predictions
-    ]
     info = {
         "model_path": [str(p) for p in model_paths]
         if len(model_paths) > 1
@@ -302,7 +307,63 @@ def evaluate(config: EvalConfig, log: Callable[[str], None] = print) -> dict[str
         "tta": config.tta,
         "tile_size_gt": tile_size_gt,
         "stride_gt": stride or tile_size_gt,
+        "evaluation_key": key,
     }
-    return write_run_outputs(results_dir, predictions, per_tile, info) | {
-        "results_dir": str(results_dir)
-    }
+    with replaced_folder(results_dir) as staging:
+        per_tile = [
+            write_tile_outputs(
+                staging, p, true_colour_image(source.processed_dir, source.manifest, p.tile)
+            )
+            for p in predictions
+        ]
+        metrics = write_run_outputs(staging, predictions, per_tile, info)
+    return metrics | {"results_dir": str(results_dir)}
+
+
+def _run_label(config: EvalConfig, model_paths: list[Path]) -> str:
+    """The evaluated run's name in the default output folder: the checkpoint's run, the
+    cross-validation (and model) of `--cv_dir`, or the ensemble of these checkpoints."""
+    if config.cv_dir is not None:
+        root, _ = cv_root_and_models(config.cv_dir)
+        return root.name if root == config.cv_dir else f"{root.name}-{config.cv_dir.name}"
+    if len(model_paths) == 1:
+        return Path(model_paths[0]).parent.name
+    paths = sorted(str(Path(path).resolve()) for path in model_paths)
+    digest = hashlib.sha256(json.dumps(paths).encode()).hexdigest()[:8]
+    return f"ensemble-of-{len(model_paths)}-{digest}"
+
+
+def _output_label(config: EvalConfig, source: TileSource, stride: int | None) -> str:
+    """The split or folder, with every option that changes the result: `val`,
+    `val-tta-d4-overlap-2`, `val-tiles-<hash>`."""
+    label = source.label
+    if config.tiles is not None:
+        label += "-tiles-" + hashlib.sha256(" ".join(config.tiles).encode()).hexdigest()[:8]
+    if config.tta != "none":
+        label += f"-tta-{config.tta}"
+    if config.restitch == "overlap":
+        label += f"-overlap-{stride}"
+    return label
+
+
+def check_results_dir(results_dir: Path, key: dict[str, Any]) -> None:
+    """ValueError unless `results_dir` is new, empty, or holds an evaluation of exactly `key`
+    (which this one then replaces): never another result, never someone's other files."""
+    if not results_dir.is_dir() or not any(results_dir.iterdir()):
+        check_writable(results_dir.parent, "the evaluation's results")
+        return
+    metrics = results_dir / "metrics.json"
+    try:
+        previous = json.loads(metrics.read_text()).get("evaluation_key")
+    except (OSError, ValueError):
+        raise ValueError(
+            f"--results_dir {results_dir} holds files that are not an evaluation's (no readable "
+            f"metrics.json): choose a new or empty folder"
+        ) from None
+    if previous != key:
+        changed = sorted(k for k in key if (previous or {}).get(k) != key[k])
+        raise ValueError(
+            f"{results_dir} holds another evaluation ({', '.join(changed) or 'an older esd'} "
+            f"differ): choose another --results_dir, or delete it to replace it"
+        )
+    check_writable(results_dir.parent, "the evaluation's results")

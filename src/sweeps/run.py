@@ -20,6 +20,8 @@ from src.sweeps.spec import SweepSpec, SweepSpecError, load_sweep_file, parse_sw
 from src.sweeps.study import SweepError, open_storage, reap_dead_workers
 from src.sweeps.wandb_backend import choose_backend, read_trials, run_wandb
 from src.training.config import ESDConfig
+from src.training.signals import StopSignal
+from src.training.signals import stop_on_signals as stop_signals
 
 
 def trial_base(base: ESDConfig, explicit: set[str], output_dir: Path, backend: str) -> ESDConfig:
@@ -101,7 +103,7 @@ def run_workers(spec: SweepSpec, base: ESDConfig, run: OptunaRun, workers: int) 
     except KeyboardInterrupt:
         for process in processes:
             if process.is_alive() and process.pid is not None:
-                os.kill(process.pid, _Stop.signum or signal.SIGINT)
+                os.kill(process.pid, StopSignal.signum or signal.SIGINT)
         for process in processes:
             process.join()
         raise
@@ -125,46 +127,27 @@ def _worker(spec: SweepSpec, base: ESDConfig, run: OptunaRun, threads: int) -> N
         try:
             run_optuna(spec, base, run, log=lambda line: print(prefix + line, flush=True))
         except KeyboardInterrupt:
-            sys.exit(128 + (_Stop.signum or signal.SIGINT))
-
-
-class _Stop:
-    """The signal (SIGINT or SIGTERM) that asked the sweep to stop, if any."""
-
-    signum: int | None = None
+            sys.exit(StopSignal.exit_status())
 
 
 @contextlib.contextmanager
-def stop_on_signals() -> Iterator[type[_Stop]]:
-    """Turn the first SIGINT or SIGTERM into a KeyboardInterrupt in the main thread.
-
-    Lightning stops a trial's training gracefully on it (SIGTERM handlers compose with
-    Lightning's own), the trial is recorded as interrupted, and the results are written; the
-    exit status is then 128 + the signal's number (130, 143).
-    """
-    _Stop.signum = None
-
-    def stop(signum: int, frame: object) -> None:
-        if _Stop.signum is None:
-            _Stop.signum = signum
-            raise KeyboardInterrupt
-
-    previous = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
+def stop_on_signals() -> Iterator[type[StopSignal]]:
+    """`src.training.signals.stop_on_signals`, with Optuna's traceback of the trial that the
+    stop interrupted left out; the trial is recorded as interrupted and the results written."""
     handlers = logging.getLogger("optuna").handlers  # records of optuna.* loggers end here
     for handler in handlers:
         handler.addFilter(_quiet_when_stopped)
     try:
-        yield _Stop
+        with stop_signals() as stop:
+            yield stop
     finally:
         for handler in handlers:
             handler.removeFilter(_quiet_when_stopped)
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
 
 
 def _quiet_when_stopped(record: logging.LogRecord) -> bool:
     """Drop Optuna's traceback of the trial that a requested stop interrupted."""
-    return _Stop.signum is None or record.levelno < logging.WARNING
+    return StopSignal.signum is None or record.levelno < logging.WARNING
 
 
 def run_sweep(options: SweepConfig, base: ESDConfig, explicit: set[str]) -> int:

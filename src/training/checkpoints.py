@@ -44,6 +44,19 @@ def data_identity(checkpoint: dict[str, Any], path: Path) -> DataIdentity:
     return DataIdentity.from_dict(values)
 
 
+def check_weights_fit(module: torch.nn.Module, checkpoint: dict[str, Any], path: Path) -> None:
+    """CheckpointError, before any training, when the checkpoint's weights do not fit the
+    module its run builds (a replaced or damaged file)."""
+    try:
+        module.load_state_dict(checkpoint.get("state_dict", {}), strict=True)
+    except RuntimeError as error:
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise CheckpointError(
+            f"{path}: its weights do not fit the {type(module).__name__} its run builds "
+            f"({reason}); is it this run's checkpoint, and complete?"
+        ) from None
+
+
 def load_module(path: Path, device: torch.device | str = "cpu") -> ESDSegmentation:
     """The trained module in eval mode on `device`.
 

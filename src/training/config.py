@@ -129,8 +129,14 @@ class ESDConfig:
     strategy: str = config_field("auto", "auto, ddp, ddp_spawn, fsdp, …")
     num_nodes: int = config_field(1, "machines taking part")
     precision: str = config_field("32-true", "32-true, 16-mixed, bf16-mixed, …")
-    limit_train_batches: float = config_field(1.0, "fraction (≤ 1) or number (> 1) of batches")
-    limit_val_batches: float = config_field(1.0, "fraction (≤ 1) or number (> 1) of batches")
+    limit_train_batches: int | float = config_field(
+        1.0,
+        "batches per epoch as Lightning counts them: a whole number is a count (1: one "
+        "batch), a decimal a fraction (1.0: all)",
+    )
+    limit_val_batches: int | float = config_field(
+        1.0, "validation batches: a count (0: no validation) or a fraction (1.0: all)"
+    )
     fast_dev_run: bool = config_field(False, "one batch of training and validation, no logs")
     # outputs
     checkpoint_dir: Path = config_field(Path("checkpoints"), "checkpoints go to DIR/model/run/")
@@ -173,6 +179,17 @@ class ESDConfig:
         for name in ("batch_size", "max_epochs", "num_nodes", "accumulate_grad_batches"):
             if getattr(self, name) < 1:
                 problems.append(f"{name} must be at least 1, got {getattr(self, name)}")
+        for name in ("limit_train_batches", "limit_val_batches"):
+            value = getattr(self, name)
+            if isinstance(value, float) and not 0.0 <= value <= 1.0:
+                problems.append(
+                    f"{name} {value} is a fraction (a decimal) and must be in [0, 1]; write a "
+                    f"whole number ({int(value)}) for a count of batches"
+                )
+            elif value < 0:
+                problems.append(f"{name} must not be negative, got {value}")
+        if self.limit_train_batches == 0:
+            problems.append("limit_train_batches 0 trains nothing: give a count or a fraction")
         if self.learning_rate <= 0:
             problems.append(f"learning_rate must be positive, got {self.learning_rate}")
         if not 0.0 < self.device_memory_share <= 1.0:

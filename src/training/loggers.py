@@ -47,7 +47,9 @@ class _ContinuingWriter(ExperimentWriter):
     """An experiment writer that continues an existing `metrics.csv` instead of deleting it.
 
     Rows of epochs after `last_epoch` (logged by a run that stopped before it could save its
-    next checkpoint) are dropped, so the resumed run's rows follow on without duplicates.
+    next checkpoint) are dropped, and so are rows without an epoch (the learning rate, logged
+    as an epoch starts) at steps after the last kept epoch's, so the resumed run's rows follow
+    on without duplicates.
     """
 
     def __init__(self, log_dir: str, last_epoch: int) -> None:
@@ -61,7 +63,14 @@ class _ContinuingWriter(ExperimentWriter):
         with path.open(newline="") as handle:
             reader = csv.DictReader(handle)
             header = list(reader.fieldnames or [])
-            rows = [row for row in reader if _epoch(row) <= self.last_epoch]
+            rows = list(reader)
+        done = [row for row in rows if 0 <= _epoch(row) <= self.last_epoch]
+        limit = max((_step(row) for row in done), default=-1.0)
+        rows = [
+            row
+            for row in rows
+            if 0 <= _epoch(row) <= self.last_epoch or (_epoch(row) < 0 and _step(row) <= limit)
+        ]
         with atomic_path(path) as temporary, temporary.open("w", newline="") as handle:
             writer = csv.DictWriter(handle, fieldnames=header)
             writer.writeheader()
@@ -71,6 +80,11 @@ class _ContinuingWriter(ExperimentWriter):
 
 def _epoch(row: dict[str, str]) -> float:
     value = row.get("epoch") or ""
+    return float(value) if value else -1.0
+
+
+def _step(row: dict[str, str]) -> float:
+    value = row.get("step") or ""
     return float(value) if value else -1.0
 
 

@@ -10,6 +10,7 @@ step). Both are written at the end of each training epoch, after its metrics are
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
 import os
@@ -29,18 +30,21 @@ from lightning.pytorch.callbacks import (
 )
 from lightning.pytorch.trainer.states import TrainerStatus
 
-from src.atomic import write_json
+from src.atomic import OUTPUT_ERRNOS, check_writable, output_error
 from src.cli import config_values
 from src.esd_data.augmentation import AugmentConfig
 from src.esd_data.datamodule import ESDDataModule
 from src.esd_data.identity import DataIdentity
+from src.esd_data.preparation import preparation_lock
 from src.hardware import check_accelerator
-from src.training.checkpoints import data_identity, read_checkpoint
+from src.training.checkpoint_io import AtomicCheckpointIO
+from src.training.checkpoints import check_weights_fit, data_identity, read_checkpoint
 from src.training.config import ESDConfig
 from src.training.loggers import build_loggers
 from src.training.module import ESDSegmentation
 from src.training.quiet import quiet_third_party
 from src.training.resume import MAY_CHANGE, check_same_data, saved_run_config
+from src.training.run_folder import claim_run, run_log_dir, write_status
 from src.training.summary import LayerSummary
 
 RUN_NAME_VARIABLE = "ESD_RUN_NAME"
@@ -49,9 +53,9 @@ WANDB_ID_VARIABLE = "ESD_WANDB_ID"
 LAST_CHECKPOINT = "last"
 
 
-def _trainer_number(value: float) -> int | float:
-    """Lightning's convention: a float is a fraction of the batches, an int a count."""
-    return int(value) if value > 1 else float(value)
+def _trainer_number(value: int | float) -> int | float:
+    """Lightning's convention, kept: a float is a fraction of the batches, an int a count."""
+    return value if isinstance(value, float) else int(value)
 
 
 def _devices(value: str) -> str | int | list[int]:
@@ -218,6 +222,7 @@ def _trainer(config: ESDConfig, callbacks: list[L.Callback], loggers: list[Any])
         deterministic="warn" if config.deterministic else False,
         callbacks=callbacks,
         logger=loggers,
+        plugins=[AtomicCheckpointIO()],
         log_every_n_steps=1,
         use_distributed_sampler=False,  # the datamodule shards by rank itself
     )
@@ -225,6 +230,15 @@ def _trainer(config: ESDConfig, callbacks: list[L.Callback], loggers: list[Any])
 
 def _numbers(metrics: dict[str, Any]) -> dict[str, float]:
     return {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float, torch.Tensor))}
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM stopped a training; its `status.json` says `interrupted`."""
+
+
+def is_global_zero_process() -> bool:
+    """Whether this process is the first of the whole run (not a DDP rank started for it)."""
+    return is_local_zero() and int(os.environ.get("NODE_RANK", "0")) == 0
 
 
 def train(
@@ -236,16 +250,49 @@ def train(
     The result holds the last epoch's logged metrics, `best_model_score`, `best_model_path`
     (empty without validation), `last_model_path`, `run_name` and, with test tiles, the
     chosen checkpoint's `test_*`. With `config.resume`, the checkpoint must belong to a run
-    of this config on the same data.
+    of this config on the same data. A run name whose folders hold another run, or that
+    another process trains, is refused before any work (`RunFolderError`); Ctrl-C or SIGTERM
+    raises `TrainingInterrupted` after `status.json` says `interrupted`.
     """
     L.seed_everything(config.seed, workers=True, verbose=False)
     resumed_epoch = None
     if config.resume is not None:
         config, resumed_epoch = _resumable(config)
     config = run_identity(config)
+    assert config.wandb_run_name is not None
+    log_folder = run_log_dir(config.log_dir, config.model_type, config.wandb_run_name)
+    checkpoint_folder = config.checkpoint_dir / config.model_type / config.wandb_run_name
+    owns_folder = is_global_zero_process() and not config.fast_dev_run
+    if owns_folder:
+        check_writable(config.checkpoint_dir, "checkpoints")
+        check_writable(config.log_dir, "logs")
+    claim = (
+        claim_run(log_folder, checkpoint_folder, resuming=config.resume is not None)
+        if owns_folder
+        else contextlib.nullcontext()
+    )
+    with claim:
+        return _train_claimed(config, extra_callbacks, test, resumed_epoch, log_folder,
+                              owns_folder)  # fmt: skip
+
+
+def _train_claimed(config: ESDConfig, extra_callbacks: list[L.Callback] | None, test: bool,
+                   resumed_epoch: int | None, log_folder: Path,
+                   owns_folder: bool) -> dict[str, Any]:  # fmt: skip
+    """`train` once the run's folders are this process's."""
     trainer = build_trainer(config, extra_callbacks, resumed_epoch)  # hardware errors first
     data = build_datamodule(config)
     data.prepare_data()
+    # Readers share the folder's lock: a preparation that would change it waits until the
+    # training is done (files changed between the preparation and the lock are found here).
+    with preparation_lock(config.processed_dir, shared=True):
+        data.manifest.check_files(config.processed_dir)
+        return _fit(config, trainer, data, test, log_folder, owns_folder)
+
+
+def _fit(config: ESDConfig, trainer: L.Trainer, data: ESDDataModule, test: bool,
+         log_folder: Path, owns_folder: bool) -> dict[str, Any]:  # fmt: skip
+    """Fit (and test) on prepared data; status.json follows the run."""
     if data.summary is not None and (is_local_zero() or data.summary.rebuilt):
         print(f"data: {data.summary}")
     path = data.choose_data_path(trainer.strategy.root_device)
@@ -253,58 +300,68 @@ def train(
         print(f"data: {path}")
     module = build_module(config, data)
     if config.resume is not None:
-        saved = data_identity(read_checkpoint(config.resume), config.resume)
-        check_same_data(saved, DataIdentity.from_dict(module.data_identity))
+        checkpoint = read_checkpoint(config.resume)
+        check_same_data(data_identity(checkpoint, config.resume),
+                        DataIdentity.from_dict(module.data_identity))  # fmt: skip
+        check_weights_fit(module, checkpoint, config.resume)
+        del checkpoint
     last = next(c for c in trainer.checkpoint_callbacks if c.filename == LAST_CHECKPOINT)
     best = next((c for c in trainer.checkpoint_callbacks if c is not last), None)
     os.environ[RUN_NAME_VARIABLE] = config.wandb_run_name or ""
     os.environ[WANDB_ID_VARIABLE] = config.wandb_id or ""
     status = "failed"
+
+    def record(state: str, **details: Any) -> None:
+        if owns_folder:
+            write_status(log_folder, state, epochs_completed=trainer.current_epoch, **details)
+
+    record("running")
     try:
         trainer.fit(module, datamodule=data, ckpt_path=config.resume)
         results: dict[str, Any] = _numbers(trainer.callback_metrics)
         results.update(
             run_name=config.wandb_run_name,
-            metrics_csv=str(Path(trainer.loggers[0].log_dir) / "metrics.csv"),
+            metrics_csv=str(log_folder / "metrics.csv"),
             best_model_path=best.best_model_path if best is not None else "",
             last_model_path=last.best_model_path,
             best_model_score=None
             if best is None or best.best_model_score is None
             else float(best.best_model_score),
+            fast_dev_run=config.fast_dev_run,
         )
         if test and data.manifest.split["test"] and not config.fast_dev_run:
             ckpt = results["best_model_path"] or results["last_model_path"] or None
             results.update(_numbers(trainer.test(module, datamodule=data, ckpt_path=ckpt)[0]))
         status = "finished"
     except BaseException as error:
-        interrupted = trainer.state.status == TrainerStatus.INTERRUPTED and not isinstance(
-            error, Exception
+        interrupted = isinstance(error, KeyboardInterrupt) or (
+            trainer.state.status == TrainerStatus.INTERRUPTED and not isinstance(error, Exception)
         )
         status = "interrupted" if interrupted else "failed"
-        _write_status(trainer, status, error)
+        record(status, error=None if interrupted else f"{type(error).__name__}: {error}")
+        if interrupted:
+            resume = Path(last.dirpath or "") / f"{LAST_CHECKPOINT}.ckpt"
+            if is_local_zero():
+                print(_resume_hint(resume, trainer.current_epoch), file=sys.stderr)
+            raise TrainingInterrupted from None
+        if isinstance(error, OSError) and error.errno in OUTPUT_ERRNOS:
+            raise output_error(error, Path(error.filename or log_folder / "metrics.csv")) from None
         raise
     finally:
         os.environ.pop(RUN_NAME_VARIABLE, None)
         os.environ.pop(WANDB_ID_VARIABLE, None)
         _finish_wandb(exit_code=0 if status == "finished" else 1)
-    _write_status(trainer, status)
+    record(status)
     return results
 
 
-STATUS_FILE = "status.json"
-
-
-def _write_status(trainer: L.Trainer, status: str, error: BaseException | None = None) -> None:
-    """`status.json` in the run's log folder: finished, failed or interrupted (and why), so a
-    run that did not finish is never mistaken for one that did."""
-    if not trainer.is_global_zero:
-        return
-    folder = Path(trainer.loggers[0].log_dir)
-    folder.mkdir(parents=True, exist_ok=True)
-    record: dict[str, Any] = {"status": status, "epochs_completed": trainer.current_epoch}
-    if error is not None:
-        record["error"] = f"{type(error).__name__}: {error}"
-    write_json(folder / STATUS_FILE, record)
+def _resume_hint(last: Path, epochs_completed: int) -> str:
+    if not last.is_file():
+        return "interrupted before the first epoch completed: nothing to resume, start again"
+    return (
+        f"interrupted after {epochs_completed} completed epoch(s); resume with: "
+        f"python -m scripts.train --resume {last}"
+    )
 
 
 def _resumable(config: ESDConfig) -> tuple[ESDConfig, int]:

@@ -1,0 +1,114 @@
+"""A run's folders are its own: one process at a time, never a finished run overwritten, and a
+`status.json` that can be trusted.
+
+`claim_run` takes an exclusive lock in the run's log folder for as long as the training runs
+(a second process on the same run name fails at once) and refuses a run name whose folders
+already hold a run, unless the training resumes it. `write_status` records `running` (with
+host and process id) from the start and `finished`, `failed` or `interrupted` at the end;
+`read_status` reports a `running` run whose process is gone as `killed`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from src.atomic import write_json
+
+STATUS_FILE = "status.json"
+LOCK_FILE = ".run.lock"
+
+
+class RunFolderError(ValueError):
+    """A run name whose folders are taken (by a finished run or a running process)."""
+
+
+def run_log_dir(log_dir: Path, model_type: str, run_name: str) -> Path:
+    """Where the run's `metrics.csv` and `status.json` go (the CSV logger's folder)."""
+    return Path(log_dir) / model_type / run_name
+
+
+def _holds_a_run(log_folder: Path, checkpoint_folder: Path) -> str | None:
+    if (log_folder / STATUS_FILE).is_file() or (log_folder / "metrics.csv").is_file():
+        status = read_status(log_folder)
+        return f"a {status.get('status', 'previous')} run in {log_folder}"
+    if checkpoint_folder.is_dir() and any(checkpoint_folder.glob("*.ckpt")):
+        return f"checkpoints in {checkpoint_folder}"
+    return None
+
+
+@contextlib.contextmanager
+def claim_run(log_folder: Path, checkpoint_folder: Path, resuming: bool) -> Iterator[None]:
+    """Hold the run's lock; RunFolderError, before anything is written, when another process
+    trains this run or (unless `resuming`) its folders already hold a run."""
+    log_folder = Path(log_folder)
+    created = not log_folder.exists()
+    log_folder.mkdir(parents=True, exist_ok=True)
+    handle = (log_folder / LOCK_FILE).open("a+")
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            status = read_status(log_folder)
+            owner = f" (process {status['pid']} on {status['host']})" if "pid" in status else ""
+            raise RunFolderError(
+                f"run {log_folder.name} is being trained by another process{owner}: choose "
+                f"another --wandb_run_name"
+            ) from None
+        taken = None if resuming else _holds_a_run(log_folder, checkpoint_folder)
+        if taken:
+            raise RunFolderError(
+                f"run name {log_folder.name} is taken ({taken}): choose another "
+                f"--wandb_run_name, continue it with --resume "
+                f"{checkpoint_folder / 'last.ckpt'}, or delete its folders"
+            )
+    except RunFolderError:
+        handle.close()
+        if created:  # leave no empty folder behind a refused run
+            (log_folder / LOCK_FILE).unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                log_folder.rmdir()
+        raise
+    try:
+        yield
+    finally:
+        handle.close()
+
+
+def write_status(log_folder: Path, status: str, **details: Any) -> None:
+    """`status.json`: the status, this process's host and id, and `details`."""
+    record = {"status": status, "host": socket.gethostname(), "pid": os.getpid(), **details}
+    write_json(Path(log_folder) / STATUS_FILE, record)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def read_status(log_folder: Path) -> dict[str, Any]:
+    """The run's `status.json` ({} when there is none); a run that says `running` but whose
+    process on this host is gone is reported as `killed`."""
+    path = Path(log_folder) / STATUS_FILE
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+    if (
+        record.get("status") == "running"
+        and record.get("host") == socket.gethostname()
+        and not _alive(int(record.get("pid", 0)))
+    ):
+        record["status"] = "killed"
+    return record

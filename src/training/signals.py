@@ -1,0 +1,41 @@
+"""Ctrl-C and SIGTERM as one thing: the first of them becomes a KeyboardInterrupt in the main
+thread, and the command exits with 128 + the signal's number (130, 143).
+
+Lightning stops a training gracefully on a KeyboardInterrupt (its SIGTERM handlers compose
+with the one installed here), so a run stopped either way is recorded as interrupted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+from collections.abc import Iterator
+
+
+class StopSignal:
+    """The signal (SIGINT or SIGTERM) that asked the command to stop, if any."""
+
+    signum: int | None = None
+
+    @classmethod
+    def exit_status(cls) -> int:
+        """128 + the signal's number (SIGINT when none was recorded: a plain Ctrl-C)."""
+        return 128 + (cls.signum or signal.SIGINT)
+
+
+@contextlib.contextmanager
+def stop_on_signals() -> Iterator[type[StopSignal]]:
+    """Turn the first SIGINT or SIGTERM into a KeyboardInterrupt; restore the handlers after."""
+    StopSignal.signum = None
+
+    def stop(signum: int, frame: object) -> None:
+        if StopSignal.signum is None:
+            StopSignal.signum = signum
+            raise KeyboardInterrupt
+
+    previous = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield StopSignal
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
