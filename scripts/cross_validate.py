@@ -17,6 +17,7 @@ if __package__ in (None, ""):  # run as `python scripts/NAME.py`, not `python -m
 
 from src.cli import add_config_arguments, build_parser, construct, parse_values
 from src.cross_validation.config import CVConfig
+from src.progress import set_progress
 from src.training.config import ESDConfig
 
 SHARED = frozenset({"model_type", "resume"})
@@ -45,6 +46,7 @@ def parse_arguments(argv: Sequence[str] | None = None) -> tuple[CVConfig, ESDCon
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse the options and run (or complete) the cross-validation."""
     cv, base = parse_arguments(argv)
+    set_progress(base.progress)
     from src.cross_validation.run import cross_validate
 
     try:

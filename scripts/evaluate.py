@@ -11,6 +11,7 @@ if __package__ in (None, ""):  # run as `python scripts/NAME.py`, not `python -m
 
 from src.cli import parse_config
 from src.evaluation.config import EvalConfig
+from src.progress import set_progress
 
 __all__ = ["EvalConfig", "evaluate", "main"]
 
@@ -33,6 +34,7 @@ def evaluate(config: EvalConfig) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     """Parse EvalConfig, evaluate, print the table and where the files are."""
     config = parse_config(EvalConfig, argv)
+    set_progress(config.progress)
     from src.esd_data.cache import PrepareError
     from src.esd_data.reader import TileError
     from src.evaluation.report import format_table

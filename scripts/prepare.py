@@ -16,6 +16,7 @@ if __package__ in (None, ""):  # run as `python scripts/NAME.py`, not `python -m
 
 from src.cli import check_field_types, config_field, parse_config
 from src.esd_data.preparation import PrepareRequest
+from src.progress import set_progress
 
 
 @dataclass
@@ -41,6 +42,9 @@ class PrepareConfig:
         None, "fraction of labelled tiles held out for testing (None: the folder's, 0.0 if new)"
     )
     workers: int = config_field(2, "worker processes preprocessing tiles in parallel")
+    progress: bool | None = config_field(
+        None, "progress bars (None: on a terminal only, never in a log file)"
+    )
     preprocessing: dict[str, Any] | None = config_field(
         None,
         "overrides of PreprocessConfig fields, e.g. '{viirs_max_projection: false}' (None: the "
@@ -68,6 +72,7 @@ class PrepareConfig:
 def main(argv: list[str] | None = None) -> int:
     """Run the preparation; print a summary, or the problems and exit with status 1."""
     config = parse_config(PrepareConfig, argv)
+    set_progress(config.progress)
     from src.esd_data.cache import PrepareError
     from src.esd_data.preparation import prepare_requested
     from src.esd_data.reader import TileError

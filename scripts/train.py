@@ -10,6 +10,7 @@ if __package__ in (None, ""):  # run as `python scripts/NAME.py`, not `python -m
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from src.cli import build_parser, construct, parse_values
+from src.progress import set_progress
 from src.training.config import ESDConfig
 
 __all__ = ["ESDConfig", "main", "train"]
@@ -46,6 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     (the run is recorded as interrupted and the line to resume it is printed).
     """
     config = parse_arguments(argv)
+    set_progress(config.progress)
     from src.training.signals import StopSignal, stop_on_signals
     from src.training.train import is_local_zero
 

@@ -24,6 +24,7 @@ if __package__ in (None, ""):  # run as `python scripts/NAME.py`, not `python -m
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from src.cli import add_config_arguments, build_parser, construct, parse_values
+from src.progress import set_progress
 from src.sweeps.config import SweepConfig
 from src.training.config import ESDConfig
 
@@ -66,6 +67,7 @@ def parse_arguments(
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse the command line and run the sweep."""
     options, base, explicit = parse_arguments(argv)
+    set_progress(base.progress)
     from src.sweeps.run import run_sweep
 
     return run_sweep(options, base, explicit)

@@ -29,11 +29,19 @@ def _free_space(folder: Path) -> str:
     return "free space unknown"
 
 
+def is_output_error(error: OSError) -> bool:
+    """Whether a failed write means the folder cannot take it (full, read-only, not ours);
+    numpy reports a short write as "N requested and M written", without an errno."""
+    return error.errno in OUTPUT_ERRNOS or (
+        error.errno is None and "requested and" in str(error) and "written" in str(error)
+    )
+
+
 def output_error(error: OSError, target: Path, what: str = "") -> OutputError:
     """The one-line OutputError for a failed write of `target` (`what` it was)."""
     folder = Path(target).parent
     writing = f"writing {what or Path(target).name}"
-    if error.errno in (errno.ENOSPC, errno.EDQUOT):
+    if error.errno in (errno.ENOSPC, errno.EDQUOT) or error.errno is None:
         return OutputError(
             f"no space left in {folder} ({_free_space(folder)}) while {writing}: free space "
             f"there or choose another folder; nothing half-written was left"
@@ -45,18 +53,21 @@ def output_error(error: OSError, target: Path, what: str = "") -> OutputError:
 
 
 def check_writable(folder: Path, what: str) -> None:
-    """OutputError unless files can be created in `folder` (made if missing), before any work;
-    `what` says what goes there (e.g. "checkpoints")."""
-    folder = Path(folder)
-    probe = folder / f".write-check-{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp"
+    """OutputError unless files can be created in `folder` (or, where it does not exist yet,
+    in the nearest folder above it, which it would be made in), before any work and without
+    making a folder; `what` says what goes there (e.g. "checkpoints")."""
+    folder = Path(folder).absolute()
+    existing = next(c for c in (folder, *folder.parents) if c.exists())
+    if not existing.is_dir():
+        raise OutputError(f"{existing} is a file, so {folder} cannot hold the {what}")
+    probe = existing / f".write-check-{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp"
     try:
-        folder.mkdir(parents=True, exist_ok=True)
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as error:
         if error.errno not in OUTPUT_ERRNOS:
             raise
-        raise output_error(error, probe, f"{what} (a test file)") from None
+        raise output_error(error, folder / "…", f"the {what}") from None
 
 
 @contextlib.contextmanager
@@ -71,7 +82,7 @@ def atomic_path(target: Path) -> Iterator[Path]:
         yield temporary
         temporary.replace(target)
     except OSError as error:
-        if error.errno not in OUTPUT_ERRNOS:
+        if not is_output_error(error):
             raise
         raise output_error(error, target) from None
     finally:
@@ -112,7 +123,7 @@ def replaced_folder(target: Path) -> Iterator[Path]:
             target.rename(old)
         staging.rename(target)
     except OSError as error:
-        if error.errno not in OUTPUT_ERRNOS:
+        if not is_output_error(error):
             raise
         raise output_error(error, target / "…", f"the results in {target}") from None
     finally:

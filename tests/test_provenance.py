@@ -198,7 +198,7 @@ def test_default_results_folder_is_per_result_and_never_mixes_results(
     assert [p.stem for p in (Path(subset["results_dir"]) / "tiles").glob("*.png")] == val[:1]
     assert {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()} == before
     # Another result into a folder holding one is refused; the same one replaces it.
-    with pytest.raises(ValueError, match="holds another evaluation.*tiles"):
+    with pytest.raises(ValueError, match=r"holds another evaluation.*tiles"):
         evaluate_quietly(model_path=trained, tiles=val[:1], results_dir=folder)
     assert {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()} == before
     again = evaluate_quietly(model_path=trained)

@@ -48,6 +48,7 @@ from src.esd_data.reader import (
 from src.esd_data.sensors import GROUND_TRUTH_FILE, LABEL_GRID
 from src.esd_data.split import split_tiles
 from src.esd_data.subtiles import check_tile_size_gt
+from src.progress import progress_disabled
 
 TILES_FOLDER = "tiles"
 STORAGE_DTYPE = np.float16
@@ -270,7 +271,9 @@ def _run_tiles(
     """Process the stale tiles with a progress bar; PrepareError lists every tile that failed."""
     records: dict[str, dict] = {}
     errors: list[str] = []
-    with tqdm(total=len(jobs), desc="preparing tiles", unit="tile", disable=not jobs) as bar:
+    bar = tqdm(total=len(jobs), desc="preparing tiles", unit="tile",
+               disable=progress_disabled(not jobs))  # fmt: skip
+    with bar:
         for tile_dir, result in _results(jobs, processed_dir, preprocessing, workers):
             bar.update()
             if isinstance(result, TileError):

@@ -67,6 +67,9 @@ class EvalConfig:
     )
     batch_size: int = config_field(16, "windows per forward pass")
     prepare_workers: int = config_field(2, "processes preparing --raw_dir's tiles")
+    progress: bool | None = config_field(
+        None, "progress bars (None: on a terminal only, never in a log file)"
+    )
     accelerator: Literal["auto", "cpu", "cuda", "mps"] = config_field(
         "auto", "device to run the model on"
     )

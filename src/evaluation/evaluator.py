@@ -18,6 +18,7 @@ from src.esd_data.identity import DataIdentity
 from src.esd_data.manifest import Manifest
 from src.evaluation.restitch import restitch_logits
 from src.evaluation.tta import averaged_probabilities
+from src.progress import progress_disabled
 from src.training.checkpoints import CheckpointError
 from src.training.module import ESDSegmentation
 
@@ -195,7 +196,8 @@ def predict_tiles(
     )
     windows = len(dataset.origins) ** 2
     predictions = []
-    for position, tile in enumerate(tqdm(dataset.tiles, desc="predicting", unit="tile")):
+    bar = tqdm(dataset.tiles, desc="predicting", unit="tile", disable=progress_disabled())
+    for position, tile in enumerate(bar):
         items = [dataset[position * windows + k] for k in range(windows)]
         attention = _DateWeights(predictors[0].module)
         probabilities = []

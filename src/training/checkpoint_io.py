@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from lightning.fabric.plugins import TorchCheckpointIO
 
-from src.atomic import atomic_path
+from src.atomic import atomic_path, is_output_error, output_error
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -28,6 +28,12 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         if storage_options is not None:
             raise TypeError(f"{type(self).__name__} takes no storage_options")
         with atomic_path(Path(path)) as temporary, temporary.open("wb") as handle:
-            torch.save(checkpoint, handle)
+            try:
+                torch.save(checkpoint, handle)
+            except RuntimeError as error:  # torch's writer wraps a full disk's OSError
+                cause = error.__context__
+                if isinstance(cause, OSError) and is_output_error(cause):
+                    raise output_error(cause, Path(path), f"checkpoint {Path(path).name}") from None
+                raise
             handle.flush()
             os.fsync(handle.fileno())

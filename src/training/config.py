@@ -138,6 +138,9 @@ class ESDConfig:
         1.0, "validation batches: a count (0: no validation) or a fraction (1.0: all)"
     )
     fast_dev_run: bool = config_field(False, "one batch of training and validation, no logs")
+    progress: bool | None = config_field(
+        None, "progress bars (None: on a terminal only, never in a log file)"
+    )
     # outputs
     checkpoint_dir: Path = config_field(Path("checkpoints"), "checkpoints go to DIR/model/run/")
     log_dir: Path = config_field(Path("logs"), "CSV logs and offline W&B runs go here")

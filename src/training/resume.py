@@ -37,6 +37,7 @@ MAY_CHANGE = frozenset(
         "log_dir",
         "checkpoint_dir",
         "wandb_mode",
+        "progress",
     }
 )
 """Options a resumed run may set anew (the data found there must still be the run's data;

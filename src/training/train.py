@@ -30,13 +30,14 @@ from lightning.pytorch.callbacks import (
 )
 from lightning.pytorch.trainer.states import TrainerStatus
 
-from src.atomic import OUTPUT_ERRNOS, check_writable, output_error
+from src.atomic import check_writable, is_output_error, output_error
 from src.cli import config_values
 from src.esd_data.augmentation import AugmentConfig
 from src.esd_data.datamodule import ESDDataModule
 from src.esd_data.identity import DataIdentity
 from src.esd_data.preparation import preparation_lock
 from src.hardware import check_accelerator
+from src.progress import show_progress
 from src.training.checkpoint_io import AtomicCheckpointIO
 from src.training.checkpoints import check_weights_fit, data_identity, read_checkpoint
 from src.training.config import ESDConfig
@@ -44,7 +45,7 @@ from src.training.loggers import build_loggers
 from src.training.module import ESDSegmentation
 from src.training.quiet import quiet_third_party
 from src.training.resume import MAY_CHANGE, check_same_data, saved_run_config
-from src.training.run_folder import claim_run, run_log_dir, write_status
+from src.training.run_folder import claim_run, read_status, run_log_dir, write_status
 from src.training.summary import LayerSummary
 
 RUN_NAME_VARIABLE = "ESD_RUN_NAME"
@@ -188,7 +189,7 @@ def build_trainer(
         *([best, stopping] if best is not None else []),
         last,
         LearningRateMonitor(logging_interval="epoch"),
-        TQDMProgressBar(),
+        *([TQDMProgressBar()] if show_progress() else []),
         LayerSummary(max_depth=2),
         *(extra_callbacks or []),
     ]
@@ -223,6 +224,7 @@ def _trainer(config: ESDConfig, callbacks: list[L.Callback], loggers: list[Any])
         callbacks=callbacks,
         logger=loggers,
         plugins=[AtomicCheckpointIO()],
+        enable_progress_bar=show_progress(),
         log_every_n_steps=1,
         use_distributed_sampler=False,  # the datamodule shards by rank itself
     )
@@ -261,6 +263,10 @@ def train(
     config = run_identity(config)
     assert config.wandb_run_name is not None
     log_folder = run_log_dir(config.log_dir, config.model_type, config.wandb_run_name)
+    if resumed_epoch is not None and is_global_zero_process():
+        previous = read_status(log_folder).get("status", "unknown")
+        print(f"resuming run {config.wandb_run_name} after epoch {resumed_epoch} (it was "
+              f"{previous})")  # fmt: skip
     checkpoint_folder = config.checkpoint_dir / config.model_type / config.wandb_run_name
     owns_folder = is_global_zero_process() and not config.fast_dev_run
     if owns_folder:
@@ -344,7 +350,7 @@ def _fit(config: ESDConfig, trainer: L.Trainer, data: ESDDataModule, test: bool,
             if is_local_zero():
                 print(_resume_hint(resume, trainer.current_epoch), file=sys.stderr)
             raise TrainingInterrupted from None
-        if isinstance(error, OSError) and error.errno in OUTPUT_ERRNOS:
+        if isinstance(error, OSError) and is_output_error(error):
             raise output_error(error, Path(error.filename or log_folder / "metrics.csv")) from None
         raise
     finally:

@@ -1,0 +1,300 @@
+"""Runs never overwrite, corrupt or lose each other: run names, status, interrupts, atomic
+checkpoints, full and read-only disks, checks before work."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from scripts.evaluate import main as evaluate_main
+from scripts.train import main as train_main
+from src.atomic import OutputError, atomic_path
+from src.esd_data.manifest import Manifest
+from src.esd_data.preparation import PrepareRequest, preparation_lock, prepare_requested
+from src.evaluation.config import EvalConfig
+from src.evaluation.evaluate import evaluate
+from src.training.checkpoint_io import AtomicCheckpointIO
+from src.training.config import ESDConfig
+from src.training.run_folder import RunFolderError, claim_run, read_status
+from src.training.train import train
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def tiny(tmp_path: Path, processed: Path, **overrides) -> ESDConfig:
+    values = {
+        "raw_dir": None, "processed_dir": processed, "model_type": "SegmentationCNN",
+        "embedding_size": 4, "depth": 1, "max_epochs": 1, "num_workers": 0,
+        "wandb_mode": "disabled", "wandb_run_name": "rs",
+        "checkpoint_dir": tmp_path / "ck", "log_dir": tmp_path / "logs",
+    }  # fmt: skip
+    return ESDConfig(**{**values, **overrides})
+
+
+def files(folder: Path) -> dict[Path, bytes]:
+    return {p: p.read_bytes() for p in Path(folder).rglob("*") if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def finished_run(synthetic_processed, tmp_path_factory) -> tuple[Path, dict]:
+    """One finished 1-epoch run named `rs` (read-only for the tests)."""
+    tmp_path = tmp_path_factory.mktemp("run")
+    return tmp_path, train(tiny(tmp_path, synthetic_processed))
+
+
+def test_a_taken_run_name_is_refused_before_any_work(finished_run, synthetic_processed):
+    tmp_path, _ = finished_run
+    before = files(tmp_path)
+    assert read_status(tmp_path / "logs" / "SegmentationCNN" / "rs")["status"] == "finished"
+    with pytest.raises(RunFolderError, match=r"run name rs is taken.*--resume"):
+        train(tiny(tmp_path, synthetic_processed, learning_rate=0.5))
+    assert files(tmp_path) == before
+    # A process training a run holds it: a second one on the same name fails at once.
+    other = tmp_path / "other"
+    log_folder = other / "logs" / "SegmentationCNN" / "rs"
+    with claim_run(log_folder, other / "ck" / "SegmentationCNN" / "rs", resuming=False):
+        started = time.perf_counter()
+        with pytest.raises(RunFolderError, match="being trained by another process"):
+            train(tiny(other, synthetic_processed))
+        assert time.perf_counter() - started < 30  # refused, not queued behind the lock
+    assert not (other / "ck").exists()
+
+
+def test_a_checkpoint_whose_weights_do_not_fit_is_refused_and_harms_no_run(
+    finished_run, synthetic_processed, tmp_path
+):
+    run_dir, results = finished_run
+    swapped = tmp_path / "swapped.ckpt"
+    checkpoint = torch.load(results["last_model_path"], weights_only=True)
+    name = next(iter(checkpoint["state_dict"]))
+    checkpoint["state_dict"][name] = torch.zeros(3, 3)  # another model's weights
+    torch.save(checkpoint, swapped)
+    before = files(run_dir)
+    assert train_main(["--resume", str(swapped), "--processed_dir", str(synthetic_processed),
+                       "--raw_dir", "none"]) == 1  # fmt: skip
+    assert files(run_dir) == before  # the finished run's status.json still says finished
+
+
+def test_one_batch_is_one_batch_and_fast_dev_run_finishes(synthetic_processed, tmp_path, capsys):
+    results = train(tiny(tmp_path, synthetic_processed, limit_train_batches=1, max_epochs=2))
+    assert torch.load(results["last_model_path"], weights_only=True)["global_step"] == 2
+    common = ["--raw_dir", "none", "--processed_dir", str(synthetic_processed), "--model_type",
+              "SegmentationCNN", "--embedding_size", "4", "--depth", "1", "--num_workers", "0",
+              "--wandb_mode", "disabled", "--log_dir", str(tmp_path / "fdr")]  # fmt: skip
+    assert train_main([*common, "--fast_dev_run"]) == 0
+    assert "--fast_dev_run ran one training and one validation batch" in capsys.readouterr().out
+    assert not (tmp_path / "fdr").exists()
+
+
+def test_a_killed_checkpoint_rewrite_leaves_the_previous_one(tmp_path, monkeypatch):
+    """The temporary file of a save lies beside its checkpoint: a kill in the middle of
+    writing (here an exception after half the bytes) leaves the previous file whole, and no
+    leftovers (Lightning's own save writes in the system's temporary folder and moves the file
+    over, a copy across file systems)."""
+    path = tmp_path / "last.ckpt"
+    io = AtomicCheckpointIO()
+    io.save_checkpoint({"epoch": 1, "weights": torch.ones(4)}, path)
+
+    class Killed(BaseException):
+        pass
+
+    def dies(obj, handle):
+        handle.write(b"half a checkpoint")
+        raise Killed
+
+    monkeypatch.setattr(torch, "save", dies)
+    with pytest.raises(Killed):
+        io.save_checkpoint({"epoch": 2}, path)
+    monkeypatch.undo()
+    assert torch.load(path, weights_only=True)["epoch"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]
+
+
+def _mount_tmpfs(folder: Path, options: str) -> bool:
+    folder.mkdir(parents=True, exist_ok=True)
+    command = ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(folder)]
+    return subprocess.run(command, capture_output=True).returncode == 0
+
+
+def test_a_full_disk_is_one_line_and_leaves_nothing_half_written(
+    finished_run, synthetic_processed, tmp_path, capsys
+):
+    full = tmp_path / "full"
+    if not _mount_tmpfs(full, "size=64k"):
+        pytest.skip("cannot mount a small tmpfs here (needs root)")
+    try:
+        big = atomic_path(full / "big.bin")
+        with (
+            pytest.raises(OutputError, match=rf"no space left in {full}.*MiB free"),
+            big as temporary,
+        ):
+            temporary.write_bytes(b"x" * 200_000)
+        assert list(full.iterdir()) == []
+        raw = tmp_path / "raw"
+        from src.esd_data.synthetic import generate_synthetic_dataset
+
+        generate_synthetic_dataset(raw, n_tiles=2, seed=0, tile_px=64)
+        result = subprocess.run(
+            [sys.executable, "-m", "scripts.prepare", "--raw_dir", str(raw), "--processed_dir",
+             str(full / "processed"), "--workers", "1"],
+            capture_output=True, text=True, cwd=ROOT,
+        )  # fmt: skip
+        assert result.returncode == 1, result.stderr
+        assert "Traceback" not in result.stderr and f"no space left in {full}" in result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1
+        assert not (full / "processed" / "manifest.json").exists()
+        # Training and evaluating into it: exit 1, one line, no 0-byte or temporary file.
+        common = ["--raw_dir", "none", "--processed_dir", str(synthetic_processed),
+                  "--model_type", "SegmentationCNN", "--embedding_size", "4", "--depth", "1",
+                  "--num_workers", "0", "--wandb_mode", "disabled",
+                  "--max_epochs", "1"]  # fmt: skip
+        capsys.readouterr()
+        assert train_main([*common, "--checkpoint_dir", str(full / "ck"),
+                           "--log_dir", str(tmp_path / "logs")]) == 1  # fmt: skip
+        assert f"no space left in {full}" in capsys.readouterr().err
+        _, results = finished_run
+        assert evaluate_main(["--model_path", results["last_model_path"], "--results_dir",
+                              str(full / "eval"), "--accelerator", "cpu"]) == 1  # fmt: skip
+        assert f"no space left in {full}" in capsys.readouterr().err
+        leftovers = [p for p in full.rglob("*") if p.is_file() and not p.name.endswith(".lock")]
+        assert all(p.stat().st_size > 0 and ".tmp" not in p.name for p in leftovers), leftovers
+        assert not list(full.rglob("*.staging"))
+    finally:
+        subprocess.run(["umount", str(full)], check=False)
+
+
+def test_a_read_only_output_folder_is_refused_before_any_epoch(synthetic_processed, tmp_path):
+    folder = tmp_path / "ro"
+    if os.geteuid() == 0:
+        if not _mount_tmpfs(folder, "ro,size=64k"):
+            pytest.skip("cannot mount a read-only tmpfs here")
+    else:
+        folder.mkdir(mode=0o500)
+    try:
+        started = time.perf_counter()
+        with pytest.raises(OutputError, match=f"{folder}.* not writable"):
+            train(tiny(tmp_path, synthetic_processed, checkpoint_dir=folder / "ck"))
+        assert time.perf_counter() - started < 10  # before the data or the Trainer
+        assert not (tmp_path / "logs").exists()
+    finally:
+        if os.geteuid() == 0:
+            subprocess.run(["umount", str(folder)], check=False)
+
+
+def test_a_results_folder_that_cannot_take_a_new_evaluation_keeps_the_old_one(
+    finished_run, tmp_path, monkeypatch
+):
+    _, results = finished_run
+    out = tmp_path / "out"
+    config = EvalConfig(model_path=[Path(results["last_model_path"])], results_dir=out,
+                        accelerator="cpu")  # fmt: skip
+    evaluate(config, log=lambda _: None)
+    before = files(out)
+    import src.evaluation.evaluate as module
+
+    def full_disk(*args, **kwargs):  # the tiles are written, then the disk is full
+        raise OutputError(f"no space left in {tmp_path}")
+
+    monkeypatch.setattr(module, "write_run_outputs", full_disk)
+    with pytest.raises(OutputError):
+        evaluate(config, log=lambda _: None)
+    assert files(out) == before  # the earlier evaluation whole, its tiles listed and present
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]  # no staging folder left
+
+
+def _train_process(tmp_path: Path, processed: Path, *extra: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "scripts.train", "--raw_dir", "none", "--processed_dir",
+         str(processed), "--model_type", "SegmentationCNN", "--embedding_size", "4", "--depth",
+         "1", "--num_workers", "0", "--wandb_mode", "disabled", "--max_epochs", "200",
+         "--checkpoint_dir", str(tmp_path / "ck"), "--log_dir", str(tmp_path / "logs"),
+         "--wandb_run_name", "rs", *extra],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+
+
+def _wait_for(condition, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("timed out")
+        time.sleep(0.2)
+
+
+@pytest.mark.slow
+def test_status_interrupts_and_resume(synthetic_processed, tmp_path):
+    log_folder = tmp_path / "logs" / "SegmentationCNN" / "rs"
+    last = tmp_path / "ck" / "SegmentationCNN" / "rs" / "last.ckpt"
+    process = _train_process(tmp_path, synthetic_processed)
+    _wait_for(last.is_file)
+    status = read_status(log_folder)
+    assert status["status"] == "running" and status["pid"] == process.pid
+    lock = (synthetic_processed / ".prepare.lock").open("a")  # the training holds it shared
+    with lock as handle, pytest.raises(BlockingIOError):
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    process.kill()
+    process.communicate()
+    assert read_status(log_folder)["status"] == "killed"
+
+    # Resumed (it says the run was killed), then Ctrl-C: exit 130, `interrupted`, and the
+    # command it prints resumes the run to its end, with no row of metrics.csv twice.
+    resumed = subprocess.Popen(
+        [sys.executable, "-m", "scripts.train", "--resume", str(last), "--max_epochs", "200"],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    epochs = torch.load(last, weights_only=True)["epoch"]
+    _wait_for(lambda: torch.load(last, weights_only=True)["epoch"] > epochs)
+    resumed.send_signal(signal.SIGINT)
+    stdout, stderr = resumed.communicate(timeout=120)
+    assert resumed.returncode == 130, stderr
+    assert "(it was killed)" in stdout
+    assert read_status(log_folder)["status"] == "interrupted"
+    (hint,) = [line for line in stderr.splitlines() if "resume with:" in line]
+    command = hint.split("resume with: ")[1].split()
+    assert command[:4] == ["python", "-m", "scripts.train", "--resume"]
+    done = torch.load(last, weights_only=True)["epoch"]
+    assert train_main([*command[3:], "--max_epochs", str(done + 2)]) == 0
+    assert read_status(log_folder)["status"] == "finished"
+    rows = (log_folder / "metrics.csv").read_text().splitlines()
+    assert len(rows) == len(set(rows)) and len(rows) > done + 2
+
+
+def test_a_preparation_waits_for_the_readers_of_a_folder(synthetic_processed, tmp_path):
+    processed = Path(shutil.copytree(synthetic_processed, tmp_path / "processed"))
+    tiles = {p: p.read_bytes() for p in (processed / "tiles").glob("*.npy")}
+    lines: list[str] = []
+    raw = Path(Manifest.load(processed).raw_dir)
+    request = PrepareRequest(preprocessing={"s1_blur_sigma": 2.0})
+    with preparation_lock(processed, shared=True):  # what a training holds while it runs
+        worker = threading.Thread(
+            target=lambda: prepare_requested(raw, processed, request, 1, log=lines.append)
+        )
+        worker.start()
+        _wait_for(lambda: bool(lines), timeout=60)
+        time.sleep(0.5)
+        assert "waiting" in lines[-1]
+        assert {p: p.read_bytes() for p in tiles} == tiles  # nothing changed under the reader
+    worker.join(timeout=120)
+    assert Manifest.load(processed).preprocessing["s1_blur_sigma"] == 2.0
+
+
+def test_a_raw_folder_of_another_cell_size_is_refused_before_any_file(finished_run, tmp_path):
+    from src.esd_data.synthetic import generate_synthetic_dataset
+
+    _, results = finished_run
+    raw = tmp_path / "raw"
+    generate_synthetic_dataset(raw, n_tiles=1, seed=3, tile_px=32)  # 2 px cells, not 4
+    cache, out = tmp_path / "cache", tmp_path / "out"
+    assert evaluate_main(["--model_path", results["last_model_path"], "--raw_dir", str(raw),
+                          "--cache_dir", str(cache), "--results_dir", str(out)]) == 1  # fmt: skip
+    assert not cache.exists() and not out.exists()
