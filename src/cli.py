@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
 import sys
 import types
 import typing
@@ -176,9 +177,29 @@ def _help_text(text: str, default: Any) -> str:
     return f"{text} (default: {_shown(default)})"
 
 
+def closest(name: str, known: Sequence[str]) -> str:
+    """ " (did you mean X?)" for the closest of `known` to a mistyped `name`, else ""."""
+    match = difflib.get_close_matches(name, list(known), n=1, cutoff=0.6)
+    return f" (did you mean {match[0]}?)" if match else ""
+
+
+class OptionParser(argparse.ArgumentParser):
+    """argparse with errors of one line: the mistake, the closest option, how to see them all
+    (exit status 2), instead of the whole usage."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        options = [o for action in self._actions for o in action.option_strings]
+        hints = []
+        if message.startswith("unrecognized arguments:"):
+            for word in message.split(":", 1)[1].split():
+                if word.startswith("-"):
+                    hints.append(closest(word.split("=")[0], options))
+        self.exit(2, f"{self.prog}: error: {message}{''.join(hints)} (--help lists every option)\n")
+
+
 def build_parser(config_cls: type, description: str | None = None) -> argparse.ArgumentParser:
     """An argparse parser with one flag per dataclass field, plus `--config FILE.yaml`."""
-    parser = argparse.ArgumentParser(
+    parser = OptionParser(
         description=description or (config_cls.__doc__ or "").strip().splitlines()[0],
         formatter_class=argparse.HelpFormatter,
         allow_abbrev=False,
@@ -223,22 +244,30 @@ def add_config_arguments(
 
 
 def load_yaml_config(path: Path, config_cls: type) -> dict[str, Any]:
-    """Read a YAML file of option values, rejecting names that are not config fields."""
+    """Read a YAML file of option values; exit status 2 naming every problem of the file at
+    once (unknown names, with the closest known one, and values of the wrong type)."""
+
+    def fail(message: str) -> typing.NoReturn:
+        print(f"error: --config {path}: {message}", file=sys.stderr)
+        raise SystemExit(2)
+
     if not path.is_file():
-        raise SystemExit(f"error: --config {path}: no such file")
+        fail("no such file")
     try:
         values = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as error:
-        raise SystemExit(f"error: --config {path}: not valid YAML ({error})") from error
+        fail(f"not valid YAML ({' '.join(str(error).split())})")
     if not isinstance(values, dict):
-        raise SystemExit(f"error: --config {path}: expected a mapping of option: value")
-    known = {f.name for f in dataclasses.fields(config_cls)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise SystemExit(
-            f"error: --config {path}: unknown option(s) {', '.join(unknown)}; "
-            f"run with --help for the list"
-        )
+        fail("expected a mapping of option: value")
+    hints = _hints(config_cls)
+    problems = []
+    for name, value in values.items():
+        if name not in hints:
+            problems.append(f"unknown option {name!r}{closest(str(name), list(hints))}")
+        elif (problem := type_problem(value, hints[name])) is not None:
+            problems.append(f"{name}: {value!r} {problem}")
+    if problems:
+        fail("; ".join(problems) + " (--help lists every option)")
     return values
 
 

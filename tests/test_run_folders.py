@@ -298,3 +298,77 @@ def test_a_raw_folder_of_another_cell_size_is_refused_before_any_file(finished_r
     assert evaluate_main(["--model_path", results["last_model_path"], "--raw_dir", str(raw),
                           "--cache_dir", str(cache), "--results_dir", str(out)]) == 1  # fmt: skip
     assert not cache.exists() and not out.exists()
+
+
+def test_option_errors_are_one_line_with_the_closest_name(tmp_path, capsys):
+    from src.cli import parse_config
+
+    path = tmp_path / "bad.yaml"
+    path.write_text("learnig_rate: 0.1\nmax_epochs: many\n")
+    for argv in (["--config", str(path)], ["--learnig_rate", "3"]):
+        with pytest.raises(SystemExit) as exit_status:
+            parse_config(ESDConfig, argv)
+        assert exit_status.value.code == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "learning_rate?" in err and "usage:" not in err
+    path.write_text("learnig_rate: 0.1\nmax_epochs: many\n")
+    with pytest.raises(SystemExit):
+        parse_config(ESDConfig, ["--config", str(path)])
+    both = capsys.readouterr().err
+    assert "'learnig_rate'" in both and "max_epochs: 'many' must be a whole number" in both
+
+
+SWEEP = {"method": "random", "metric": {"name": "val_f1_class1", "goal": "maximize"},
+         "parameters": {"learning_rate": {"min": 0.001, "max": 0.1}}}  # fmt: skip
+
+
+def _scoring_train(after=None):
+    calls = []
+
+    def train(config, extra_callbacks=None):
+        calls.append(config.learning_rate)
+        if after is not None:
+            after(len(calls))
+        return {"best_model_path": "b.ckpt", "best_model_score": 0.5, "val_f1_class1": 0.5}
+
+    return train, calls
+
+
+def test_a_torn_journal_record_is_cut_and_the_count_completed(tmp_path, capsys):
+    from src.sweeps.optuna_backend import OptunaRun, run_optuna
+    from src.sweeps.spec import parse_sweep_spec
+
+    spec, journal = parse_sweep_spec(SWEEP), tmp_path / "study.journal"
+    run = OptunaRun(storage=str(journal), study_name="s", count=1, output_dir=tmp_path)
+    train, calls = _scoring_train()
+    run_optuna(spec, ESDConfig(wandb_mode="disabled"), run, train=train, log=lambda _: None)
+    with journal.open("ab") as handle:
+        handle.write(b'{"op_code": 5, "worker_id": "x", "trial_id": 1, "val')  # a worker died
+    run.count = 3
+    study = run_optuna(spec, ESDConfig(wandb_mode="disabled"), run, train=train,
+                       log=lambda _: None)  # fmt: skip
+    assert "last record was torn" in capsys.readouterr().out
+    assert len(calls) == 3 and len(study.get_trials()) == 3
+    assert all(line.endswith("}") for line in journal.read_text().splitlines())
+
+
+def test_a_storage_corrupted_mid_sweep_is_one_line_and_keeps_the_finished_trials(tmp_path):
+    from src.sweeps.optuna_backend import OptunaRun, run_optuna
+    from src.sweeps.results import TABLE_FILE
+    from src.sweeps.spec import parse_sweep_spec
+    from src.sweeps.study import SweepError
+
+    database = tmp_path / "study.db"
+
+    def corrupt(calls: int) -> None:
+        if calls == 2:
+            database.write_bytes(b"not a database" * 100)
+
+    train, _ = _scoring_train(corrupt)
+    run = OptunaRun(storage=f"sqlite:///{database}", study_name="s", count=3, output_dir=tmp_path)
+    with pytest.raises(SweepError, match=rf"storage sqlite:///{database} failed") as error:
+        run_optuna(parse_sweep_spec(SWEEP), ESDConfig(wandb_mode="disabled"), run, train=train,
+                   log=lambda _: None)  # fmt: skip
+    assert "\n" not in str(error.value)
+    rows = (tmp_path / TABLE_FILE).read_text().splitlines()
+    assert len(rows) == 2 and ",COMPLETE," in rows[1]  # trial 0, written as it finished

@@ -37,6 +37,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from src.cli import config_values
+from src.sweeps.results import TABLE_FILE, records_from_study, write_results
 from src.sweeps.spec import Parameter, SweepSpec, trial_config
 from src.sweeps.study import (
     ERROR,
@@ -418,6 +419,31 @@ def run_optuna(
         return study
     stop = _StopRules(run.max_failures)
     objective = make_objective(spec, base, train, run, limit)
+    try:
+        _run_trials(spec, run, study, objective, stop, limit, log)
+    except (KeyboardInterrupt, SweepError):
+        raise
+    except Exception as error:  # noqa: BLE001  the storage failed under the sweep (deleted, corrupt)
+        raise SweepError(
+            f"the study's storage {run.storage} failed ({type(error).__name__}: {error}); the "
+            f"finished trials are in {run.output_dir / TABLE_FILE}"
+        ) from None
+    if stop.reason:
+        log(f"optuna: stopped: {stop.reason}")
+    return study
+
+
+def _run_trials(
+    spec: SweepSpec,
+    run: OptunaRun,
+    study: optuna.Study,
+    objective: Any,
+    stop: _StopRules,
+    limit: int | None,
+    log: Callable[[str], None],
+) -> None:
+    """Trials until a total, the grid's end or a stop rule; the results table is written
+    after every trial (so a storage lost later keeps what finished)."""
     while not stop.reason:
         for number in reap_dead_workers(study):
             log(f"optuna: trial {number} lost its worker process: marked failed")
@@ -430,9 +456,8 @@ def run_optuna(
         if spec.method == "grid" and grid_exhausted(spec, study):
             break
         study.optimize(objective, n_trials=1, catch=(Exception,), callbacks=[stop])
+        write_results(run.output_dir, records_from_study(study, spec), spec, run.study_name,
+                      log=lambda _: None)  # fmt: skip
         if stop.full:
             break
     reap_dead_workers(study)
-    if stop.reason:
-        log(f"optuna: stopped: {stop.reason}")
-    return study

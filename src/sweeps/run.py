@@ -15,9 +15,14 @@ from typing import Any
 
 from src.sweeps.config import SweepConfig
 from src.sweeps.optuna_backend import OptunaRun, open_study, run_optuna
-from src.sweeps.results import records_from_study, records_from_wandb, write_results
+from src.sweeps.results import (
+    TABLE_FILE,
+    records_from_study,
+    records_from_wandb,
+    write_results,
+)
 from src.sweeps.spec import SweepSpec, SweepSpecError, load_sweep_file, parse_sweep_spec
-from src.sweeps.study import SweepError, open_storage, reap_dead_workers
+from src.sweeps.study import SweepError, is_journal, open_storage, reap_dead_workers
 from src.sweeps.wandb_backend import choose_backend, read_trials, run_wandb
 from src.training.config import ESDConfig
 from src.training.signals import StopSignal
@@ -60,6 +65,14 @@ def _records(backend: str, spec: SweepSpec, output_dir: Path, run: OptunaRun) ->
         return records_from_wandb(read_trials(output_dir), spec)
     study = _load_study(run.storage, run.study_name, run.heartbeat_s)
     return [] if study is None else records_from_study(study, spec)
+
+
+def _results_without_study(output_dir: Path, storage: str, given: str | None) -> bool:
+    """Whether the output folder holds a results table while its default journal is gone."""
+    if given is not None or not is_journal(storage):
+        return False
+    journal = Path(storage.removeprefix("journal:"))
+    return (output_dir / TABLE_FILE).is_file() and not journal.is_file()
 
 
 def report(options: SweepConfig) -> int:
@@ -188,8 +201,17 @@ def run_sweep(options: SweepConfig, base: ESDConfig, explicit: set[str]) -> int:
             file=sys.stderr,
         )
         return 2
+    storage = options.storage or default_storage(output_dir)
+    if backend == "optuna" and _results_without_study(output_dir, storage, options.storage):
+        print(
+            f"error: {output_dir} holds the results of a sweep ({TABLE_FILE}) whose study "
+            f"{storage} is gone: a new study there would mix with them; choose another "
+            f"--study_name or --output_dir, or delete {output_dir}",
+            file=sys.stderr,
+        )
+        return 1
     run = OptunaRun(
-        storage=options.storage or default_storage(output_dir),
+        storage=storage,
         study_name=study_name,
         count=options.count,
         seed=options.sampler_seed,

@@ -15,6 +15,7 @@ first two kinds are queued again (once) so that their parameters are still tried
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import warnings
@@ -53,6 +54,7 @@ def open_storage(url: str, heartbeat_s: int = 30) -> BaseStorage:
             if is_journal(url):
                 path = Path(url.removeprefix(JOURNAL_PREFIX))
                 path.parent.mkdir(parents=True, exist_ok=True)
+                cut_torn_record(path)
                 return JournalStorage(JournalFileBackend(str(path)))
             engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else None
             return RDBStorage(
@@ -63,6 +65,26 @@ def open_storage(url: str, heartbeat_s: int = 30) -> BaseStorage:
             )
     except Exception as error:  # any driver or URL error: tell the user
         raise SweepError(f"cannot open Optuna storage {url!r}: {error}") from error
+
+
+def cut_torn_record(path: Path, log: Any = print) -> None:
+    """Cut a journal file's last record when it is torn (a worker died while writing it), so
+    that what is appended next starts on a line of its own; says so in one line."""
+    if not path.is_file() or path.stat().st_size == 0:
+        return
+    data = path.read_bytes()
+    end = data.rfind(b"\n", 0, len(data) - 1) + 1 if data.endswith(b"\n") else data.rfind(b"\n") + 1
+    last = data[end:]
+    try:
+        json.loads(last)
+        if data.endswith(b"\n"):
+            return
+    except ValueError:
+        pass
+    with path.open("r+b") as handle:
+        handle.truncate(end)
+    log(f"optuna: {path}: its last record was torn ({len(last)} bytes, a worker stopped while "
+        f"writing it): cut off; the trials before it are kept")  # fmt: skip
 
 
 def this_worker() -> dict[str, Any]:
