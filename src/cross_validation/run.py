@@ -111,6 +111,9 @@ def _run_fold(base: ESDConfig, cv: CVConfig, plan: FoldPlan, fold_dir: Path,
     fold, view = plan.fold, plan.view
     view.save(fold_dir / "data")
     last = fold_dir / "checkpoints" / base.model_type / f"fold_{fold}" / "last.ckpt"
+    if not last.is_file():  # a fold that stopped before its first epoch: start it afresh
+        for folder in ("logs", "checkpoints"):
+            shutil.rmtree(fold_dir / folder, ignore_errors=True)
     config = dataclasses.replace(
         base,
         raw_dir=None,
@@ -123,7 +126,8 @@ def _run_fold(base: ESDConfig, cv: CVConfig, plan: FoldPlan, fold_dir: Path,
         limit_val_batches=0 if cv.selection == "last" else base.limit_val_batches,
     )
     started = time.perf_counter()
-    results = train(config, extra_callbacks, test=False)
+    # The model's layers are printed once per cross-validation, by its first fold.
+    results = train(config, extra_callbacks, test=False, summary=fold == 0)
     trained = time.perf_counter()
     checkpoint = results["last_model_path" if cv.selection == "last" else "best_model_path"]
     if not checkpoint:

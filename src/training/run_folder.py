@@ -48,9 +48,18 @@ def claim_run(log_folder: Path, checkpoint_folder: Path, resuming: bool) -> Iter
     """Hold the run's lock; RunFolderError, before anything is written, when another process
     trains this run or (unless `resuming`) its folders already hold a run."""
     log_folder = Path(log_folder)
-    created = not log_folder.exists()
+    made = [f for f in (log_folder, *log_folder.parents) if not f.exists()]
     log_folder.mkdir(parents=True, exist_ok=True)
     handle = (log_folder / LOCK_FILE).open("a+")
+
+    def release(failed: bool) -> None:
+        handle.close()
+        if failed and made and [p.name for p in log_folder.iterdir()] == [LOCK_FILE]:
+            (log_folder / LOCK_FILE).unlink()  # a run that wrote nothing leaves no folder
+            for folder in made:  # deepest first
+                with contextlib.suppress(OSError):
+                    folder.rmdir()
+
     try:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -69,16 +78,14 @@ def claim_run(log_folder: Path, checkpoint_folder: Path, resuming: bool) -> Iter
                 f"{checkpoint_folder / 'last.ckpt'}, or delete its folders"
             )
     except RunFolderError:
-        handle.close()
-        if created:  # leave no empty folder behind a refused run
-            (log_folder / LOCK_FILE).unlink(missing_ok=True)
-            with contextlib.suppress(OSError):
-                log_folder.rmdir()
+        release(failed=True)
         raise
     try:
         yield
-    finally:
-        handle.close()
+    except BaseException:
+        release(failed=True)
+        raise
+    release(failed=False)
 
 
 def write_status(log_folder: Path, status: str, **details: Any) -> None:

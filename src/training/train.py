@@ -69,11 +69,12 @@ def _devices(value: str) -> str | int | list[int]:
 
 def run_identity(config: ESDConfig) -> ESDConfig:
     """`config` with its run name and W&B id filled in: configured, handed down by DDP to the
-    processes it starts, or new (`<model>-<date>-<time>`, a random id)."""
+    processes it starts, or new (`<model>-<date>-<time>-<4 hex digits>`, so that two runs
+    started in the same second differ; a random id)."""
     name = (
         config.wandb_run_name
         or os.environ.get(RUN_NAME_VARIABLE)
-        or f"{config.model_type}-{dt.datetime.now():%Y%m%d-%H%M%S}"
+        or f"{config.model_type}-{dt.datetime.now():%Y%m%d-%H%M%S}-{secrets.token_hex(2)}"
     )
     wandb_id = config.wandb_id or os.environ.get(WANDB_ID_VARIABLE) or secrets.token_hex(4)
     return dataclasses.replace(config, wandb_run_name=name, wandb_id=wandb_id)
@@ -172,6 +173,7 @@ def build_trainer(
     config: ESDConfig,
     extra_callbacks: list[L.Callback] | None = None,
     continue_after_epoch: int | None = None,
+    summary: bool = True,
 ) -> L.Trainer:
     """A Trainer with checkpoints, early stopping, LR monitor, progress bar and loggers, for
     a config whose run identity is filled in (`run_identity`).
@@ -190,7 +192,7 @@ def build_trainer(
         last,
         LearningRateMonitor(logging_interval="epoch"),
         *([TQDMProgressBar()] if show_progress() else []),
-        LayerSummary(max_depth=2),
+        *([LayerSummary(max_depth=2)] if summary else []),
         *(extra_callbacks or []),
     ]
     loggers = build_loggers(
@@ -203,13 +205,16 @@ def build_trainer(
         wandb_id=config.wandb_id,
     )
     try:
-        return _trainer(config, callbacks, loggers)
+        return _trainer(config, callbacks, loggers, summary)
     except MisconfigurationException as error:
         raise ValueError(f"--accelerator/--devices/--strategy: {error}") from None
 
 
-def _trainer(config: ESDConfig, callbacks: list[L.Callback], loggers: list[Any]) -> L.Trainer:
+def _trainer(
+    config: ESDConfig, callbacks: list[L.Callback], loggers: list[Any], summary: bool
+) -> L.Trainer:
     return L.Trainer(
+        enable_model_summary=summary,
         accelerator=config.accelerator,
         devices=_devices(config.devices),
         strategy=config.strategy,
@@ -244,7 +249,10 @@ def is_global_zero_process() -> bool:
 
 
 def train(
-    config: ESDConfig, extra_callbacks: list[L.Callback] | None = None, test: bool = True
+    config: ESDConfig,
+    extra_callbacks: list[L.Callback] | None = None,
+    test: bool = True,
+    summary: bool = True,
 ) -> dict[str, Any]:
     """Prepare the data, train, test when there are test tiles (and `test`); return the
     final metrics.
@@ -252,9 +260,10 @@ def train(
     The result holds the last epoch's logged metrics, `best_model_score`, `best_model_path`
     (empty without validation), `last_model_path`, `run_name` and, with test tiles, the
     chosen checkpoint's `test_*`. With `config.resume`, the checkpoint must belong to a run
-    of this config on the same data. A run name whose folders hold another run, or that
-    another process trains, is refused before any work (`RunFolderError`); Ctrl-C or SIGTERM
-    raises `TrainingInterrupted` after `status.json` says `interrupted`.
+    of this config on the same data; `summary` prints the model's layers. A run name whose
+    folders hold another run, or that another process trains, is refused before any work
+    (`RunFolderError`); Ctrl-C or SIGTERM raises `TrainingInterrupted` after `status.json`
+    says `interrupted`.
     """
     L.seed_everything(config.seed, workers=True, verbose=False)
     resumed_epoch = None
@@ -278,15 +287,15 @@ def train(
         else contextlib.nullcontext()
     )
     with claim:
-        return _train_claimed(config, extra_callbacks, test, resumed_epoch, log_folder,
-                              owns_folder)  # fmt: skip
+        return _train_claimed(config, extra_callbacks, test, summary, resumed_epoch,
+                              log_folder, owns_folder)  # fmt: skip
 
 
 def _train_claimed(config: ESDConfig, extra_callbacks: list[L.Callback] | None, test: bool,
-                   resumed_epoch: int | None, log_folder: Path,
+                   summary: bool, resumed_epoch: int | None, log_folder: Path,
                    owns_folder: bool) -> dict[str, Any]:  # fmt: skip
     """`train` once the run's folders are this process's."""
-    trainer = build_trainer(config, extra_callbacks, resumed_epoch)  # hardware errors first
+    trainer = build_trainer(config, extra_callbacks, resumed_epoch, summary)  # hardware first
     data = build_datamodule(config)
     data.prepare_data()
     # Readers share the folder's lock: a preparation that would change it waits until the
