@@ -372,3 +372,44 @@ def test_a_storage_corrupted_mid_sweep_is_one_line_and_keeps_the_finished_trials
     assert "\n" not in str(error.value)
     rows = (tmp_path / TABLE_FILE).read_text().splitlines()
     assert len(rows) == 2 and ",COMPLETE," in rows[1]  # trial 0, written as it finished
+
+
+def test_too_few_labelled_tiles_warn_at_prepare_and_stop_training_before_it_starts(tmp_path):
+    from src.esd_data.cache import SmallSplitWarning, prepare_dataset
+    from src.esd_data.synthetic import generate_synthetic_dataset
+
+    raw, processed = tmp_path / "raw", tmp_path / "processed"
+    generate_synthetic_dataset(raw, n_tiles=1, seed=0, tile_px=64)
+    with pytest.warns(SmallSplitWarning, match=r"1 labelled tile.*no validation tile"):
+        prepare_dataset(raw, processed, val_fraction=0.2, workers=1)
+    with pytest.raises(ValueError, match=r"no validation tiles.*--limit_val_batches 0"):
+        train(tiny(tmp_path, processed))
+    assert not (tmp_path / "logs").exists() and not (tmp_path / "ck").exists()
+    results = train(tiny(tmp_path, processed, limit_val_batches=0))  # a fixed budget
+    assert Path(results["last_model_path"]).is_file() and results["best_model_path"] == ""
+
+
+def test_a_run_name_no_folder_can_hold_is_an_option_error(capsys):
+    from src.cli import parse_config
+
+    for name in ("a/b", "..", "x" * 300):
+        with pytest.raises(SystemExit) as exit_status:
+            parse_config(ESDConfig, ["--wandb_run_name", name])
+        assert exit_status.value.code == 2 and "cannot name a folder" in capsys.readouterr().err
+
+
+def test_bad_raw_data_given_to_evaluate_is_one_line(finished_run, tmp_path, capsys):
+    from src.esd_data.synthetic import generate_synthetic_dataset
+
+    _, results = finished_run
+    raw = tmp_path / "raw"
+    (tile,) = generate_synthetic_dataset(raw, n_tiles=1, seed=4, tile_px=64)
+    damaged = sorted(tile.glob("S2*.tif"))[0] if list(tile.glob("S2*.tif")) else sorted(
+        tile.glob("*.tif"))[1]  # fmt: skip
+    damaged.write_bytes(damaged.read_bytes()[:100])
+    assert evaluate_main(["--model_path", results["last_model_path"], "--raw_dir", str(raw),
+                          "--cache_dir", str(tmp_path / "cache"),
+                          "--results_dir", str(tmp_path / "out")]) == 1  # fmt: skip
+    err = capsys.readouterr().err
+    # The message (a line per problem of each tile, as scripts.prepare gives it), no traceback.
+    assert err.startswith("error: tile Tile1") and damaged.name in err and "Traceback" not in err

@@ -62,6 +62,10 @@ class MissingLabelsWarning(UserWarning):
     """Tiles of a labelled folder without `groundTruth.tif` (they go to the predict split)."""
 
 
+class SmallSplitWarning(UserWarning):
+    """Too few labelled tiles for the splits asked for (training will say what to do)."""
+
+
 class ChangedTileWarning(UserWarning):
     """A cached tile file that is not the one its record describes (rebuilt from raw)."""
 
@@ -426,6 +430,14 @@ def _build_manifest(
             )
         split = split_tiles(labelled, seed, val_fraction, test_fraction)
         split["predict"] = unlabelled
+        if val_fraction > 0 and not split["val"]:
+            warnings.warn(
+                f"{raw_dir} has {len(labelled)} labelled tile(s): val_fraction {val_fraction} "
+                f"leaves no validation tile, so training on it needs --limit_val_batches 0 (a "
+                f"fixed budget) or more labelled tiles",
+                SmallSplitWarning,
+                stacklevel=3,
+            )
         statistics_tiles = split["train"]
     mean, std = TileStats.merge([TileStats.from_record(records[t]) for t in statistics_tiles])
     _, height, width = shapes.pop()

@@ -193,6 +193,18 @@ class ESDConfig:
                 problems.append(f"{name} must not be negative, got {value}")
         if self.limit_train_batches == 0:
             problems.append("limit_train_batches 0 trains nothing: give a count or a fraction")
+        name = self.wandb_run_name
+        if name is not None and (
+            not name.strip()
+            or "/" in name
+            or "\0" in name
+            or name in (".", "..")
+            or len(name.encode()) > 200
+        ):
+            problems.append(
+                f"wandb_run_name {name!r} cannot name a folder (no '/', not empty, at most 200 "
+                f"bytes): choose another"
+            )
         if self.learning_rate <= 0:
             problems.append(f"learning_rate must be positive, got {self.learning_rate}")
         if not 0.0 < self.device_memory_share <= 1.0:

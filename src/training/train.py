@@ -35,6 +35,7 @@ from src.cli import config_values
 from src.esd_data.augmentation import AugmentConfig
 from src.esd_data.datamodule import ESDDataModule
 from src.esd_data.identity import DataIdentity
+from src.esd_data.manifest import Manifest
 from src.esd_data.preparation import preparation_lock
 from src.hardware import check_accelerator
 from src.progress import show_progress
@@ -302,7 +303,19 @@ def _train_claimed(config: ESDConfig, extra_callbacks: list[L.Callback] | None, 
     # training is done (files changed between the preparation and the lock are found here).
     with preparation_lock(config.processed_dir, shared=True):
         data.manifest.check_files(config.processed_dir)
+        _check_splits(config, data.manifest)
         return _fit(config, trainer, data, test, log_folder, owns_folder)
+
+
+def _check_splits(config: ESDConfig, manifest: Manifest) -> None:
+    """ValueError, before the Trainer starts, for splits this run cannot train or validate on."""
+    labelled = len(manifest.split["train"]) + len(manifest.split["val"])
+    if validates(config) and not manifest.split["val"]:
+        raise ValueError(
+            f"{config.processed_dir} has no validation tiles ({labelled} labelled, "
+            f"val_fraction {manifest.val_fraction}): prepare with more labelled tiles or a "
+            f"larger --val_fraction, or train a fixed budget with --limit_val_batches 0"
+        )
 
 
 def _fit(config: ESDConfig, trainer: L.Trainer, data: ESDDataModule, test: bool,
