@@ -249,16 +249,37 @@ def test_truncated_cache_tile_stops_training_before_any_work(synthetic_processed
     assert not (tmp_path / "ck").exists() and not (tmp_path / "logs").exists()
 
 
+def _imports(path: Path) -> list[str]:
+    names = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names += [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            names.append(node.module or "")
+    return names
+
+
 def test_no_library_module_imports_the_scripts():
+    offenders = [f"{path}: {name}" for path in (ROOT / "src").rglob("*.py")
+                 for name in _imports(path) if name.split(".")[0] == "scripts"]  # fmt: skip
+    assert offenders == []
+
+
+LAYERS = ["esd_data", "models", "visualization", "training", "evaluation", "cross_validation",
+          "sweeps"]  # fmt: skip
+"""TorchGeo's layering, bottom first: a package imports only those below it (and the shared
+modules directly under src/)."""
+
+
+def test_no_package_imports_one_above_it():
     offenders = []
-    for path in (ROOT / "src").rglob("*.py"):
-        for node in ast.walk(ast.parse(path.read_text())):
-            names = []
-            if isinstance(node, ast.Import):
-                names = [alias.name for alias in node.names]
-            elif isinstance(node, ast.ImportFrom):
-                names = [node.module or ""]
-            offenders += [f"{path}: {n}" for n in names if n.split(".")[0] == "scripts"]
+    for package in LAYERS:
+        for path in (ROOT / "src" / package).rglob("*.py"):
+            for name in _imports(path):
+                parts = [*name.split("."), ""]
+                above = parts[1] in LAYERS and LAYERS.index(parts[1]) > LAYERS.index(package)
+                if parts[0] == "src" and above:
+                    offenders.append(f"{path.relative_to(ROOT)} imports {name}")
     assert offenders == []
 
 
