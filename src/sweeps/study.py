@@ -27,6 +27,8 @@ from optuna.storages import BaseStorage, JournalStorage, RDBStorage
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import FrozenTrial, TrialState
 
+from src.training.run_folder import process_alive
+
 INTERRUPTED = "interrupted"
 WORKER_DIED = "worker_died"
 SURPLUS = "surplus"
@@ -92,16 +94,6 @@ def this_worker() -> dict[str, Any]:
     return {"host": socket.gethostname(), "pid": os.getpid()}
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def not_counted(trial: FrozenTrial) -> bool:
     """A trial that does not count towards the totals (see the module docstring)."""
     attrs = trial.user_attrs
@@ -128,7 +120,7 @@ def reap_dead_workers(study: optuna.Study) -> list[int]:
     reaped = []
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         owner = trial.user_attrs.get(WORKER)
-        if not owner or owner.get("host") != host or _alive(int(owner["pid"])):
+        if not owner or owner.get("host") != host or process_alive(int(owner["pid"])):
             continue
         storage, trial_id = study._storage, trial._trial_id  # no public API to fail a trial
         storage.set_trial_user_attr(trial_id, WORKER_DIED, True)

@@ -94,7 +94,8 @@ def write_status(log_folder: Path, status: str, **details: Any) -> None:
     write_json(Path(log_folder) / STATUS_FILE, record)
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether a process with this id exists on this host."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -115,7 +116,7 @@ def read_status(log_folder: Path) -> dict[str, Any]:
     if (
         record.get("status") == "running"
         and record.get("host") == socket.gethostname()
-        and not _alive(int(record.get("pid", 0)))
+        and not process_alive(int(record.get("pid", 0)))
     ):
         record["status"] = "killed"
     return record
