@@ -302,8 +302,9 @@ def _train_claimed(config: ESDConfig, extra_callbacks: list[L.Callback] | None, 
     # Readers share the folder's lock: a preparation that would change it waits until the
     # training is done (files changed between the preparation and the lock are found here).
     with preparation_lock(config.processed_dir, shared=True):
-        data.manifest.check_files(config.processed_dir)
-        _check_splits(config, data.manifest)
+        manifest = data.manifest  # read once: the folder cannot change while the lock is held
+        manifest.check_files(config.processed_dir)
+        _check_splits(config, manifest)
         return _fit(config, trainer, data, test, log_folder, owns_folder)
 
 
