@@ -225,7 +225,7 @@ def test_run_outputs_agree_with_scikit_learn_with_a_class_absent(tmp_path):
         labels = (probabilities.argmax(axis=0) + 1).astype(np.uint8)
         predictions.append(TilePrediction(tile, probabilities, labels, truth))
     assert not any((p.truth == 4).any() for p in predictions)  # class 4 absent from the truth
-    metrics = write_run_outputs(tmp_path, predictions, [], {})
+    metrics = write_run_outputs(tmp_path, predictions, [], {}, resamples=0, seed=0)
     truth = np.concatenate([p.truth.ravel() for p in predictions])
     predicted = np.concatenate([p.labels.ravel() for p in predictions])
     matrix = np.array(metrics["confusion_matrix"])

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Literal
 
 from src.cli import check_field_types, config_field
+from src.cross_validation.variants import Ablation
 from src.evaluation.config import TTAMode
 from src.models.registry import MODEL_TYPES
 
@@ -51,6 +52,16 @@ class CVConfig:
     tta: TTAMode = config_field(
         "none", "test-time augmentation of the fold evaluations: none, flips or d4"
     )
+    ablate: Ablation = config_field(
+        "none",
+        "also train, on the same folds, each model without each sensor and with each sensor "
+        "alone (sensors), or without each sensor's date in turn (dates); the leaderboard pairs "
+        "every variant with the full model",
+    )
+    bootstrap_resamples: int = config_field(
+        1000, "bootstrap resamples of the tiles for the 95 % intervals and paired differences"
+    )
+    bootstrap_seed: int = config_field(0, "seed of the bootstrap resamples")
 
     def __post_init__(self) -> None:
         check_field_types(self)
@@ -64,6 +75,10 @@ class CVConfig:
         if unknown:
             problems.append(
                 f"unknown model_type {', '.join(unknown)}: use {', '.join(MODEL_TYPES)}"
+            )
+        if self.bootstrap_resamples < 1:
+            problems.append(
+                f"bootstrap_resamples must be at least 1, got {self.bootstrap_resamples}"
             )
         if len(set(self.model_type)) != len(self.model_type):
             problems.append(f"model_type repeats a model: {' '.join(self.model_type)}")

@@ -2,13 +2,15 @@
 
 Per fold (see `src.esd_data.folds`): a processed-folder view with the fold's split and the
 statistics of the tiles it trains on, training as `scripts.train` does (same loggers,
-checkpoints under `<output_dir>/<name>/<model_type>/fold_<k>/`), then the restitched
+checkpoints under `<output_dir>/<name>/<model>/fold_<k>/`, where a model is a model type or,
+with `--ablate`, one of its variants, see `src.cross_validation.variants`), then the restitched
 evaluation of the fold's held-out tiles with the checkpoint the selection rule chose
 without them (`--selection inner`: early stopping and best epoch on an inner split of the
 fold's training tiles; `last`: the last epoch, no validation at all; `outer`, optimistic
 and labelled so: on the held-out tiles themselves). The out-of-fold (OOF) predictions,
 every labelled tile predicted once by the fold that did not train on it, are gathered in
-`<model_type>/oof/` and scored together. The summary (`summary.json`, `summary.csv`,
+`<model>/oof/` and scored together, with per-tile confusion matrices for the intervals and
+paired comparisons over tiles. The summary (`summary.json`, `summary.csv`,
 `summary.png`, a printed table) is written by `src.cross_validation.summary`.
 
 Everything that determines the scores (each model's training options, the selection rule,
@@ -34,6 +36,7 @@ import tifffile
 from src.atomic import write_json
 from src.cross_validation.config import CVConfig
 from src.cross_validation.summary import SCORES, model_summary, write_summary
+from src.cross_validation.variants import model_variants
 from src.esd_data.folds import assign_folds, class1_shares, fold_manifest, inner_split
 from src.esd_data.manifest import Manifest
 from src.esd_data.preparation import preparation_lock
@@ -41,7 +44,7 @@ from src.evaluation.config import EvalConfig
 from src.evaluation.cv_record import FOLD_RESULT_FILE, FOLDS_FILE, read_json
 from src.evaluation.evaluate import evaluate
 from src.evaluation.evaluator import TilePrediction
-from src.evaluation.report import write_run_outputs
+from src.evaluation.report import tile_scores, write_run_outputs
 from src.training.config import ESDConfig
 from src.training.result_config import config_hash, differences, result_config
 from src.training.train import build_datamodule, train
@@ -52,8 +55,11 @@ class ConfigurationMismatchError(ValueError):
 
 
 def cv_name(cv: CVConfig, seed: int, digest: str) -> str:
-    """The cross-validation's name: given, or `<model types>-<K>fold-seed<seed>-<hash>`."""
-    return cv.name or f"{'+'.join(cv.model_type)}-{cv.folds}fold-seed{seed}-{digest[:8]}"
+    """The cross-validation's name: given, or
+    `<model types>[-ablate-<what>]-<K>fold-seed<seed>-<hash>`."""
+    ablation = "" if cv.ablate == "none" else f"-ablate-{cv.ablate}"
+    models = "+".join(cv.model_type)
+    return cv.name or f"{models}{ablation}-{cv.folds}fold-seed{seed}-{digest[:8]}"
 
 
 def _check_same(path: Path, recorded: dict[str, Any], wanted: dict[str, Any], hint: str) -> None:
@@ -164,10 +170,11 @@ def _run_fold(base: ESDConfig, cv: CVConfig, plan: FoldPlan, fold_dir: Path,
 
 
 def _out_of_fold(model_dir: Path, results: list[dict[str, Any]], manifest: Manifest,
-                 processed_dir: Path) -> dict[str, Any]:  # fmt: skip
-    """Gather every fold's held-out predictions into `oof/` and score them together."""
+                 processed_dir: Path, cv: CVConfig) -> dict[str, Any]:  # fmt: skip
+    """Gather every fold's held-out predictions into `oof/` and score them together (with
+    per-tile confusion matrices and intervals over tiles); returns its metrics."""
     oof = model_dir / "oof"
-    predictions = []
+    predictions, per_tile = [], []
     for result in results:
         tiles = model_dir / f"fold_{result['fold']}" / "predictions" / "tiles"
         for tile in result["val_tiles"]:
@@ -176,16 +183,18 @@ def _out_of_fold(model_dir: Path, results: list[dict[str, Any]], manifest: Manif
                 target.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(tiles / f"{tile}{suffix}", target)
             truth = np.load(processed_dir / manifest.tiles[tile].labels).astype(np.uint8)
-            predictions.append(
-                TilePrediction(
-                    tile,
-                    tifffile.imread(oof / "tiles" / f"{tile}_probabilities.tif"),
-                    tifffile.imread(oof / "tiles" / f"{tile}_prediction.tif"),
-                    truth,
-                )
+            prediction = TilePrediction(
+                tile,
+                tifffile.imread(oof / "tiles" / f"{tile}_probabilities.tif"),
+                tifffile.imread(oof / "tiles" / f"{tile}_prediction.tif"),
+                truth,
             )
+            predictions.append(prediction)
+            per_tile.append({"tile": tile, "fold": result["fold"], **tile_scores(prediction)})
     info = {"out_of_fold": True, "folds": len(results), "selection": results[0]["selection"]}
-    return write_run_outputs(oof, predictions, [], info)["overall"]
+    return write_run_outputs(
+        oof, predictions, per_tile, info, cv.bootstrap_resamples, cv.bootstrap_seed
+    )
 
 
 def _model_identity(cv: CVConfig, config: ESDConfig, data_fingerprint: str) -> dict[str, Any]:
@@ -213,11 +222,11 @@ def cross_validate(
     seed = base.seed if base.split_seed is None else base.split_seed
     shares = class1_shares(processed, manifest, labelled)
     folds = assign_folds(shares, cv.folds, seed)
+    variants = model_variants(cv.model_type, cv.ablate, base, manifest)
     configuration = {
         "models": {
-            model: _model_identity(cv, dataclasses.replace(base, model_type=model),
-                                   manifest.fingerprint)
-            for model in cv.model_type
+            variant.name: _model_identity(cv, variant.config, manifest.fingerprint)
+            for variant in variants
         },
         "folds": folds,
     }  # fmt: skip
@@ -239,9 +248,9 @@ def cross_validate(
     # The shared cache stays as it is while its folds train (a preparation waits).
     with preparation_lock(processed, shared=True):
         summaries = []
-        for model in cv.model_type:
+        for variant in variants:
+            model, config = variant.name, variant.config
             model_dir = root / model
-            config = dataclasses.replace(base, model_type=model)
             results: list[dict[str, Any]] = []
             for fold, heldout in enumerate(folds):
                 fold_dir = model_dir / f"fold_{fold}"
@@ -262,16 +271,16 @@ def cross_validate(
                     on_fold(model, fold, result)
                 scores = [r["scores"]["f1_class1"] for r in results]
                 log(
-                    f"{model} fold {fold + 1} of {len(folds)}"
+                    f"{model} fold {fold} (of 0–{len(folds) - 1})"
                     + (" (finished earlier, same configuration)" if finished else "")
                     + f": {len(view.split['train'])} training, {len(heldout)} held-out tiles "
                     f"({', '.join(heldout)}), epoch {result['selected_epoch']}: f1_class1 "
                     f"{scores[-1]:.4f}; so far {np.mean(scores):.4f} ± "
                     f"{np.std(scores, ddof=1) if len(scores) > 1 else 0:.4f}"
                 )
-            oof = _out_of_fold(model_dir, results, manifest, processed)
-            summaries.append(model_summary(model, results, oof, cv.selection))
+            oof = _out_of_fold(model_dir, results, manifest, processed, cv)
+            summaries.append(model_summary(variant, results, oof, cv.selection))
     summaries.sort(key=lambda s: -s["mean"]["f1_class1"])
-    lines = write_summary(root, summaries, plan)
+    lines = write_summary(root, summaries, plan, cv)
     log(lines)
     return {"plan": plan, "models": summaries, "root": str(root)}

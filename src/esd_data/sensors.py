@@ -152,3 +152,21 @@ def reference_channel_names() -> list[str]:
         if spec.name == VIIRS.name:
             names += [f"viirs/{MAX_PROJECTION_DATE}/{band}" for band in spec.bands]
     return names
+
+
+CHANNEL_GROUPINGS = ("sensor", "date", "band")
+"""How channels (`sensor/date/band`) are grouped: by sensor, by sensor and date, or by
+sensor and band across its dates."""
+
+
+def group_channels(channels: list[str], grouping: str) -> dict[str, list[str]]:
+    """Channel names grouped as `grouping` says (`viirs`, `viirs/2020-08-08` or
+    `sentinel2/B04`), groups and their members in the order of `channels`."""
+    if grouping not in CHANNEL_GROUPINGS:
+        raise ValueError(f"unknown grouping {grouping!r}: use {', '.join(CHANNEL_GROUPINGS)}")
+    groups: dict[str, list[str]] = {}
+    for name in channels:
+        sensor, date, band = name.split("/")
+        key = {"sensor": sensor, "date": f"{sensor}/{date}", "band": f"{sensor}/{band}"}[grouping]
+        groups.setdefault(key, []).append(name)
+    return groups

@@ -66,6 +66,10 @@ class EvalConfig:
         "none", "test-time augmentation: none, flips (4 views) or d4 (8 dihedral views)"
     )
     batch_size: int = config_field(16, "windows per forward pass")
+    bootstrap_resamples: int = config_field(
+        1000, "bootstrap resamples of the tiles for the 95 % intervals (0: no intervals)"
+    )
+    bootstrap_seed: int = config_field(0, "seed of the bootstrap resamples")
     prepare_workers: int = config_field(2, "processes preparing --raw_dir's tiles")
     progress: bool | None = config_field(
         None, "progress bars (None: on a terminal only, never in a log file)"
@@ -96,6 +100,10 @@ class EvalConfig:
                 check_tile_size_gt(self.tile_size_gt)
             except ValueError as error:
                 problems.append(str(error))
+        if self.bootstrap_resamples < 0:
+            problems.append(
+                f"bootstrap_resamples must be 0 or more, got {self.bootstrap_resamples}"
+            )
         if self.batch_size < 1:
             problems.append(f"batch_size must be at least 1, got {self.batch_size}")
         if self.model_type is not None and self.model_type not in MODEL_TYPES:
@@ -108,5 +116,93 @@ class EvalConfig:
             problems.append("give --model_path or --cv_dir, not both")
         if self.cache_dir is not None and self.raw_dir is None:
             problems.append("--cache_dir is where --raw_dir's tiles go: give --raw_dir too")
+        if problems:
+            raise ValueError("; ".join(problems))
+
+
+@dataclass
+class CompareConfig:
+    """Compare runs scored on the same tiles: leaderboard and paired differences."""
+
+    runs: list[Path] = config_field(
+        [], "evaluation results folders or cross-validation folders (2 or more runs in all)"
+    )
+    reference: str | None = config_field(
+        None, "compare every run with this one (its name as printed) instead of every pair"
+    )
+    bootstrap_resamples: int = config_field(1000, "bootstrap resamples of the tiles")
+    bootstrap_seed: int = config_field(0, "seed of the bootstrap resamples")
+    out: Path | None = config_field(None, "also write the leaderboard and pairs to this JSON file")
+
+    def __post_init__(self) -> None:
+        check_field_types(self)
+        self.runs = [Path(run) for run in self.runs]
+        if self.bootstrap_resamples < 1:
+            raise ValueError(
+                f"bootstrap_resamples must be at least 1, got {self.bootstrap_resamples}"
+            )
+
+
+@dataclass
+class ImportanceConfig:
+    """Permutation importance of channel groups on held-out tiles only."""
+
+    model_path: list[Path] | None = config_field(
+        None, "checkpoint(s) scored on their own --split tiles (never tiles they trained on)"
+    )
+    cv_dir: Path | None = config_field(
+        None, "one model of a cross-validation: each fold's checkpoint on its held-out tiles"
+    )
+    split: Literal["val", "test"] = config_field("val", "the checkpoints' held-out split")
+    processed_dir: Path | None = config_field(
+        None, "with --model_path: prepared data (default: the folder the checkpoint was trained on)"
+    )
+    grouping: list[str] = config_field(
+        ["sensor", "date", "band"],
+        "channel groups permuted together: sensor, date (sensor and date), band (a sensor's "
+        "band across its dates)",
+    )
+    repeats: int = config_field(5, "permutations per group (seeded)")
+    seed: int = config_field(0, "seed of the permutations")
+    bootstrap_resamples: int = config_field(1000, "bootstrap resamples of the tiles")
+    bootstrap_seed: int = config_field(0, "seed of the bootstrap resamples")
+    results_dir: Path | None = config_field(
+        None,
+        "output folder (default: <cv_dir>/importance, or data/importance/<model_type>/<run>-"
+        "<split>)",
+    )
+    batch_size: int = config_field(16, "windows per forward pass")
+    progress: bool | None = config_field(
+        None, "progress bars (None: on a terminal only, never in a log file)"
+    )
+    accelerator: Literal["auto", "cpu", "cuda", "mps"] = config_field(
+        "auto", "device to run the model on"
+    )
+
+    def __post_init__(self) -> None:
+        if isinstance(self.model_path, (str, Path)):
+            self.model_path = [Path(self.model_path)]
+        check_field_types(self)
+        if self.model_path is not None:
+            self.model_path = [Path(p) for p in self.model_path]
+        for name in ("cv_dir", "results_dir", "processed_dir"):
+            value = getattr(self, name)
+            setattr(self, name, None if value is None else Path(value))
+        problems = []
+        if (self.model_path is None) == (self.cv_dir is None):
+            problems.append("give --model_path or --cv_dir (one of them)")
+        if self.cv_dir is not None and self.processed_dir is not None:
+            problems.append("--processed_dir goes with --model_path (folds read their own data)")
+        unknown = [g for g in self.grouping if g not in ("sensor", "date", "band")]
+        if unknown or not self.grouping:
+            problems.append(f"grouping must be among sensor, date, band, got {self.grouping}")
+        if self.repeats < 1:
+            problems.append(f"repeats must be at least 1, got {self.repeats}")
+        if self.bootstrap_resamples < 1:
+            problems.append(
+                f"bootstrap_resamples must be at least 1, got {self.bootstrap_resamples}"
+            )
+        if self.batch_size < 1:
+            problems.append(f"batch_size must be at least 1, got {self.batch_size}")
         if problems:
             raise ValueError("; ".join(problems))

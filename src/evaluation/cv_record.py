@@ -8,11 +8,14 @@ chose through `read_fold_checkpoints`, without importing the layer above it.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 FOLDS_FILE = "folds.json"
 """Written into a cross-validation's folder: its folds, seed, test tiles, data and configuration."""
+SUMMARY_FILE = "summary.json"
+"""Written into a cross-validation's folder when every fold has finished: the leaderboard."""
 FOLD_RESULT_FILE = "result.json"
 """Written into a fold's folder when the fold has finished: its scores and chosen checkpoint."""
 
@@ -43,14 +46,29 @@ def cv_root_and_models(cv_dir: Path) -> tuple[Path, list[Path]]:
     )
 
 
-def read_fold_checkpoints(cv_dir: Path) -> list[Path]:
-    """The checkpoint each finished fold of `cv_dir` chose (see `cv_root_and_models`);
-    CVRecordError naming the folds that have not finished."""
+@dataclass(frozen=True)
+class FoldRecord:
+    """A finished fold: its folder, the checkpoint it chose and its `result.json`."""
+
+    folder: Path
+    checkpoint: Path
+    result: dict[str, Any]
+
+    @property
+    def scored_split(self) -> str:
+        """The split of the fold's data view that holds its held-out tiles."""
+        return "val" if self.result.get("selection", "outer") == "outer" else "test"
+
+
+def read_fold_records(cv_dir: Path) -> list[FoldRecord]:
+    """Every finished fold of one model of `cv_dir` (see `cv_root_and_models`);
+    CVRecordError naming the folds that have not finished, or when `cv_dir` holds several
+    models."""
     root, models = cv_root_and_models(cv_dir)
     if len(models) > 1:
         raise CVRecordError(
-            f"--cv_dir {cv_dir} holds the folds of {len(models)} model types "
-            f"({', '.join(m.name for m in models)}): an ensemble of one model's folds is "
+            f"--cv_dir {cv_dir} holds the folds of {len(models)} models "
+            f"({', '.join(m.name for m in models)}): choose one, e.g. "
             f"--cv_dir {cv_dir / models[0].name}"
         )
     n_folds = len(read_json(root / FOLDS_FILE)["folds"])
@@ -61,9 +79,16 @@ def read_fold_checkpoints(cv_dir: Path) -> list[Path]:
             f"fold(s) {', '.join(unfinished) or 'all'} of --cv_dir {cv_dir} have not finished "
             f"(no {FOLD_RESULT_FILE}): run python -m scripts.cross_validate again to complete them"
         )
-    chosen = []
-    for result in results:
+    records = []
+    for path in results:
+        result = read_json(path)
         # The file the fold recorded, found under the fold's own folder (which may have moved).
-        recorded = Path(read_json(result)["checkpoint"])
-        chosen.append(next((result.parent / "checkpoints").rglob(recorded.name), recorded))
-    return chosen
+        recorded = Path(result["checkpoint"])
+        checkpoint = next((path.parent / "checkpoints").rglob(recorded.name), recorded)
+        records.append(FoldRecord(path.parent, checkpoint, result))
+    return records
+
+
+def read_fold_checkpoints(cv_dir: Path) -> list[Path]:
+    """The checkpoint each finished fold of `cv_dir` chose (see `read_fold_records`)."""
+    return [record.checkpoint for record in read_fold_records(cv_dir)]

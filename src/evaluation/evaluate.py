@@ -64,7 +64,7 @@ def _check_preprocessing(manifest: Manifest, identity: DataIdentity, where: Path
     )
 
 
-def _from_processed(config: EvalConfig, identities: list[DataIdentity]) -> TileSource:
+def processed_tiles(config: EvalConfig, identities: list[DataIdentity]) -> TileSource:
     """The first checkpoint's own split (or `--tiles`) of the processed folder, checked
     against every checkpoint's data (same pixels, never a tile one of them trained on)."""
     identity = identities[0]
@@ -245,7 +245,7 @@ def evaluate(config: EvalConfig, log: Callable[[str], None] = print) -> dict[str
     if config.raw_dir is not None:
         source = _from_raw(config, identities, log)
     else:
-        source = _from_processed(config, identities)
+        source = processed_tiles(config, identities)
     if config.stride_gt is not None and config.restitch != "overlap":
         raise ValueError("--stride_gt sets the overlap windows' stride: add --restitch overlap")
     tile_size_gt = config.tile_size_gt or hparams[0]["tile_size_gt"]
@@ -270,6 +270,7 @@ def evaluate(config: EvalConfig, log: Callable[[str], None] = print) -> dict[str
         "stride_gt": stride or tile_size_gt,
         "tile_size_gt": tile_size_gt,
         "tta": config.tta,
+        "bootstrap": [config.bootstrap_resamples, config.bootstrap_seed],
     }
     results_dir = config.results_dir or (
         Path("data/predictions") / model_type / run / _output_label(config, source, stride)
@@ -316,7 +317,9 @@ def evaluate(config: EvalConfig, log: Callable[[str], None] = print) -> dict[str
             )
             for p in predictions
         ]
-        metrics = write_run_outputs(staging, predictions, per_tile, info)
+        metrics = write_run_outputs(
+            staging, predictions, per_tile, info, config.bootstrap_resamples, config.bootstrap_seed
+        )
     return metrics | {"results_dir": str(results_dir)}
 
 
@@ -346,24 +349,26 @@ def _output_label(config: EvalConfig, source: TileSource, stride: int | None) ->
     return label
 
 
-def check_results_dir(results_dir: Path, key: dict[str, Any]) -> None:
-    """ValueError unless `results_dir` is new, empty, or holds an evaluation of exactly `key`
-    (which this one then replaces): never another result, never someone's other files."""
+def check_results_dir(
+    results_dir: Path, key: dict[str, Any], record: str = "metrics.json", what: str = "evaluation"
+) -> None:
+    """ValueError unless `results_dir` is new, empty, or holds an `what` (its `record` file
+    written with) exactly `key` (which this one then replaces): never another result, never
+    someone's other files."""
     if not results_dir.is_dir() or not any(results_dir.iterdir()):
-        check_writable(results_dir.parent, "the evaluation's results")
+        check_writable(results_dir.parent, f"the {what}'s results")
         return
-    metrics = results_dir / "metrics.json"
     try:
-        previous = json.loads(metrics.read_text()).get("evaluation_key")
+        previous = json.loads((results_dir / record).read_text()).get("evaluation_key")
     except (OSError, ValueError):
         raise ValueError(
-            f"--results_dir {results_dir} holds files that are not an evaluation's (no readable "
-            f"metrics.json): choose a new or empty folder"
+            f"--results_dir {results_dir} holds files that are not an {what}'s (no readable "
+            f"{record}): choose a new or empty folder"
         ) from None
     if previous != key:
         changed = sorted(k for k in key if (previous or {}).get(k) != key[k])
         raise ValueError(
-            f"{results_dir} holds another evaluation ({', '.join(changed) or 'an older esd'} "
+            f"{results_dir} holds another {what} ({', '.join(changed) or 'an older esd'} "
             f"differ): choose another --results_dir, or delete it to replace it"
         )
-    check_writable(results_dir.parent, "the evaluation's results")
+    check_writable(results_dir.parent, f"the {what}'s results")

@@ -14,6 +14,7 @@ from src.atomic import atomic_path, write_json
 from src.esd_data.manifest import Manifest
 from src.esd_data.reader import tile_number
 from src.esd_data.sensors import CLASS_NAMES, LABEL_GRID
+from src.evaluation.bootstrap import bootstrap_intervals, bootstrap_record, confusion
 from src.evaluation.evaluator import TilePrediction
 from src.evaluation.scores import LABELS, label_scores
 from src.visualization.evaluation_plots import (
@@ -66,12 +67,13 @@ def kaggle_rows(predictions: list[TilePrediction]) -> list[tuple[int, int]]:
 def write_tile_outputs(
     results_dir: Path, prediction: TilePrediction, rgb: np.ndarray | None
 ) -> dict[str, Any]:
-    """The tile's PNG, label TIFF (1..4) and probability TIFF (4, 16, 16); its scores."""
-    scores = None if prediction.truth is None else label_scores(prediction.truth, prediction.labels)
+    """The tile's PNG, label TIFF (1..4) and probability TIFF (4, 16, 16); its scores and
+    confusion matrix."""
+    scores = tile_scores(prediction)
     tiles = results_dir / "tiles"
     plot_tile_prediction(
         rgb, prediction.truth, prediction.labels, prediction.tile,
-        None if scores is None else scores["f1_class1"],
+        None if not scores else scores["f1_class1"],
         save_to=tiles / f"{prediction.tile}.png",
     )  # fmt: skip
     write_tiff(tiles / f"{prediction.tile}_prediction.tif", prediction.labels)
@@ -82,14 +84,27 @@ def write_tile_outputs(
             prediction.date_weights, prediction.tile, tiles / f"{prediction.tile}_attention.png"
         )
         extra["date_weights"] = prediction.date_weights
-    return {"tile": prediction.tile, **(scores or {}), **extra}
+    return {"tile": prediction.tile, **scores, **extra}
+
+
+def tile_scores(prediction: TilePrediction) -> dict[str, Any]:
+    """A labelled tile's scores and confusion matrix (rows truth); {} without ground truth."""
+    if prediction.truth is None:
+        return {}
+    return {
+        **label_scores(prediction.truth, prediction.labels),
+        "confusion_matrix": confusion(prediction.truth, prediction.labels).tolist(),
+    }
 
 
 def write_run_outputs(
     results_dir: Path, predictions: list[TilePrediction], per_tile: list[dict[str, Any]],
-    info: dict[str, Any],
+    info: dict[str, Any], resamples: int, seed: int,
 ) -> dict[str, Any]:  # fmt: skip
-    """metrics.json, confusion matrix, ROC curves, report and Kaggle CSV; returns the metrics."""
+    """metrics.json, confusion matrix, ROC curves, report and Kaggle CSV; returns the metrics.
+
+    The overall scores get 95 % intervals over the labelled tiles (`resamples` bootstrap
+    resamples drawn with `seed`; none with `resamples` 0 or a single tile)."""
     with atomic_path(results_dir / "predictions.csv") as temporary, temporary.open("w") as out:
         writer = csv.writer(out)
         writer.writerow(["pixelId", "predictions"])
@@ -105,6 +120,10 @@ def write_run_outputs(
         metrics["overall"].update({f"auc_class{k + 1}": v for k, v in aucs.items()})
         present = [v for v in aucs.values() if v is not None]
         metrics["overall"]["auc_macro"] = float(np.mean(present)) if present else None
+        if resamples and len(labelled) > 1:
+            confusions = [confusion(p.truth, p.labels) for p in labelled]
+            metrics["overall_interval"] = bootstrap_intervals(confusions, resamples, seed)
+            metrics["bootstrap"] = bootstrap_record(resamples, seed, len(labelled))
         matrix = confusion_matrix(truth, predicted, labels=LABELS)
         metrics["confusion_matrix"] = matrix.tolist()
         plot_confusion_matrix(matrix, CLASS_TITLES, results_dir / "confusion_matrix.png")
@@ -127,4 +146,16 @@ def format_table(metrics: dict[str, Any]) -> str:
         rows.append(("overall", metrics["overall"]))
     for name, values in rows:
         lines.append(f"{name:<10}" + "".join(f"{values[c]:>12.4f}" for c in columns))
+    interval = metrics.get("overall_interval")
+    if interval:
+        lines.append(
+            f"{'95% CI':<10}"
+            + "".join(
+                f"{interval[c][0]:>6.3f}–{interval[c][1]:<5.3f}" if c in interval else " " * 12
+                for c in columns
+            )
+        )
+        lines.append(f"(interval: {metrics['bootstrap']['method']}, "
+                     f"{metrics['bootstrap']['resamples']} resamples of "
+                     f"{metrics['bootstrap']['tiles']} tiles)")  # fmt: skip
     return "\n".join(lines)

@@ -377,7 +377,7 @@ def _cross_validated(
         trial.set_user_attr("fold_scores", list(scores))
         trial.report(float(np.mean(scores)), fold + 1)
         if trial.should_prune():
-            raise optuna.TrialPruned(f"pruned after fold {fold + 1}: mean {np.mean(scores):.4g}")
+            raise optuna.TrialPruned(f"pruned after fold {fold}: mean {np.mean(scores):.4g}")
 
     cv = CVConfig(
         folds=run.folds, model_type=[config.model_type], name=f"trial-{trial.number}",

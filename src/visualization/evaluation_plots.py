@@ -282,27 +282,68 @@ def plot_date_weights(
     return finish_figure(figure, save_to)
 
 
+CV_SCORES = ("f1_class1", "f1_macro", "iou_macro", "accuracy")
+"""The headline scores of the cross-validation figure, one panel each."""
+
+
 def plot_cross_validation(summaries: Sequence[dict], save_to: Path | str | None = None) -> Figure:
-    """Per model: each fold's class-1 F1 (dots), mean ± std (bar and whisker), OOF (diamond)."""
-    figure = new_figure((1.8 + 1.6 * len(summaries), 3.6), layout="constrained")
-    axis = figure.subplots()
-    for x, summary in enumerate(summaries):
-        folds = [result["scores"]["f1_class1"] for result in summary["folds"]]
-        mean, std = summary["mean"]["f1_class1"], summary["std"]["f1_class1"]
-        axis.bar(x, mean, width=0.6, color="tab:blue", alpha=0.35, yerr=std, capsize=6)
-        axis.scatter(np.full(len(folds), x) + np.linspace(-0.15, 0.15, len(folds)), folds,
-                     color="tab:blue", zorder=3, label="folds" if x == 0 else None)  # fmt: skip
-        axis.scatter([x], [summary["out_of_fold"]["f1_class1"]], marker="D", color="tab:red",
-                     zorder=4, label="out of fold" if x == 0 else None)  # fmt: skip
-    axis.set_xticks(range(len(summaries)), [s["model_type"] for s in summaries])
-    axis.set_ylim(0, 1)
-    axis.set_ylabel("f1_class1")
+    """One panel per headline score; per model: mean ± std (bar and whisker), each fold's
+    score joined across models by a line (fold k of one model beside fold k of the others,
+    labelled as in the tables: fold 0 … K−1), and the out-of-fold score with its 95 %
+    interval over tiles (diamond, beside the bar so that the whisker never hides it)."""
+    names = [s.get("name", s["model_type"]) for s in summaries]
+    figure = new_figure((2.0 + 1.5 * len(summaries) * len(CV_SCORES), 3.8), layout="constrained")
+    axes = figure.subplots(1, len(CV_SCORES), squeeze=False)[0]
+    x = np.arange(len(summaries))
+    n_folds = len(summaries[0]["folds"])
+    fold_colours = [f"C{k % 10}" for k in range(n_folds)]
+    for axis, score in zip(axes, CV_SCORES, strict=True):
+        means = [s["mean"][score] for s in summaries]
+        stds = [s["std"][score] for s in summaries]
+        axis.bar(x - 0.12, means, width=0.4, color="tab:blue", alpha=0.3, yerr=stds, capsize=5,
+                 label="mean ± std")  # fmt: skip
+        for k in range(n_folds):
+            values = [s["folds"][k]["scores"][score] for s in summaries]
+            axis.plot(x - 0.12, values, marker="o", markersize=3, linewidth=0.8,
+                      color=fold_colours[k], alpha=0.8, label=f"fold {k}")  # fmt: skip
+        oof = np.array([s["out_of_fold"][score] for s in summaries])
+        intervals = [(s.get("out_of_fold_interval") or {}).get(score) for s in summaries]
+        errors = np.array(
+            [[v - i[0], i[1] - v] if i else [0.0, 0.0] for v, i in zip(oof, intervals, strict=True)]
+        ).T
+        axis.errorbar(x + 0.22, oof, yerr=errors, fmt="D", color="tab:red", capsize=3,
+                      markersize=5, zorder=4, label="out of fold (95 % CI)")  # fmt: skip
+        axis.set_xticks(x, names, rotation=30 if len(summaries) > 2 else 0, ha="right"
+                        if len(summaries) > 2 else "center", fontsize="small")  # fmt: skip
+        axis.set_ylim(0, 1)
+        axis.set_title(score, fontsize="medium")
+    axes[0].legend(fontsize="x-small", loc="lower left")
     selection = summaries[0].get("selection", "outer")
     warning = ", OPTIMISTIC" if summaries[0].get("optimistic") else ""
-    axis.set_title(
-        f"{len(summaries[0]['folds'])}-fold cross-validation: mean ± std\n"
-        f"(epoch selection: {selection}{warning})",
+    figure.suptitle(
+        f"{n_folds}-fold cross-validation (epoch selection: {selection}{warning})",
         fontsize="medium",
     )
-    axis.legend(fontsize="small", loc="lower right")
+    return finish_figure(figure, save_to)
+
+
+def plot_importance(
+    rows: Sequence[dict], grouping: str, baseline: float, save_to: Path | str | None = None
+) -> Figure:
+    """Horizontal bars: each group's mean drop of class-1 F1 when it is permuted, with its
+    95 % interval over tiles, most important on top."""
+    names = [row["group"] for row in rows]
+    means = np.array([row["f1_class1"]["mean"] for row in rows])
+    low = np.array([row["f1_class1"]["interval"][0] for row in rows])
+    high = np.array([row["f1_class1"]["interval"][1] for row in rows])
+    errors = np.vstack([np.maximum(means - low, 0), np.maximum(high - means, 0)])
+    figure = new_figure((6.0, 1.2 + 0.28 * len(rows)), layout="constrained")
+    axis = figure.subplots()
+    y = np.arange(len(rows))[::-1]
+    axis.barh(y, means, xerr=errors, color="tab:blue", alpha=0.7, capsize=3)
+    axis.axvline(0, color="black", linewidth=0.8)
+    axis.set_yticks(y, names, fontsize="small")
+    axis.set_xlabel("drop of f1_class1 when permuted (95 % interval over tiles)")
+    axis.set_title(f"permutation importance by {grouping} (baseline f1_class1 {baseline:.3f})",
+                   fontsize="medium")  # fmt: skip
     return finish_figure(figure, save_to)

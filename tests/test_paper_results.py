@@ -1,0 +1,197 @@
+"""Results a paper can print: intervals over tiles, paired comparisons, what the model uses."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import pytest
+import torch
+from scipy import stats
+from sklearn.metrics import accuracy_score, f1_score
+
+from src.esd_data.manifest import Manifest
+from src.evaluation.bootstrap import bootstrap_intervals, confusion, paired_difference
+from src.evaluation.comparison import PairingError, ScoredRun, compare_pair, fold_difference
+from src.evaluation.config import ImportanceConfig
+from src.evaluation.importance import permutation_importance
+from src.training.config import ESDConfig
+from src.training.train import train
+from tests.test_honest_numbers import replace_pixels
+
+
+def noisy_tiles(n_tiles: int, seed: int, accuracy: float = 0.7):
+    """Tiles of a fixed distribution: (truths, predictions) of 16×16 labels 1..4."""
+    rng = np.random.default_rng(seed)
+    truths, predictions = [], []
+    for _ in range(n_tiles):
+        share = rng.uniform(0.0, 0.5)  # tiles differ in how much class 1 they hold
+        truth = rng.choice(
+            [1, 2, 3, 4], size=(16, 16), p=[share, 0.5 - share, 0.3, 0.2]
+        )
+        wrong = rng.random((16, 16)) > accuracy
+        prediction = np.where(wrong, rng.integers(1, 5, size=(16, 16)), truth)
+        truths.append(truth.astype(np.uint8))
+        predictions.append(prediction.astype(np.uint8))
+    return truths, predictions
+
+
+def reference_interval(truths, predictions, resamples, seed):
+    """A straightforward bootstrap: draw tiles, concatenate their cells, score with sklearn."""
+    rng = np.random.default_rng(seed)
+    draws = rng.integers(0, len(truths), size=(resamples, len(truths)))
+    f1, macro, accuracy = [], [], []
+    for draw in draws:
+        t = np.concatenate([truths[k].ravel() for k in draw])
+        p = np.concatenate([predictions[k].ravel() for k in draw])
+        present = sorted(set(t) | set(p))
+        f1.append(f1_score(t == 1, p == 1, zero_division=0))
+        macro.append(f1_score(t, p, labels=present, average="macro", zero_division=0))
+        accuracy.append(accuracy_score(t, p))
+    return {name: np.percentile(values, [2.5, 97.5]) for name, values in
+            (("f1_class1", f1), ("f1_macro", macro), ("accuracy", accuracy))}  # fmt: skip
+
+
+def test_bootstrap_interval_equals_a_numpy_reference_contains_the_estimate_and_narrows():
+    truths, predictions = noisy_tiles(12, seed=3)
+    truths[0][:] = 2  # one tile without class 1, one never predicting class 4
+    predictions[1][predictions[1] == 4] = 3
+    confusions = [confusion(t, p) for t, p in zip(truths, predictions, strict=True)]
+    ours = bootstrap_intervals(confusions, resamples=300, seed=11)
+    reference = reference_interval(truths, predictions, 300, 11)
+    for score, interval in reference.items():
+        np.testing.assert_allclose(ours[score], interval, rtol=0, atol=1e-12)
+    t = np.concatenate([x.ravel() for x in truths])
+    p = np.concatenate([x.ravel() for x in predictions])
+    point = f1_score(t == 1, p == 1)
+    assert ours["f1_class1"][0] < point < ours["f1_class1"][1]
+    widths = []
+    for n_tiles in (8, 32, 128):
+        truths, predictions = noisy_tiles(n_tiles, seed=5)
+        matrices = [confusion(a, b) for a, b in zip(truths, predictions, strict=True)]
+        low, high = bootstrap_intervals(matrices, resamples=500, seed=0)["f1_class1"]
+        widths.append(high - low)
+    assert widths[0] > widths[1] > widths[2] > 0
+
+
+def test_paired_difference_of_a_model_with_itself_a_constant_predictor_and_other_tiles():
+    truths, predictions = noisy_tiles(10, seed=1, accuracy=0.8)
+    model = np.array([confusion(t, p) for t, p in zip(truths, predictions, strict=True)])
+    constant = np.array([confusion(t, np.full_like(t, 2)) for t in truths])  # never class 1
+    same = paired_difference(model, model.copy(), resamples=200, seed=0)
+    assert same["difference"] == 0.0 and same["interval"] == [0.0, 0.0] and same["includes_zero"]
+    better = paired_difference(model, constant, resamples=200, seed=0)
+    assert better["interval"][0] > 0 and not better["includes_zero"]
+    assert better["interval"][0] <= better["difference"] <= better["interval"][1]
+    tiles = [f"Tile{k}" for k in range(1, 11)]
+    first = ScoredRun("a", tiles, model)
+    # The same tiles listed in another order pair tile by tile, not position by position.
+    shuffled = ScoredRun("b", tiles[::-1], model[::-1])
+    assert compare_pair(first, shuffled, 100, 0)["interval"] == [0.0, 0.0]
+    other_tiles = ScoredRun("c", [*tiles[:-1], "Tile99"], model)
+    with pytest.raises(PairingError, match=r"not scored on the same tiles.*Tile10.*Tile99"):
+        compare_pair(first, other_tiles, 100, 0)
+    relabelled = model.copy()
+    relabelled[0] = relabelled[0][[1, 0, 2, 3]]  # tile 1's truth differs
+    with pytest.raises(PairingError, match="other ground truth"):
+        compare_pair(first, ScoredRun("d", tiles, relabelled), 100, 0)
+    folds = [tiles[:5], tiles[5:]]
+    a = ScoredRun("a", tiles, model, folds, [0.8, 0.7], [5, 5])
+    b = ScoredRun("b", tiles, model, [tiles[::2], tiles[1::2]], [0.8, 0.6], [5, 5])
+    with pytest.raises(PairingError, match="other folds"):
+        compare_pair(a, b, 100, 0)
+
+
+def test_per_fold_difference_uses_the_corrected_t_test():
+    tiles = [f"Tile{k}" for k in range(1, 11)]
+    folds = [tiles[k::5] for k in range(5)]
+    empty = np.zeros((10, 4, 4), dtype=int)
+    first = ScoredRun("a", tiles, empty, folds, [0.80, 0.75, 0.90, 0.70, 0.85], [8] * 5)
+    second = ScoredRun("b", tiles, empty, folds, [0.70, 0.74, 0.80, 0.69, 0.70], [8] * 5)
+    result = fold_difference(first, second)
+    differences = np.array([0.10, 0.01, 0.10, 0.01, 0.15])
+    assert result["mean"] == pytest.approx(differences.mean())
+    assert result["std"] == pytest.approx(differences.std(ddof=1))
+    # Nadeau & Bengio: variance × (1/J + n_test/n_train), here 1/5 + 2/8.
+    t = differences.mean() / np.sqrt((1 / 5 + 2 / 8) * differences.var(ddof=1))
+    assert result["t"] == pytest.approx(t)
+    assert result["p_value"] == pytest.approx(2 * stats.t.sf(t, 4))
+    assert result["p_value"] > stats.ttest_rel(first.fold_scores, second.fold_scores).pvalue
+    assert fold_difference(first, first)["p_value"] == 1.0
+
+
+# --------------------------------------------------------------------------------------------
+# permutation importance
+
+
+class ReadOnlySentinel1(L.Callback):
+    """Keeps the first convolution's weights of every non-Sentinel-1 channel at exactly 0: the
+    model trains to read Sentinel-1 alone."""
+
+    def __init__(self, channels: list[str]) -> None:
+        self.unread = [k for k, name in enumerate(channels) if not name.startswith("sentinel1/")]
+
+    def _project(self, module) -> None:
+        first = next(m for m in module.model.modules() if isinstance(m, torch.nn.Conv2d))
+        with torch.no_grad():
+            first.weight[:, self.unread] = 0.0
+
+    def on_train_start(self, trainer, module):
+        self._project(module)
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+        self._project(module)
+
+
+def tiny(processed: Path, tmp_path: Path, **overrides) -> ESDConfig:
+    values = {
+        "raw_dir": None, "processed_dir": processed, "model_type": "SegmentationCNN",
+        "embedding_size": 8, "depth": 1, "max_epochs": 4, "num_workers": 0,
+        "wandb_mode": "disabled", "learning_rate": 0.05, "checkpoint_dir": tmp_path / "ckpt",
+        "log_dir": tmp_path / "logs", "scheduler": "none",
+    }  # fmt: skip
+    return ESDConfig(**{**values, **overrides})
+
+
+@pytest.mark.slow
+def test_importance_of_a_one_sensor_model_and_never_of_training_tiles(
+    synthetic_processed, tmp_path
+):
+    channels = Manifest.load(synthetic_processed).channels
+    results = train(tiny(synthetic_processed, tmp_path), [ReadOnlySentinel1(channels)],
+                    summary=False)  # fmt: skip
+    checkpoint = Path(results["last_model_path"])
+    options = {"model_path": [checkpoint], "grouping": ["sensor", "date"], "repeats": 3,
+               "bootstrap_resamples": 200}  # fmt: skip
+    first = permutation_importance(
+        ImportanceConfig(**options, results_dir=tmp_path / "first"), log=lambda _: None
+    )
+    by_sensor = {row["group"]: row for row in first["groupings"]["sensor"]}
+    assert set(by_sensor) == {"sentinel1", "sentinel2", "landsat8", "viirs"}
+    assert by_sensor["sentinel1"]["f1_class1"]["mean"] > 0.02
+    assert first["groupings"]["sensor"][0]["group"] == "sentinel1"
+    for row in [*first["groupings"]["sensor"], *first["groupings"]["date"]]:
+        if not row["group"].startswith("sentinel1"):
+            for score in ("f1_class1", "f1_macro"):
+                assert row[score]["repeats"] == [0.0, 0.0, 0.0], row
+                assert row[score]["interval"] == [0.0, 0.0], row
+    held_out = Manifest.load(synthetic_processed).split["val"]
+    assert sorted(first["tiles"]) == sorted(held_out)
+    # The training tiles' pixels changed (and recorded as a preparation would): same result.
+    altered = Path(shutil.copytree(synthetic_processed, tmp_path / "altered"))
+    for seed, tile in enumerate(Manifest.load(altered).split["train"]):
+        replace_pixels(altered, tile, seed)
+    second = permutation_importance(
+        ImportanceConfig(**options, processed_dir=altered, results_dir=tmp_path / "second"),
+        log=lambda _: None,
+    )
+    assert second["groupings"] == first["groupings"] and second["baseline"] == first["baseline"]
+    written = json.loads((tmp_path / "first" / "importance.json").read_text())
+    assert written["groupings"]["sensor"][0]["group"] == "sentinel1"
+    assert (tmp_path / "first" / "importance_sensor.png").stat().st_size > 0
+    rows = list(csv.DictReader((tmp_path / "first" / "importance.csv").open()))
+    assert len(rows) == len(first["groupings"]["sensor"]) + len(first["groupings"]["date"])
