@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import shutil
+import subprocess
 from pathlib import Path
 
 import lightning as L
@@ -14,6 +16,10 @@ import torch
 from scipy import stats
 from sklearn.metrics import accuracy_score, f1_score
 
+from scripts.compare import main as compare_main
+from scripts.report import main as report_main
+from src.cross_validation.config import CVConfig
+from src.cross_validation.run import cross_validate
 from src.esd_data.manifest import Manifest
 from src.evaluation.bootstrap import bootstrap_intervals, confusion, paired_difference
 from src.evaluation.comparison import PairingError, ScoredRun, compare_pair, fold_difference
@@ -30,9 +36,7 @@ def noisy_tiles(n_tiles: int, seed: int, accuracy: float = 0.7):
     truths, predictions = [], []
     for _ in range(n_tiles):
         share = rng.uniform(0.0, 0.5)  # tiles differ in how much class 1 they hold
-        truth = rng.choice(
-            [1, 2, 3, 4], size=(16, 16), p=[share, 0.5 - share, 0.3, 0.2]
-        )
+        truth = rng.choice([1, 2, 3, 4], size=(16, 16), p=[share, 0.5 - share, 0.3, 0.2])
         wrong = rng.random((16, 16)) > accuracy
         prediction = np.where(wrong, rng.integers(1, 5, size=(16, 16)), truth)
         truths.append(truth.astype(np.uint8))
@@ -195,3 +199,125 @@ def test_importance_of_a_one_sensor_model_and_never_of_training_tiles(
     assert (tmp_path / "first" / "importance_sensor.png").stat().st_size > 0
     rows = list(csv.DictReader((tmp_path / "first" / "importance.csv").open()))
     assert len(rows) == len(first["groupings"]["sensor"]) + len(first["groupings"]["date"])
+
+
+# --------------------------------------------------------------------------------------------
+# ablation by retraining, paired on the same folds
+
+
+class CountTrainings(L.Callback):
+    def __init__(self) -> None:
+        self.count = 0
+
+    def on_train_start(self, trainer, module):
+        self.count += 1
+
+
+ABLATION_BANDS = {"sentinel1": None, "sentinel2": ["B04", "B08"], "viirs": None}
+
+
+def ablation_run(processed: Path, out: Path, callbacks=None) -> dict:
+    config = tiny(processed, out, bands=ABLATION_BANDS, embedding_size=8, max_epochs=10,
+                  batch_size=32)  # fmt: skip
+    cv = CVConfig(folds=2, model_type=["SegmentationCNN"], ablate="sensors", selection="last",
+                  output_dir=out / "cv", bootstrap_resamples=300)  # fmt: skip
+    return cross_validate(cv, config, log=lambda _: None, extra_callbacks=callbacks)
+
+
+@pytest.fixture(scope="module")
+def ablation(synthetic_processed, tmp_path_factory) -> dict:
+    """A 2-fold cross-validation of SegmentationCNN on Sentinel-1, Sentinel-2 and VIIRS, with
+    every sensor left out and every sensor alone (7 variants, 14 trainings)."""
+    return ablation_run(synthetic_processed, tmp_path_factory.mktemp("ablation"))
+
+
+@pytest.mark.slow
+def test_ablation_trains_every_variant_on_the_same_folds_resumes_and_pairs_with_the_full_model(
+    ablation, synthetic_processed
+):
+    names = {model["name"] for model in ablation["models"]}
+    variants = {f"SegmentationCNN-{how}-{s}" for how in ("without", "only") for s in ABLATION_BANDS}
+    assert names == {"SegmentationCNN"} | variants
+    root = Path(ablation["root"])
+    assert "ablate-sensors" in root.name
+    viirs_free = next(m for m in ablation["models"] if m["name"] == "SegmentationCNN-without-viirs")
+    manifest = Manifest.load(synthetic_processed)
+    selected = [manifest.channels[k] for k in manifest.select_channels(ABLATION_BANDS)]
+    kept = [name.split("/") for name in selected if not name.startswith("viirs/")]
+    assert viirs_free["bands"] == {
+        sensor: [f"{d}/{b}" for s, d, b in kept if s == sensor]
+        for sensor in ("sentinel1", "sentinel2")
+    }
+    folds = {json.dumps([f["val_tiles"] for f in m["folds"]]) for m in ablation["models"]}
+    assert len(folds) == 1  # every variant on the same folds
+    pairs = {(p["first"], p["second"]): p for p in ablation["pairs"]}
+    assert set(pairs) == {(name, "SegmentationCNN") for name in names - {"SegmentationCNN"}}
+    for pair in pairs.values():
+        assert pair["tiles"] == 12 and len(pair["folds"]["differences"]) == 2
+    # What each sensor is worth, by retraining: VIIRS alone shows electricity.
+    worth = {s: -pairs[(f"SegmentationCNN-without-{s}", "SegmentationCNN")]["difference"]
+             for s in ABLATION_BANDS}  # fmt: skip
+    assert max(worth, key=worth.get) == "viirs", worth
+    assert pairs[("SegmentationCNN-without-viirs", "SegmentationCNN")]["interval"][1] < 0
+    summary = json.loads((root / "summary.json").read_text())
+    assert summary["pairs"] == ablation["pairs"] and summary["bootstrap"]["resamples"] == 300
+    for model in summary["models"]:
+        low, high = model["out_of_fold_interval"]["f1_class1"]
+        assert low <= model["out_of_fold"]["f1_class1"] <= high
+    counter = CountTrainings()
+    again = ablation_run(synthetic_processed, root.parent.parent, [counter])
+    assert counter.count == 0 and again["pairs"] == ablation["pairs"]
+
+
+# --------------------------------------------------------------------------------------------
+# the report, in a real browser; the comparison command
+
+
+def chromium() -> str:
+    found = shutil.which("chromium") or shutil.which("chromium-browser")
+    if found is None:
+        pytest.skip("no Chromium on this machine (.ci/run installs Debian's chromium)")
+    return found
+
+
+@pytest.mark.slow
+def test_report_opens_in_headless_chromium_with_every_model_and_the_gallery(ablation, capsys):
+    root = Path(ablation["root"])
+    assert report_main([str(root)]) == 0
+    page = root / "report.html"
+    assert f"wrote {page}" in capsys.readouterr().out
+    text = page.read_text()
+    assert "http://" not in text and "https://" not in text  # nothing fetched
+    completed = subprocess.run(
+        [chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=5000",
+         "--dump-dom", page.as_uri()],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    dom = completed.stdout
+    loaded = re.search(r'data-images-loaded="(\d+)/(\d+)"', dom)
+    assert loaded is not None, completed.stderr[-2000:]
+    assert loaded.group(1) == loaded.group(2) and int(loaded.group(2)) >= 7 * 12
+    leaderboard = dom[dom.index('<table id="leaderboard"') :].split("</table>")[0]
+    for model in ablation["models"]:
+        assert f"<td>{model['name']}</td>" in leaderboard
+    gallery = dom[dom.index('id="gallery"') :]
+    assert gallery.count('class="tile"') == 7 * 12
+    scores = [float(s) for s in re.findall(r'data-f1class1="([0-9.]+)"', gallery)]
+    assert scores == sorted(scores)  # worst first
+
+
+def test_compare_command_pairs_the_models_of_a_cross_validation(ablation, capsys, tmp_path):
+    root = Path(ablation["root"])
+    out = tmp_path / "comparison.json"
+    assert compare_main(["--runs", str(root), "--reference", f"{root.name}/SegmentationCNN",
+                         "--bootstrap_resamples", "300", "--out", str(out)]) == 0  # fmt: skip
+    written = json.loads(out.read_text())
+    assert len(written["pairs"]) == 6
+    from_summary = {(p["first"], p["second"]): p for p in ablation["pairs"]}
+    for pair in written["pairs"]:
+        same = from_summary[(pair["first"].split("/")[1], pair["second"].split("/")[1])]
+        assert pair["difference"] == same["difference"] and pair["interval"] == same["interval"]
+    assert "interval includes 0" in capsys.readouterr().out or all(
+        not p["includes_zero"] for p in written["pairs"]
+    )
+    assert compare_main(["--runs", str(root / "SegmentationCNN" / "oof")]) == 1

@@ -35,7 +35,7 @@ import tifffile
 
 from src.atomic import write_json
 from src.cross_validation.config import CVConfig
-from src.cross_validation.summary import SCORES, model_summary, write_summary
+from src.cross_validation.summary import SCORES, model_summary, pair_models, write_summary
 from src.cross_validation.variants import model_variants
 from src.esd_data.folds import assign_folds, class1_shares, fold_manifest, inner_split
 from src.esd_data.manifest import Manifest
@@ -48,6 +48,7 @@ from src.evaluation.report import tile_scores, write_run_outputs
 from src.training.config import ESDConfig
 from src.training.result_config import config_hash, differences, result_config
 from src.training.train import build_datamodule, train
+from src.visualization.learning_curves import plot_learning_curves
 
 
 class ConfigurationMismatchError(ValueError):
@@ -197,6 +198,11 @@ def _out_of_fold(model_dir: Path, results: list[dict[str, Any]], manifest: Manif
     )
 
 
+def _metrics_csv(model_dir: Path, fold: int) -> Path | None:
+    """The fold's `metrics.csv` (None when its logs are gone)."""
+    return next((model_dir / f"fold_{fold}" / "logs").rglob("metrics.csv"), None)
+
+
 def _model_identity(cv: CVConfig, config: ESDConfig, data_fingerprint: str) -> dict[str, Any]:
     return {"training": result_config(config), "protocol": cv.protocol(), "data": data_fingerprint}
 
@@ -279,8 +285,14 @@ def cross_validate(
                     f"{np.std(scores, ddof=1) if len(scores) > 1 else 0:.4f}"
                 )
             oof = _out_of_fold(model_dir, results, manifest, processed, cv)
+            curves = {f"fold {r['fold']}": _metrics_csv(model_dir, r["fold"]) for r in results}
+            plot_learning_curves(
+                {k: v for k, v in curves.items() if v is not None},
+                f"{model}: learning curves of the {len(results)} folds",
+                model_dir / "learning_curves.png",
+            )
             summaries.append(model_summary(variant, results, oof, cv.selection))
     summaries.sort(key=lambda s: -s["mean"]["f1_class1"])
-    lines = write_summary(root, summaries, plan, cv)
-    log(lines)
-    return {"plan": plan, "models": summaries, "root": str(root)}
+    pairs = pair_models(summaries, cv)
+    log(write_summary(root, summaries, pairs, plan, cv))
+    return {"plan": plan, "models": summaries, "pairs": pairs, "root": str(root)}

@@ -110,12 +110,10 @@ def format_summary(summaries: list[dict[str, Any]], pairs: list[dict[str, Any]])
     return "\n".join(lines)
 
 
-def write_summary(
-    root: Path, summaries: list[dict[str, Any]], plan: dict[str, Any], cv: CVConfig
-) -> str:
+def write_summary(root: Path, summaries: list[dict[str, Any]], pairs: list[dict[str, Any]],
+                  plan: dict[str, Any], cv: CVConfig) -> str:  # fmt: skip
     """Write `summary.json`, `summary.csv` and `summary.png`; the printed table and paths."""
     selection = summaries[0]["selection"]
-    pairs = pair_models(summaries, cv)
     tiles = len(summaries[0]["out_of_fold_tiles"])
     write_json(
         root / SUMMARY_FILE,
