@@ -16,11 +16,16 @@ if __package__ in (None, ""):  # run as `python scripts/NAME.py`, not `python -m
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Write the report and print where it is."""
+def build_report_parser() -> argparse.ArgumentParser:
+    """The command line: one folder."""
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("folder", type=Path, help="a cross-validation or evaluation folder")
-    folder = parser.parse_args(argv).folder
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Write the report and print where it is."""
+    folder = build_report_parser().parse_args(argv).folder
     from src.evaluation.cv_record import CVRecordError
     from src.evaluation.html_report import write_report
 

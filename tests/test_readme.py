@@ -11,9 +11,10 @@ import pytest
 from scripts.cross_validate import parse_arguments as parse_cross_validation
 from scripts.make_synthetic import SyntheticConfig
 from scripts.prepare import PrepareConfig
+from scripts.report import build_report_parser
 from scripts.train_sweeps import build_sweep_parser
 from src.cli import build_parser
-from src.evaluation.config import EvalConfig
+from src.evaluation.config import CompareConfig, EvalConfig, ImportanceConfig
 from src.training.config import ESDConfig
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -25,6 +26,9 @@ PARSERS = {
     "scripts.make_synthetic": lambda: build_parser(SyntheticConfig),
     "scripts.train_sweeps": build_sweep_parser,
     "scripts.cross_validate": None,  # parsed by its own function (two configs)
+    "scripts.compare": lambda: build_parser(CompareConfig),
+    "scripts.importance": lambda: build_parser(ImportanceConfig),
+    "scripts.report": build_report_parser,
 }
 
 
