@@ -18,8 +18,8 @@ __all__ = ["EvalConfig", "evaluate", "main"]
 RUN_FILES = (
     "metrics.json",
     "predictions.csv",
-    "confusion_matrix.png",
-    "roc_curves.png",
+    "confusion_matrix.{fig}",
+    "roc_curves.{fig}",
     "classification_report.txt",
 )
 
@@ -58,13 +58,14 @@ def main(argv: list[str] | None = None) -> int:
         f"wrote {len(metrics['tiles'])} tile(s) to {tiles}/ (PNG, prediction and probability TIFF)"
     )
     for tile in metrics["tiles"]:
-        names = [f"{tile['tile']}.png", f"{tile['tile']}_prediction.tif"]
+        names = [f"{tile['tile']}.{config.fig_format}", f"{tile['tile']}_prediction.tif"]
         if "date_weights" in tile:
-            names.append(f"{tile['tile']}_attention.png")
+            names.append(f"{tile['tile']}_attention.{config.fig_format}")
         print("  " + "  ".join(str(tiles / name) for name in names))
     for name in RUN_FILES:
-        if (results_dir / name).exists():
-            print(f"  {results_dir / name}")
+        path = results_dir / name.format(fig=config.fig_format)
+        if path.exists():
+            print(f"  {path}")
     return 0
 
 

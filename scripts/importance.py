@@ -33,7 +33,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     print(format_importance(result))
     folder = Path(result["results_dir"])
-    charts = [str(folder / f"importance_{grouping}.png") for grouping in result["groupings"]]
+    charts = [str(folder / f"importance_{g}.{config.fig_format}") for g in result["groupings"]]
     print(f"wrote {folder / 'importance.json'}, {folder / 'importance.csv'}, {', '.join(charts)}")
     return 0
 

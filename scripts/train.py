@@ -62,12 +62,14 @@ def main(argv: list[str] | None = None) -> int:
     if is_local_zero():
         print(format_results(results))
         if results.get("metrics_csv") and Path(results["metrics_csv"]).is_file():
+            from src.visualization.figure_output import figure_file, figure_output
             from src.visualization.learning_curves import plot_learning_curves
 
             metrics_csv = Path(results["metrics_csv"])
-            curves = metrics_csv.with_name("learning_curves.png")
-            plot_learning_curves({results["run_name"]: metrics_csv},
-                                 f"run {results['run_name']}: learning curves", curves)  # fmt: skip
+            with figure_output(config):
+                curves = figure_file(metrics_csv.with_name("learning_curves.png"))
+                title = f"run {results['run_name']}: learning curves"
+                plot_learning_curves({results["run_name"]: metrics_csv}, title, curves)
             print(f"  learning curves: {curves}")
     return 0
 

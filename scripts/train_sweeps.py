@@ -69,8 +69,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     options, base, explicit = parse_arguments(argv)
     set_progress(base.progress)
     from src.sweeps.run import run_sweep
+    from src.visualization.figure_output import figure_output
 
-    return run_sweep(options, base, explicit)
+    with figure_output(base):
+        return run_sweep(options, base, explicit)
 
 
 if __name__ == "__main__":

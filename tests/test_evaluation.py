@@ -159,11 +159,16 @@ def test_predict_split_without_ground_truth(checkpoint, synthetic_copy, tmp_path
     assert Manifest.load(processed).split["predict"] == ["Tile2", "Tile9"]
     metrics = evaluate(EvalConfig(
         model_path=checkpoint, processed_dir=processed, split="predict",
-        results_dir=tmp_path / "out", accelerator="cpu",
+        results_dir=tmp_path / "out", accelerator="cpu", fig_format="svg",
     ))  # fmt: skip
     assert "overall" not in metrics and metrics["tiles"] == [{"tile": "Tile2"}, {"tile": "Tile9"}]
     assert (tmp_path / "out" / "tiles" / "Tile9_prediction.tif").is_file()
-    assert not (tmp_path / "out" / "confusion_matrix.png").exists()
+    assert not (tmp_path / "out" / "confusion_matrix.svg").exists()
+    # --fig_format: every picture in that format, none in another.
+    pictures = sorted(p.name for p in (tmp_path / "out" / "tiles").glob("Tile*.*")
+                      if not p.name.endswith(".tif"))  # fmt: skip
+    assert pictures == ["Tile2.svg", "Tile9.svg"]
+    assert (tmp_path / "out" / "tiles" / "Tile2.svg").read_text().lstrip().startswith("<?xml")
     with (tmp_path / "out" / "predictions.csv").open() as handle:
         assert len(list(csv.DictReader(handle))) == 512
 

@@ -259,12 +259,20 @@ def test_tile_prediction_without_rgb_truth_or_score(tmp_path: Path) -> None:
     path = tmp_path / "Tile3.png"
     figure = ev.plot_tile_prediction(None, None, all_class_labels(), "Tile3", None, save_to=path)
     assert [ax.get_title() for ax in figure.axes] == ["prediction"]
-    assert figure.get_suptitle() == "Tile3 — class-1 F1 n/a"
+    assert figure.get_suptitle() == "Tile3"  # unlabelled: no score at all
     assert_saved_png(figure, path)
     figure = ev.plot_tile_prediction(None, all_class_labels(), all_class_labels(), "T", np.nan)
     assert len(figure.axes) == 3 and figure.get_suptitle().endswith("n/a")
     with pytest.raises(ValueError, match="shape"):
         ev.plot_tile_prediction(None, np.ones((8, 8), int), all_class_labels(), "T", 0.5)
+    probability = np.linspace(0, 1, 256).reshape(16, 16)
+    labels = all_class_labels()
+    figure = ev.plot_tile_prediction(None, labels, labels, "T", 0.5, probability=probability,
+                                     model="UNet demo, TTA d4")  # fmt: skip
+    assert [ax.get_title() for ax in figure.axes if ax.get_title()] == [
+        "ground truth", "prediction", "class-1 probability", "errors: 0 of 256 cells"
+    ]  # fmt: skip
+    assert figure.get_suptitle() == "T — class-1 F1 0.500 — UNet demo, TTA d4"
 
 
 def test_confusion_matrix_counts_and_row_normalised(tmp_path: Path) -> None:

@@ -48,6 +48,7 @@ from src.evaluation.report import tile_scores, write_run_outputs
 from src.training.config import ESDConfig
 from src.training.result_config import config_hash, differences, result_config
 from src.training.train import build_datamodule, train
+from src.visualization.figure_output import figure_output
 from src.visualization.learning_curves import plot_learning_curves
 
 
@@ -220,6 +221,17 @@ def cross_validate(
     sweep, which may stop the cross-validation by raising). ConfigurationMismatchError when the
     named folder holds results of another configuration.
     """
+    with figure_output(base):
+        return _cross_validate(cv, base, log, extra_callbacks, on_fold)
+
+
+def _cross_validate(
+    cv: CVConfig,
+    base: ESDConfig,
+    log: Callable[[str], None],
+    extra_callbacks: list[L.Callback] | None,
+    on_fold: Callable[[str, int, dict[str, Any]], None] | None,
+) -> dict[str, Any]:
     data = build_datamodule(base)
     data.prepare_data()
     manifest = data.manifest

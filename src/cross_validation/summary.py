@@ -17,6 +17,7 @@ from src.evaluation.bootstrap import bootstrap_record
 from src.evaluation.comparison import compare_pair, cv_scored_run, format_pairs
 from src.evaluation.cv_record import SUMMARY_FILE
 from src.visualization.evaluation_plots import plot_cross_validation
+from src.visualization.figure_output import figure_file
 
 SCORES = ("f1_class1", "accuracy", "iou_macro", "f1_macro")
 
@@ -148,5 +149,6 @@ def write_summary(root: Path, summaries: list[dict[str, Any]], pairs: list[dict[
     plot_cross_validation(summaries, root / "summary.png")
     return (
         format_summary(summaries, pairs)
-        + f"\nsummary: {root / SUMMARY_FILE}, {root / 'summary.csv'}, {root / 'summary.png'}"
+        + f"\nsummary: {root / SUMMARY_FILE}, {root / 'summary.csv'}, "
+        f"{figure_file(root / 'summary.png')}"
     )

@@ -12,13 +12,14 @@ from typing import Literal
 from src.cli import check_field_types, config_field
 from src.esd_data.subtiles import check_tile_size_gt
 from src.models.registry import MODEL_TYPES
+from src.visualization.figure_output import FigureOptions
 
 EvalSplit = Literal["val", "test", "predict", "train"]
 TTAMode = Literal["none", "flips", "d4"]
 
 
 @dataclass
-class EvalConfig:
+class EvalConfig(FigureOptions):
     """Restitch a model's predictions per parent tile; write images, predictions, metrics."""
 
     model_path: list[Path] | None = config_field(
@@ -82,6 +83,7 @@ class EvalConfig:
         if isinstance(self.model_path, (str, Path)):  # one checkpoint, from Python
             self.model_path = [Path(self.model_path)]
         check_field_types(self)
+        super().__post_init__()
         if self.model_path is not None:
             self.model_path = [Path(p) for p in self.model_path]
         for name in (
@@ -144,7 +146,7 @@ class CompareConfig:
 
 
 @dataclass
-class ImportanceConfig:
+class ImportanceConfig(FigureOptions):
     """Permutation importance of channel groups on held-out tiles only."""
 
     model_path: list[Path] | None = config_field(
@@ -183,6 +185,7 @@ class ImportanceConfig:
         if isinstance(self.model_path, (str, Path)):
             self.model_path = [Path(self.model_path)]
         check_field_types(self)
+        super().__post_init__()
         if self.model_path is not None:
             self.model_path = [Path(p) for p in self.model_path]
         for name in ("cv_dir", "results_dir", "processed_dir"):

@@ -34,6 +34,7 @@ from src.evaluation.evaluator import (
 from src.evaluation.report import true_colour_image, write_run_outputs, write_tile_outputs
 from src.hardware import resolve_device
 from src.training.checkpoints import CheckpointError, data_identity, load_module, read_checkpoint
+from src.visualization.figure_output import figure_output
 
 EVAL_CACHE_ROOT = Path("data/eval_cache")
 
@@ -230,6 +231,11 @@ def evaluate(config: EvalConfig, log: Callable[[str], None] = print) -> dict[str
     Several checkpoints form an ensemble: each window's probabilities are averaged over them
     (each normalising with its own training statistics) and over the `tta` views.
     """
+    with figure_output(config):
+        return _evaluate(config, log)
+
+
+def _evaluate(config: EvalConfig, log: Callable[[str], None]) -> dict[str, Any]:
     model_paths, why = choose_checkpoints(config)
     for path in model_paths:
         log(f"checkpoint: {path} ({why})")
@@ -313,7 +319,10 @@ def evaluate(config: EvalConfig, log: Callable[[str], None] = print) -> dict[str
     with replaced_folder(results_dir) as staging:
         per_tile = [
             write_tile_outputs(
-                staging, p, true_colour_image(source.processed_dir, source.manifest, p.tile)
+                staging,
+                p,
+                true_colour_image(source.processed_dir, source.manifest, p.tile),
+                _model_label(model_type, run, len(model_paths), config),
             )
             for p in predictions
         ]
@@ -321,6 +330,16 @@ def evaluate(config: EvalConfig, log: Callable[[str], None] = print) -> dict[str
             staging, predictions, per_tile, info, config.bootstrap_resamples, config.bootstrap_seed
         )
     return metrics | {"results_dir": str(results_dir)}
+
+
+def _model_label(model_type: str, run: str, count: int, config: EvalConfig) -> str:
+    """What predicted the tiles, for the pictures: model, run, ensemble size, TTA."""
+    label = f"{model_type} {run}"
+    if count > 1:
+        label += f" (ensemble of {count})"
+    if config.tta != "none":
+        label += f", TTA {config.tta}"
+    return label
 
 
 def _run_label(config: EvalConfig, model_paths: list[Path]) -> str:

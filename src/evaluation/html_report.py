@@ -21,6 +21,7 @@ from typing import Any
 from src.atomic import atomic_path
 from src.evaluation.comparison import METRICS_FILE
 from src.evaluation.cv_record import SUMMARY_FILE, CVRecordError, read_json
+from src.visualization.figure_output import find_figure
 
 REPORT_FILE = "report.html"
 PAIR_COLUMNS = ["pair", "difference", "95 % interval", "interval includes 0", "per fold",
@@ -44,11 +45,15 @@ document.body.dataset.imagesLoaded=imgs.filter(i=>i.complete&&i.naturalWidth>0).
 
 
 def _image(path: Path, alt: str) -> str:
-    """An <img> with the picture embedded (nothing when the file is missing)."""
-    if not path.is_file():
+    """An <img> with the picture embedded, in whichever format it was written (nothing when
+    there is none; a PDF, which a page cannot show inline, is named instead)."""
+    found = find_figure(path)
+    if found is None:
         return ""
-    kind = {"svg": "svg+xml", "pdf": "pdf"}.get(path.suffix[1:], path.suffix[1:])
-    data = base64.b64encode(path.read_bytes()).decode()
+    if found.suffix == ".pdf":
+        return f"<p>{html.escape(alt)}: {html.escape(str(found))} (PDF)</p>"
+    kind = "svg+xml" if found.suffix == ".svg" else "png"
+    data = base64.b64encode(found.read_bytes()).decode()
     return f'<img alt="{html.escape(alt)}" src="data:image/{kind};base64,{data}">'
 
 
@@ -125,7 +130,8 @@ def _gallery(entries: list[tuple[dict[str, Any], Path]]) -> str:
 
 
 def _importance(folder: Path) -> str:
-    charts = sorted(folder.rglob("importance_*.png"))
+    formats = (".png", ".svg", ".pdf")
+    charts = sorted(p for p in folder.rglob("importance_*.*") if p.suffix in formats)
     if not charts:
         return ""
     return "<h2>Permutation importance</h2>" + "".join(

@@ -42,6 +42,7 @@ from src.hardware import resolve_device
 from src.progress import progress_disabled
 from src.training.checkpoints import CheckpointError, data_identity, load_module, read_checkpoint
 from src.visualization.evaluation_plots import plot_importance
+from src.visualization.figure_output import figure_output
 
 DROPS = ("f1_class1", "f1_macro")
 """The scores whose drop is recorded."""
@@ -161,6 +162,11 @@ def permutation_importance(
 ) -> dict[str, Any]:
     """Compute and write `importance.json`, `importance.csv` and one bar chart per grouping
     into the results folder; returns what `importance.json` holds."""
+    with figure_output(config):
+        return _permutation_importance(config, log)
+
+
+def _permutation_importance(config: ImportanceConfig, log: Callable[[str], None]) -> dict[str, Any]:
     parts, what = held_out_parts(config)
     device = resolve_device(config.accelerator)
     checkpoints = [read_checkpoint(part.checkpoint) for part in parts]

@@ -65,7 +65,7 @@ def kaggle_rows(predictions: list[TilePrediction]) -> list[tuple[int, int]]:
 
 
 def write_tile_outputs(
-    results_dir: Path, prediction: TilePrediction, rgb: np.ndarray | None
+    results_dir: Path, prediction: TilePrediction, rgb: np.ndarray | None, model: str
 ) -> dict[str, Any]:
     """The tile's PNG, label TIFF (1..4) and probability TIFF (4, 16, 16); its scores and
     confusion matrix."""
@@ -75,6 +75,7 @@ def write_tile_outputs(
         rgb, prediction.truth, prediction.labels, prediction.tile,
         None if not scores else scores["f1_class1"],
         save_to=tiles / f"{prediction.tile}.png",
+        probability=prediction.probabilities[0], model=model,
     )  # fmt: skip
     write_tiff(tiles / f"{prediction.tile}_prediction.tif", prediction.labels)
     write_tiff(tiles / f"{prediction.tile}_probabilities.tif", prediction.probabilities)

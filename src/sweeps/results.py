@@ -29,6 +29,7 @@ from src.cli import plain
 from src.sweeps.spec import RUN_FIELDS, Parameter, SweepSpec
 from src.sweeps.study import ERROR, INTERRUPTED, RETRY_OF, SURPLUS, not_counted
 from src.training.config import ESDConfig
+from src.visualization.figure_output import figure_dpi, figure_file
 
 TABLE_FILE = "trials.csv"
 BEST_CONFIG_FILE = "best_config.yaml"
@@ -319,9 +320,10 @@ def plot_sweep(records: list[TrialRecord], spec: SweepSpec) -> Figure:
 
 
 def save_figure(figure: Figure, path: Path) -> None:
-    """Write a figure as PNG under a temporary name, then rename it."""
+    """Write a figure under a temporary name, then rename it: in the format of its suffix, at
+    the chosen dpi (`--dpi`)."""
     with atomic_path(path) as temporary:
-        figure.savefig(temporary, format="png", dpi=100)
+        figure.savefig(temporary, format=Path(path).suffix[1:] or "png", dpi=figure_dpi())
 
 
 # --------------------------------------------------------------------------------------------
@@ -357,7 +359,7 @@ def write_results(
                 + ", ".join(f"{k} = {v:.4g}" for k, v in sorted(best.test_scores.items()))
                 + f"; the {spec.metric} above chose it among the trials, so it is optimistic"
             )
-    written["plot"] = output_dir / PLOT_FILE
+    written["plot"] = figure_file(output_dir / PLOT_FILE)
     save_figure(plot_sweep(ordered, spec), written["plot"])
     for kind, path in written.items():
         log(f"{kind}: {path}")

@@ -15,6 +15,7 @@ from src.esd_data.manifest import check_band_selection
 from src.esd_data.preparation import PrepareRequest
 from src.esd_data.subtiles import check_tile_size_gt
 from src.models.registry import MODEL_TYPES, model_hparams
+from src.visualization.figure_output import FigureOptions
 
 LossName = Literal["ce", "dice", "ce+dice"]
 OptimizerName = Literal["adam", "adamw", "sgd"]
@@ -26,7 +27,7 @@ PATH_FIELDS = ("raw_dir", "processed_dir", "weights_path", "checkpoint_dir", "lo
 
 
 @dataclass
-class ESDConfig:
+class ESDConfig(FigureOptions):
     """Train a segmentation model on prepared DFC2021 subtiles."""
 
     # data
@@ -159,6 +160,7 @@ class ESDConfig:
         if isinstance(self.data_on_device, bool):  # YAML reads `data_on_device: true` as a bool
             self.data_on_device = "true" if self.data_on_device else "false"
         check_field_types(self)
+        super().__post_init__()
         problems = []
         for name in PATH_FIELDS:
             value = getattr(self, name)

@@ -49,13 +49,17 @@ def plot_tile_prediction(
     tile_id: str,
     score: float | None,
     save_to: Path | str | None = None,
+    probability: np.ndarray | None = None,
+    model: str | None = None,
 ) -> Figure:
-    """Panels side by side: true colour, ground truth, prediction and error map.
+    """Panels side by side: true colour, ground truth, prediction, class-1 probability and
+    error map.
 
-    `rgb` (H, W, 3) floats in [0, 1] (e.g. `plot_utils.true_colour`) and `truth` (labels
-    1..4) are optional; the error map (correct vs wrong cells) needs `truth`. The four-class
-    legend sits below the panels and the title carries the tile id and its class-1 F1
-    `score` ("n/a" when None or not finite).
+    `rgb` (H, W, 3) floats in [0, 1] (e.g. `plot_utils.true_colour`), `truth` (labels 1..4)
+    and `probability` (the class-1 probability per cell) are optional; the error map (correct
+    vs wrong cells) needs `truth`. The four-class legend sits below the panels; the title
+    carries the tile id, the `model` that predicted it and, for a labelled tile, its class-1
+    F1 `score` ("n/a" when None or not finite). An unlabelled tile gets no score at all.
     """
     prediction = check_labels(prediction, "prediction")
     if truth is not None:
@@ -69,7 +73,7 @@ def plot_tile_prediction(
         if rgb.ndim != 3 or rgb.shape[-1] != 3:
             raise ValueError(f"rgb must be an (H, W, 3) image, got shape {rgb.shape}")
         rgb = np.clip(np.nan_to_num(rgb.astype(np.float64)), 0.0, 1.0)
-    n_panels = 1 + (rgb is not None) + 2 * (truth is not None)
+    n_panels = 1 + (rgb is not None) + 2 * (truth is not None) + (probability is not None)
     legend_columns = N_CLASSES if n_panels >= 3 else n_panels
     legend_rows = math.ceil(N_CLASSES / legend_columns)
     height = PANEL_WIDTH + 1.0 + 0.25 * legend_rows + 0.3 * (truth is not None)
@@ -83,6 +87,13 @@ def plot_tile_prediction(
     if truth is not None:
         plot_ground_truth(truth, title="ground truth", ax=axes.pop(0), legend=False)
     plot_ground_truth(prediction, title="prediction", ax=axes.pop(0), legend=False)
+    if probability is not None:
+        ax = axes.pop(0)
+        shown = ax.imshow(np.asarray(probability, dtype=np.float64), cmap="magma", vmin=0.0,
+                          vmax=1.0, interpolation="nearest")  # fmt: skip
+        figure.colorbar(shown, ax=ax, fraction=0.046, pad=0.02)
+        ax.set_title("class-1 probability")
+        hide_ticks(ax)
     if truth is not None:
         _draw_errors(axes.pop(0), truth, prediction)
     figure.legend(
@@ -92,7 +103,8 @@ def plot_tile_prediction(
         fontsize=10 if n_panels >= 3 else 9,
         frameon=False,
     )
-    figure.suptitle(f"{tile_id} — class-1 F1 {_score_text(score)}", fontsize=14)
+    title = tile_id if truth is None else f"{tile_id} — class-1 F1 {_score_text(score)}"
+    figure.suptitle(title + (f" — {model}" if model else ""), fontsize=14)
     return finish_figure(figure, save_to)
 
 

@@ -23,9 +23,8 @@ from matplotlib.patches import Patch
 from src.atomic import atomic_path
 from src.esd_data.reader import RawTile, SensorStack
 from src.esd_data.sensors import CLASS_COLOURS, CLASS_NAMES, N_CLASSES, SENSORS, SENTINEL2
+from src.visualization.figure_output import DEFAULT_DPI, figure_dpi, figure_file
 
-DEFAULT_DPI = 110
-"""Resolution of created figures and of saved files (pixels = figsize × dpi)."""
 TRUE_COLOUR_BANDS = ("B04", "B03", "B02")
 """Sentinel-2 red, green and blue bands."""
 S1_DB_FLOOR = 1e-4
@@ -56,8 +55,10 @@ def save_figure(figure: Figure, save_to: Path | str, dpi: float | None = None) -
 
 
 def finish_figure(figure: Figure, save_to: Path | str | None) -> Figure:
+    """Save `figure` (when `save_to` is given) at the chosen dpi, a `.png` name in the chosen
+    format (see `src.visualization.figure_output.figure_file`); return it."""
     if save_to is not None:
-        save_figure(figure, save_to)
+        save_figure(figure, figure_file(save_to), dpi=figure_dpi())
     return figure
 
 
