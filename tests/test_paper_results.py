@@ -321,3 +321,46 @@ def test_compare_command_pairs_the_models_of_a_cross_validation(ablation, capsys
         not p["includes_zero"] for p in written["pairs"]
     )
     assert compare_main(["--runs", str(root / "SegmentationCNN" / "oof")]) == 1
+
+
+class StopAfterError(Exception):
+    pass
+
+
+@pytest.mark.slow
+def test_repeated_k_fold_draws_new_folds_per_repeat_pools_the_out_of_fold_and_resumes(
+    synthetic_processed, tmp_path
+):
+    config = tiny(synthetic_processed, tmp_path, max_epochs=1)
+    cv = CVConfig(folds=2, repeats=2, model_type=["SegmentationCNN"], selection="last",
+                  output_dir=tmp_path / "cv", bootstrap_resamples=100)  # fmt: skip
+    seen = []
+
+    def stop_after_three(model, fold, result):
+        seen.append(fold)
+        if len(seen) == 3:
+            raise StopAfterError
+
+    with pytest.raises(StopAfterError):
+        cross_validate(cv, config, log=lambda _: None, on_fold=stop_after_three)
+    counter = CountTrainings()
+    run = cross_validate(cv, config, log=lambda _: None, extra_callbacks=[counter])
+    assert counter.count == 1  # only the fourth fold trains again
+    assert "2foldx2" in Path(run["root"]).name
+    folds = run["plan"]["folds"]
+    labelled = sorted(Manifest.load(synthetic_processed).split["train"]
+                      + Manifest.load(synthetic_processed).split["val"])  # fmt: skip
+    assert len(folds) == 4
+    for repeat in (folds[:2], folds[2:]):  # each repetition is a partition of the tiles
+        assert sorted(repeat[0] + repeat[1]) == labelled
+    assert sorted(map(sorted, folds[:2])) != sorted(map(sorted, folds[2:]))
+    (model,) = run["models"]
+    assert len(model["folds"]) == 4 and len(model["out_of_fold_repeats"]) == 2
+    for tile in model["out_of_fold_tiles"]:
+        assert np.sum(tile["confusion_matrix"]) == 2 * 256  # predicted once per repetition
+    pooled = np.sum([t["confusion_matrix"] for t in model["out_of_fold_tiles"]], axis=0)
+    assert model["out_of_fold"]["accuracy"] == pytest.approx(np.trace(pooled) / pooled.sum())
+    for r in range(2):
+        written = json.loads((Path(run["root"]) / "SegmentationCNN" / "oof" / f"repeat_{r}"
+                              / "metrics.json").read_text())  # fmt: skip
+        assert written["overall"]["accuracy"] == model["out_of_fold_repeats"][r]["accuracy"]

@@ -28,6 +28,9 @@ class CVConfig:
     """K-fold cross-validation over parent tiles: per-fold and out-of-fold scores."""
 
     folds: int = config_field(5, "number of folds K (every labelled tile is validated once)")
+    repeats: int = config_field(
+        1, "repeated k-fold: the K folds drawn again with seeds seed, seed+1, … (R repetitions)"
+    )
     model_type: list[str] = field(
         default_factory=lambda: ["UNet"],
         metadata={
@@ -69,6 +72,8 @@ class CVConfig:
         problems = []
         if self.folds < 2:
             problems.append(f"folds must be at least 2, got {self.folds}")
+        if self.repeats < 1:
+            problems.append(f"repeats must be at least 1, got {self.repeats}")
         if not 0.0 < self.inner_val_fraction < 1.0:
             problems.append(f"inner_val_fraction must be in (0, 1), got {self.inner_val_fraction}")
         unknown = [m for m in self.model_type if m not in MODEL_TYPES]

@@ -40,6 +40,7 @@ from src.cross_validation.variants import model_variants
 from src.esd_data.folds import assign_folds, class1_shares, fold_manifest, inner_split
 from src.esd_data.manifest import Manifest
 from src.esd_data.preparation import preparation_lock
+from src.evaluation.bootstrap import bootstrap_intervals, scores_of_confusion
 from src.evaluation.config import EvalConfig
 from src.evaluation.cv_record import FOLD_RESULT_FILE, FOLDS_FILE, read_json
 from src.evaluation.evaluate import evaluate
@@ -58,10 +59,11 @@ class ConfigurationMismatchError(ValueError):
 
 def cv_name(cv: CVConfig, seed: int, digest: str) -> str:
     """The cross-validation's name: given, or
-    `<model types>[-ablate-<what>]-<K>fold-seed<seed>-<hash>`."""
+    `<model types>[-ablate-<what>]-<K>fold[x<repeats>]-seed<seed>-<hash>`."""
     ablation = "" if cv.ablate == "none" else f"-ablate-{cv.ablate}"
     models = "+".join(cv.model_type)
-    return cv.name or f"{models}{ablation}-{cv.folds}fold-seed{seed}-{digest[:8]}"
+    repeats = f"x{cv.repeats}" if cv.repeats > 1 else ""
+    return cv.name or f"{models}{ablation}-{cv.folds}fold{repeats}-seed{seed}-{digest[:8]}"
 
 
 def _check_same(path: Path, recorded: dict[str, Any], wanted: dict[str, Any], hint: str) -> None:
@@ -171,11 +173,16 @@ def _run_fold(base: ESDConfig, cv: CVConfig, plan: FoldPlan, fold_dir: Path,
     return result
 
 
-def _out_of_fold(model_dir: Path, results: list[dict[str, Any]], manifest: Manifest,
-                 processed_dir: Path, cv: CVConfig) -> dict[str, Any]:  # fmt: skip
-    """Gather every fold's held-out predictions into `oof/` and score them together (with
-    per-tile confusion matrices and intervals over tiles); returns its metrics."""
-    oof = model_dir / "oof"
+def _out_of_fold(
+    oof: Path,
+    model_dir: Path,
+    results: list[dict[str, Any]],
+    manifest: Manifest,
+    processed_dir: Path,
+    cv: CVConfig,
+) -> dict[str, Any]:
+    """Gather the held-out predictions of one set of folds into `oof` and score them together
+    (with per-tile confusion matrices and intervals over tiles); returns its metrics."""
     predictions, per_tile = [], []
     for result in results:
         tiles = model_dir / f"fold_{result['fold']}" / "predictions" / "tiles"
@@ -197,6 +204,45 @@ def _out_of_fold(model_dir: Path, results: list[dict[str, Any]], manifest: Manif
     return write_run_outputs(
         oof, predictions, per_tile, info, cv.bootstrap_resamples, cv.bootstrap_seed
     )
+
+
+def _repeated_out_of_fold(model_dir: Path, results: list[dict[str, Any]], manifest: Manifest,
+                          processed_dir: Path, cv: CVConfig) -> dict[str, Any]:  # fmt: skip
+    """The out-of-fold metrics: of `oof/` for one repetition; for repeated k-fold, each
+    repetition's in `oof/repeat_<r>/` and, returned, their pooling: each tile's confusion
+    matrix summed over the repetitions (every tile predicted once per repetition), scored
+    and bootstrapped over tiles like one out-of-fold set."""
+    if cv.repeats == 1:
+        return _out_of_fold(model_dir / "oof", model_dir, results, manifest, processed_dir, cv)
+    repeats = [
+        _out_of_fold(model_dir / "oof" / f"repeat_{r}", model_dir,
+                     results[r * cv.folds : (r + 1) * cv.folds], manifest, processed_dir, cv)
+        for r in range(cv.repeats)
+    ]  # fmt: skip
+    pooled: dict[str, dict[str, Any]] = {}
+    for metrics in repeats:
+        for entry in metrics["tiles"]:
+            matrix = np.array(entry["confusion_matrix"])
+            if entry["tile"] in pooled:
+                pooled[entry["tile"]]["confusion_matrix"] += matrix
+            else:
+                pooled[entry["tile"]] = {"tile": entry["tile"], "fold": entry["fold"],
+                                         "confusion_matrix": matrix}  # fmt: skip
+    tiles = []
+    for entry in pooled.values():
+        scores = scores_of_confusion(entry["confusion_matrix"])
+        tiles.append({**entry, **{k: float(v) for k, v in scores.items()},
+                      "confusion_matrix": entry["confusion_matrix"].tolist()})  # fmt: skip
+    matrices = [np.array(t["confusion_matrix"]) for t in tiles]
+    overall = scores_of_confusion(np.sum(matrices, axis=0))
+    return {
+        "overall": {k: float(v) for k, v in overall.items()},
+        "overall_interval": bootstrap_intervals(
+            matrices, cv.bootstrap_resamples, cv.bootstrap_seed
+        ),
+        "tiles": tiles,
+        "repeats": [m["overall"] for m in repeats],
+    }
 
 
 def _metrics_csv(model_dir: Path, fold: int) -> Path | None:
@@ -239,7 +285,7 @@ def _cross_validate(
     labelled = sorted(manifest.split["train"] + manifest.split["val"])
     seed = base.seed if base.split_seed is None else base.split_seed
     shares = class1_shares(processed, manifest, labelled)
-    folds = assign_folds(shares, cv.folds, seed)
+    folds = [f for r in range(cv.repeats) for f in assign_folds(shares, cv.folds, seed + r)]
     variants = model_variants(cv.model_type, cv.ablate, base, manifest)
     configuration = {
         "models": {
@@ -253,6 +299,7 @@ def _cross_validate(
     root = cv.output_dir / (cv.name or default_name)
     plan = {
         "folds": folds,
+        "repeats": cv.repeats,
         "seed": seed,
         "selection": cv.selection,
         "test": manifest.split["test"],
@@ -272,7 +319,8 @@ def _cross_validate(
             results: list[dict[str, Any]] = []
             for fold, heldout in enumerate(folds):
                 fold_dir = model_dir / f"fold_{fold}"
-                view, scored = _fold_view(cv, manifest, processed, shares, heldout, seed)
+                repeat = fold // cv.folds  # repeated k-fold: repetition r splits with seed + r
+                view, scored = _fold_view(cv, manifest, processed, shares, heldout, seed + repeat)
                 identity = _model_identity(cv, config, view.fingerprint)
                 fold_plan = FoldPlan(fold, view, scored, identity)
                 done = fold_dir / FOLD_RESULT_FILE
@@ -296,7 +344,7 @@ def _cross_validate(
                     f"{scores[-1]:.4f}; so far {np.mean(scores):.4f} ± "
                     f"{np.std(scores, ddof=1) if len(scores) > 1 else 0:.4f}"
                 )
-            oof = _out_of_fold(model_dir, results, manifest, processed, cv)
+            oof = _repeated_out_of_fold(model_dir, results, manifest, processed, cv)
             curves = {f"fold {r['fold']}": _metrics_csv(model_dir, r["fold"]) for r in results}
             plot_learning_curves(
                 {k: v for k, v in curves.items() if v is not None},

@@ -40,6 +40,7 @@ def model_summary(variant: Variant, results: list[dict[str, Any]], oof: dict[str
         "out_of_fold": {k: oof["overall"][k] for k in SCORES},
         "out_of_fold_interval": oof.get("overall_interval"),
         "out_of_fold_tiles": oof["tiles"],
+        "out_of_fold_repeats": oof.get("repeats"),
     }
 
 
@@ -79,8 +80,10 @@ def format_summary(summaries: list[dict[str, Any]], pairs: list[dict[str, Any]])
         lines.append(
             f"  {'mean±std':<19}" + "".join(f"{mean[k]:>6.3f}±{std[k]:<5.3f}" for k in SCORES)
         )
+        repeats = summary.get("out_of_fold_repeats")
+        label = "OOF" if not repeats else f"OOF pooled ×{len(repeats)}"
         lines.append(
-            f"  {'OOF':<19}" + "".join(f"{summary['out_of_fold'][k]:>12.4f}" for k in SCORES)
+            f"  {label:<19}" + "".join(f"{summary['out_of_fold'][k]:>12.4f}" for k in SCORES)
         )
         interval = summary.get("out_of_fold_interval")
         if interval:
