@@ -253,7 +253,7 @@ def test_permuting_dates_with_their_names_keeps_the_output(temporal: str) -> Non
         # Under the old names the model sees each sensor's dates in another order: only an
         # order-invariant aggregation gives the same output.
         reordered = model(new_x)
-        if temporal == "convgru":
+        if temporal in ("convgru", "ltae"):  # the order, or the dates, matter
             assert not torch.allclose(reordered, expected, rtol=1e-3, atol=1e-4)
         else:
             torch.testing.assert_close(reordered, expected, rtol=1e-5, atol=1e-6)
@@ -308,6 +308,38 @@ def test_attention_weights_are_a_distribution_over_the_dates() -> None:
     assert not torch.allclose(
         model.attention_weights["viirs"], torch.full((3, 3, 8, 12), 1 / 3), atol=1e-3
     )
+
+
+def test_date_aware_attention_knows_when_each_image_was_taken() -> None:
+    torch.manual_seed(0)
+    channels = small_channels()
+    model = tiny_fusion(channels, temporal="ltae")
+    x = torch.randn(2, len(channels), 8, 8)
+    train_losses(model, x, torch.randint(0, N_CLASSES, (2, 4, 4)), 1e-2, 2)  # non-trivial BN
+    model.eval()
+
+    def renamed(names: dict[str, str]) -> TemporalFusion:
+        """The same weights, the same pixels, under other date names."""
+        other = tiny_fusion([names.get(c, c) for c in channels], temporal="ltae").eval()
+        other.load_state_dict(model.state_dict())
+        return other
+
+    # Sentinel-1 acquired two months earlier (same order): only its branch, and the output, change.
+    earlier = renamed({f"sentinel1/{d}/{b}": f"sentinel1/2020-0{5 + k}-1{k}/{b}"
+                       for k, d in enumerate(S1_DATES) for b in ("VV", "VH")})  # fmt: skip
+    # VIIRS's dates permuted among its images: only the VIIRS branch changes.
+    cycle = dict(zip(VIIRS_DATES, VIIRS_DATES[1:] + VIIRS_DATES[:1], strict=True))
+    permuted_viirs = renamed({f"viirs/{d}/DNB": f"viirs/{cycle[d]}/DNB" for d in VIIRS_DATES})
+    with torch.no_grad():
+        expected = model(x)
+        for other, changed in ((earlier, "sentinel1"), (permuted_viirs, "viirs")):
+            assert (other(x) - expected).abs().max() > 1e-6  # (exactly equal if dates were ignored)
+            for sensor, branch in model.branches.items():
+                same = torch.equal(other.branches[sensor](x)[0], branch(x)[0])
+                assert same == (sensor != changed), (changed, sensor)
+    for sensor, weights in model.attention_weights.items():  # a picture of the dates attended
+        assert weights.shape == (2, len(model.sensor_dates[sensor]), 8, 8)
+        torch.testing.assert_close(weights.sum(dim=1), torch.ones(2, 8, 8))
 
 
 @pytest.mark.parametrize("temporal", ["mean", "convgru"])

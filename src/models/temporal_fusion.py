@@ -19,6 +19,9 @@ static channel. From the names alone (no hard-coded indexes):
     with them; the weights of the last forward are in `attention_weights`;
   - "mean": the plain mean over the dates;
   - "convgru": a ConvGRU (3×3 gates) run over the dates in date order, its last hidden state;
+  - "ltae": date-aware attention in the manner of L-TAE / U-TAE: the day of the year of each
+    date is encoded (sinusoids) and added to the features, and learned per-head queries attend
+    over the dates, so the model knows *when* each image was taken (`DateAttentionPool`);
   attention and mean are invariant to the order of the dates (no date embedding);
 * the static channels, if any, go through their own small frame encoder (width // 2);
 * fusion: the branches' features are concatenated, mixed by a 1×1 and a 3×3 conv block
@@ -42,7 +45,13 @@ from torch import nn
 
 from src.models.checks import check_input_size, check_positive_int
 
-TEMPORAL_AGGREGATORS: tuple[str, ...] = ("attention", "mean", "convgru")
+TEMPORAL_AGGREGATORS: tuple[str, ...] = ("attention", "mean", "convgru", "ltae")
+LTAE_HEADS = 4
+"""Attention heads of the date-aware aggregator (each with its own learned query)."""
+LTAE_KEY_SIZE = 8
+"""Size of each head's keys and query."""
+DAY_PERIOD = 1000.0
+"""Longest period of the sinusoidal encoding of the acquisition day (as in L-TAE/U-TAE)."""
 FEATURE_PX_PER_CELL = 10
 """Feature pixels per label cell side the stem aims at (fewer only if cell_px is smaller)."""
 
@@ -202,10 +211,63 @@ class ConvGRUPool(nn.Module):
         return hidden, None
 
 
-def _make_aggregator(temporal: str, width: int) -> nn.Module:
+def day_encoding(days: torch.Tensor, size: int) -> torch.Tensor:
+    """Sinusoidal encoding (T, size) of acquisition days (T,): sines and cosines of the day
+    at periods from 2π to `DAY_PERIOD`·2π, as in the Transformer and L-TAE."""
+    half = torch.arange(0, size, 2, dtype=torch.float32)
+    frequency = DAY_PERIOD ** (-half / size)
+    angles = days.float()[:, None] * frequency[None, :]
+    encoding = torch.zeros(len(days), size)
+    encoding[:, 0::2] = torch.sin(angles)
+    encoding[:, 1::2] = torch.cos(angles[:, : size // 2])
+    return encoding
+
+
+def day_of_year(date: str) -> int:
+    """The day of the year (1–366) of an ISO date."""
+    return datetime.date.fromisoformat(date).timetuple().tm_yday
+
+
+class DateAttentionPool(nn.Module):
+    """Date-aware attention over a sensor's dates, in the manner of L-TAE (Garnot & Landrieu,
+    2020) and U-TAE: (B, T, C, h, w) → (B, C, h, w), (B, T, h, w).
+
+    Each pixel's features of date t get the sinusoidal encoding of t's day of the year added;
+    every one of `LTAE_HEADS` heads compares its learned query with the keys (a linear map of
+    the encoded features) of the T dates, and its softmax weights average its share of the
+    channels. The weights returned are the mean over the heads. The days are a buffer made from
+    the sensor's own dates (its channel names), so the output depends on when the images were
+    taken, and on no other sensor's dates.
+    """
+
+    def __init__(self, width: int, dates: Sequence[str]) -> None:
+        super().__init__()
+        if width % LTAE_HEADS:
+            raise ValueError(f"ltae needs a width divisible by {LTAE_HEADS}, got {width}")
+        days = torch.tensor([day_of_year(date) for date in dates])
+        self.register_buffer("encoding", day_encoding(days, width), persistent=False)
+        self.norm = nn.GroupNorm(1, width)
+        self.keys = nn.Conv2d(width, LTAE_HEADS * LTAE_KEY_SIZE, kernel_size=1)
+        self.queries = nn.Parameter(torch.randn(LTAE_HEADS, LTAE_KEY_SIZE) * 0.1)
+
+    def forward(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        batch, dates, channels, height, width = features.shape
+        encoded = features + self.encoding.to(features.dtype)[None, :, :, None, None]
+        keys = self.keys(self.norm(encoded.flatten(0, 1)))
+        keys = keys.view(batch, dates, LTAE_HEADS, LTAE_KEY_SIZE, height, width)
+        scores = torch.einsum("btnkhw,nk->btnhw", keys, self.queries) / LTAE_KEY_SIZE**0.5
+        weights = scores.softmax(dim=1)  # (B, T, heads, h, w)
+        values = encoded.view(batch, dates, LTAE_HEADS, channels // LTAE_HEADS, height, width)
+        pooled = (weights.unsqueeze(3) * values).sum(dim=1)
+        return pooled.reshape(batch, channels, height, width), weights.mean(dim=2)
+
+
+def _make_aggregator(temporal: str, width: int, dates: Sequence[str]) -> nn.Module:
     """The aggregator named `temporal` (already checked to be one of TEMPORAL_AGGREGATORS)."""
     if temporal == "attention":
         return AttentionPool(width)
+    if temporal == "ltae":
+        return DateAttentionPool(width, dates)
     if temporal == "convgru":
         return ConvGRUPool(width)
     return MeanPool()
@@ -229,7 +291,7 @@ class SensorBranch(nn.Module):
         index = torch.tensor(layout.indexes, dtype=torch.long).flatten()
         self.register_buffer("index", index, persistent=False)
         self.encoder = FrameEncoder(self.n_bands, width, depth, stride, dropout)
-        self.aggregate = _make_aggregator(temporal, width)
+        self.aggregate = _make_aggregator(temporal, width, layout.dates)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         batch, _, height, width = x.shape
@@ -258,8 +320,8 @@ class TemporalFusion(nn.Module):
     """Per-sensor temporal branches, late fusion: (B, C, H, W) → (B, out, H/cell_px, W/cell_px).
 
     `sensor_dates[sensor]` lists the dates in the order of the T axis; after a forward with
-    temporal="attention", `attention_weights[sensor]` holds that sensor's (detached) weights
-    (B, T, H/s, W/s), non-negative and summing to 1 over T (empty for the other aggregators).
+    temporal="attention" or "ltae", `attention_weights[sensor]` holds that sensor's (detached)
+    weights (B, T, H/s, W/s), non-negative and summing to 1 over T (empty for the others).
     """
 
     def __init__(

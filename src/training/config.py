@@ -21,7 +21,7 @@ LossName = Literal["ce", "dice", "ce+dice"]
 OptimizerName = Literal["adam", "adamw", "sgd"]
 SchedulerName = Literal["plateau", "cosine", "none"]
 WandbMode = Literal["auto", "online", "offline", "disabled"]
-TemporalAggregator = Literal["attention", "mean", "convgru"]
+TemporalAggregator = Literal["attention", "mean", "convgru", "ltae"]
 
 PATH_FIELDS = ("raw_dir", "processed_dir", "weights_path", "checkpoint_dir", "log_dir", "resume")
 
@@ -78,8 +78,9 @@ class ESDConfig(FigureOptions):
     tf_depth: int = config_field(2, "3×3 conv blocks per sensor encoder (TemporalFusion)")
     temporal: TemporalAggregator = config_field(
         "attention",
-        "aggregation over a sensor's dates: attention (learned per-pixel weights), mean, or "
-        "convgru (TemporalFusion)",
+        "aggregation over a sensor's dates: attention (learned per-pixel weights), mean, "
+        "convgru, or ltae (date-aware attention: knows each date's day of the year) "
+        "(TemporalFusion)",
     )
     tf_dropout: float = config_field(
         0.0, "dropout in [0, 1) after each conv block (TemporalFusion)"
