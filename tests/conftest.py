@@ -69,3 +69,21 @@ def synthetic_processed(synthetic_raw: Path, tmp_path_factory: pytest.TempPathFa
 def synthetic_copy(synthetic_raw: Path, tmp_path: Path) -> Path:
     """A private copy of the synthetic raw folder that a test may change."""
     return Path(shutil.copytree(synthetic_raw, tmp_path / "raw"))
+
+
+@pytest.fixture
+def one_torch_thread(monkeypatch: pytest.MonkeyPatch):
+    """torch on one thread, here and in the processes the test starts (OMP_NUM_THREADS=1).
+
+    On a 2-core machine that also runs other work (a second process, DDP ranks, sweep
+    workers), two OpenMP threads per process spin against each other and make the tiny
+    trainings of the tests many times slower; one thread computes the same results.
+    Opt-in (`pytestmark = pytest.mark.usefixtures("one_torch_thread")`); restored after.
+    """
+    import torch
+
+    before = torch.get_num_threads()
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

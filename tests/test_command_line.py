@@ -20,6 +20,8 @@ from src.cli import parse_config
 from src.training.config import ESDConfig
 
 ROOT = Path(__file__).resolve().parents[1]
+# One torch thread per process (see conftest): the same results, without OpenMP contention.
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 SCRIPTS = ("train", "evaluate", "train_sweeps", "prepare", "make_synthetic")
 
 

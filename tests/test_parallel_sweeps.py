@@ -23,7 +23,9 @@ import yaml
 from src.sweeps.study import WORKER, WORKER_DIED, open_storage
 
 ROOT = Path(__file__).resolve().parents[1]
-ENV = {**os.environ, "WANDB_MODE": "offline", "WANDB_API_KEY": ""}
+# One torch thread per process (see conftest): the same results, without OpenMP contention.
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+ENV = {**os.environ, "WANDB_MODE": "offline", "WANDB_API_KEY": "", "OMP_NUM_THREADS": "1"}
 
 
 def sweep_file(path: Path, method: str, rates: list[float], epochs: int = 1, **extra) -> Path:
@@ -56,6 +58,17 @@ def sweep_command(sweep: Path, out: Path, processed: Path, *flags: str) -> list[
 def run(command: list[str], timeout: int = 600) -> subprocess.CompletedProcess:
     return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=timeout,
                           env=ENV)  # fmt: skip
+
+
+def sweeps_main(command: list[str], monkeypatch: pytest.MonkeyPatch) -> int:
+    """`command` (a sweep_command) through the command's main in this process, in ENV: for
+    tests of what one process does, without a second interpreter start and its imports."""
+    from scripts.train_sweeps import main
+
+    assert command[:3] == [sys.executable, "-m", "scripts.train_sweeps"]
+    for key, value in ENV.items():
+        monkeypatch.setenv(key, value)
+    return main(command[3:])
 
 
 def study_of(storage: str, name: str) -> optuna.Study:
@@ -118,12 +131,14 @@ def test_a_killed_worker_is_recorded_and_a_new_call_finishes(synthetic_processed
 
 
 @pytest.mark.slow
-def test_cross_validated_objective_is_the_mean_of_its_folds(synthetic_processed, tmp_path):
+def test_cross_validated_objective_is_the_mean_of_its_folds(
+    synthetic_processed, tmp_path, monkeypatch
+):
+    # One worker: the sweep command's main in this process.
     sweep = sweep_file(tmp_path / "cv.yml", "random", [0.002, 0.003])
     out = tmp_path / "cv"
     command = sweep_command(sweep, out, synthetic_processed, "--objective", "cv", "--folds", "2")
-    result = run([*command, "--count", "2"])
-    assert result.returncode == 0, result.stderr[-3000:]
+    assert sweeps_main([*command, "--count", "2"], monkeypatch) == 0
     trials = complete(study_of(str(out / "study.journal"), "cv"))
     assert len(trials) == 2
     for trial in trials:
@@ -185,7 +200,9 @@ def postgres_url():
 
 
 @pytest.mark.slow
-def test_two_workers_on_a_postgresql_study(postgres_url, synthetic_processed, tmp_path):
+def test_two_workers_on_a_postgresql_study(
+    postgres_url, synthetic_processed, tmp_path, monkeypatch
+):
     sweep = sweep_file(tmp_path / "pg.yml", "random", [0.001, 0.002, 0.003])
     out = tmp_path / "pg"
     flags = ("--workers", "2", "--count", "3", "--storage", postgres_url)
@@ -196,9 +213,9 @@ def test_two_workers_on_a_postgresql_study(postgres_url, synthetic_processed, tm
     assert len({t.user_attrs[WORKER]["pid"] for t in complete(study)}) == 2
     written = (out / "trials.csv").read_text()
     (out / "trials.csv").unlink()
-    report = run([sys.executable, "-m", "scripts.train_sweeps", "--report", "--storage",
-                  postgres_url, "--study_name", "pg", "--output_dir", str(out)])  # fmt: skip
-    assert report.returncode == 0, report.stderr[-3000:]
+    report = [sys.executable, "-m", "scripts.train_sweeps", "--report", "--storage",
+              postgres_url, "--study_name", "pg", "--output_dir", str(out)]  # fmt: skip
+    assert sweeps_main(report, monkeypatch) == 0  # a new reader of the database, in this process
     assert (out / "trials.csv").read_text() == written  # the database holds the results
 
 

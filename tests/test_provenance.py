@@ -30,6 +30,8 @@ from src.training.config import ESDConfig
 from src.training.train import train
 
 ROOT = Path(__file__).resolve().parents[1]
+# One torch thread per process (see conftest): the same results, without OpenMP contention.
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def tiny_training(tmp_path: Path, processed: Path, **overrides) -> ESDConfig:

@@ -29,6 +29,8 @@ from src.training.run_folder import RunFolderError, claim_run, read_status
 from src.training.train import train
 
 ROOT = Path(__file__).resolve().parents[1]
+# One torch thread per process (see conftest): the same results, without OpenMP contention.
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def tiny(tmp_path: Path, processed: Path, **overrides) -> ESDConfig:

@@ -20,21 +20,46 @@ from src.training.metrics import segmentation_metrics
 from src.training.module import ESDSegmentation
 
 ROOT = Path(__file__).resolve().parents[1]
+# One torch thread per process (see conftest): the same results, without OpenMP contention.
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-def run_train(tmp_path: Path, *flags: str, timeout: int = 600) -> subprocess.CompletedProcess:
-    command = [
-        sys.executable, "-m", "scripts.train",
+def train_arguments(tmp_path: Path, *flags: str) -> list[str]:
+    return [
         "--checkpoint_dir", str(tmp_path / "checkpoints"),
         "--log_dir", str(tmp_path / "logs"),
         "--num_workers", "0", "--batch_size", "8", "--max_epochs", "1",
         "--wandb_run_name", "cli",
         *flags,
     ]  # fmt: skip
+
+
+def run_train(tmp_path: Path, *flags: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "scripts.train", *train_arguments(tmp_path, *flags)]
     environment = {**os.environ, "WANDB_MODE": "offline", "WANDB_API_KEY": ""}
     return subprocess.run(
         command, cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=environment
     )
+
+
+@pytest.fixture
+def train_main(monkeypatch, capsys):
+    """The train command's own main, in this process, with run_train's arguments and
+    environment: (exit status, stdout, stderr). It parses and trains exactly as the command
+    does, without the seconds of a second interpreter start and its imports; tests keep a
+    real subprocess where the process itself is what they check."""
+    from scripts.train import main
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_API_KEY", "")
+
+    def call(tmp_path: Path, *flags: str) -> tuple[int, str, str]:
+        capsys.readouterr()
+        code = main(train_arguments(tmp_path, *flags))
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return call
 
 
 MODEL_FLAGS = {
@@ -57,26 +82,32 @@ MODEL_FLAGS = {
 @pytest.mark.slow
 @pytest.mark.parametrize("model_type", list(MODEL_FLAGS))
 def test_each_model_trains_from_the_command_line(
-    model_type, synthetic_raw, synthetic_processed, tmp_path
+    model_type, synthetic_raw, synthetic_processed, tmp_path, train_main
 ):
     # The first model prepares raw tiles and logs to W&B offline (both are the same code for
-    # every model); the others train on the prepared folder without W&B, which would only
-    # add a W&B service start (seconds) per model.
+    # every model) as a real `python -m scripts.train` subprocess; the others train on the
+    # prepared folder without W&B through the command's main in this process (the same
+    # parsing of their flags and the same training: a subprocess and a W&B service start
+    # per model would only add seconds).
     first = model_type == next(iter(MODEL_FLAGS))
     data = (
         ["--raw_dir", str(synthetic_raw), "--processed_dir", str(tmp_path / "processed")]
         if first
         else ["--raw_dir", "none", "--processed_dir", str(synthetic_processed)]
     )
-    result = run_train(
-        tmp_path,
+    flags = (
         f"--model_type={model_type}",
         *data,
         "--wandb_mode", "offline" if first else "disabled",
         *MODEL_FLAGS[model_type],
     )  # fmt: skip
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert re.search(r"val: f1_class1 \d\.\d{4}", result.stdout)
+    if first:
+        result = run_train(tmp_path, *flags)
+        code, out, err = result.returncode, result.stdout, result.stderr
+    else:
+        code, out, err = train_main(tmp_path, *flags)
+    assert code == 0, err[-3000:]
+    assert re.search(r"val: f1_class1 \d\.\d{4}", out)
     run = tmp_path / "checkpoints" / model_type / "cli"
     assert (run / "last.ckpt").is_file()
     assert len(list(run.glob("best-000-*.ckpt"))) == 1
@@ -154,14 +185,14 @@ def test_bad_options_fail_before_any_work(flags, message, tmp_path, capsys):
     assert not processed.exists() and not (tmp_path / "checkpoints").exists()
 
 
-def test_config_file_and_flag_precedence(synthetic_processed, tmp_path):
+def test_config_file_and_flag_precedence(synthetic_processed, tmp_path, train_main):
     config_file = tmp_path / "train.yaml"
     config_file.write_text(
         f"processed_dir: {synthetic_processed}\nraw_dir: null\nmodel_type: SegmentationCNN\n"
         "embedding_size: 4\nmax_epochs: 3\nwandb_mode: disabled\n"
     )
-    result = run_train(tmp_path, "--config", str(config_file), "--max_epochs", "1")
-    assert result.returncode == 0, result.stderr[-3000:]
+    code, _, err = train_main(tmp_path, "--config", str(config_file), "--max_epochs", "1")
+    assert code == 0, err[-3000:]
     checkpoint = torch.load(
         tmp_path / "checkpoints" / "SegmentationCNN" / "cli" / "last.ckpt", weights_only=True
     )
@@ -232,16 +263,21 @@ def csv_rows(path: Path) -> list[dict[str, str]]:
 
 
 @pytest.mark.slow
-def test_resume_restores_the_run_and_is_exact_with_loader_workers(synthetic_processed, tmp_path):
+def test_resume_restores_the_run_and_is_exact_with_loader_workers(
+    synthetic_processed, tmp_path, train_main, capsys
+):
+    # The two runs to compare with go through the command's main here; the resumed run is a
+    # fresh `python -m scripts.train` process given nothing but --resume and the new length,
+    # so all it knows of the run comes from the checkpoint and the run folders.
     flags = [
         "--processed_dir", str(synthetic_processed), "--raw_dir", "none",
         "--model_type", "SegmentationCNN", "--embedding_size", "4",
         "--bands", "{sentinel2: [B04, B03, B02], viirs: null}", "--wandb_mode", "disabled",
     ]  # fmt: skip
-    straight = run_train(tmp_path / "a", *flags, "--max_epochs", "2", "--num_workers", "2")
-    assert straight.returncode == 0, straight.stderr[-3000:]
-    first = run_train(tmp_path / "b", *flags, "--max_epochs", "1", "--num_workers", "2")
-    assert first.returncode == 0, first.stderr[-3000:]
+    code, _, err = train_main(tmp_path / "a", *flags, "--max_epochs", "2", "--num_workers", "2")
+    assert code == 0, err[-3000:]
+    code, _, err = train_main(tmp_path / "b", *flags, "--max_epochs", "1", "--num_workers", "2")
+    assert code == 0, err[-3000:]
     last = tmp_path / "b" / "checkpoints" / "SegmentationCNN" / "cli" / "last.ckpt"
     resumed = subprocess.run(  # nothing but --resume and the new length
         [sys.executable, "-m", "scripts.train", "--resume", str(last), "--max_epochs", "2"],
@@ -263,10 +299,11 @@ def test_resume_restores_the_run_and_is_exact_with_loader_workers(synthetic_proc
         "cli"
     ]
 
-    conflict = subprocess.run(
-        [sys.executable, "-m", "scripts.train", "--resume", str(last), "--model_type", "UNet"],
-        cwd=ROOT, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
-    assert conflict.returncode == 2
-    lines = conflict.stderr.strip().splitlines()
+    from scripts.train import main  # an option error: the parsing, in this process
+
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as conflict:
+        main(["--resume", str(last), "--model_type", "UNet"])
+    assert conflict.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and "--model_type 'UNet' (the run has 'SegmentationCNN')" in lines[0]

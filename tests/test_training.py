@@ -28,6 +28,8 @@ from src.training.metrics import segmentation_metrics
 from src.training.module import ESDSegmentation
 
 ROOT = Path(__file__).resolve().parents[1]
+# One torch thread per process (see conftest): the same results, without OpenMP contention.
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def tiny_config(tmp_path: Path, processed: Path, **overrides) -> ESDConfig:
@@ -156,11 +158,14 @@ def test_false_positive_penalty_acts_only_on_cells_of_other_classes():
     assert abs(difference - everywhere) > 1e-3
 
 
+# The fewest epochs that clear the margin (0.52 on this data) widely for seeds 0, 1 and 2:
+# UNet reaches 0.78-0.83 in 3 epochs, TemporalFusion 0.79-0.82 in 4.
 NEW_MODELS = {
-    "UNet": {"max_epochs": 8},
-    "TemporalFusion": {"tf_width": 16, "max_epochs": 8},
-    # 14.6 M parameters: 3 epochs reach 0.84 on this data (the margin needs 0.52), 8 cost 27 s.
-    "SMP": {"smp_arch": "unet", "smp_encoder": "resnet18", "max_epochs": 3},
+    "UNet": {"max_epochs": 3},
+    "TemporalFusion": {"tf_width": 16, "max_epochs": 4},
+    # smp's Unet on a 2.2 M-parameter timm encoder (the "tu-" route), 3.5 times faster than on
+    # resnet18 (14.6 M): 3 epochs reach 0.65-0.77 for seeds 0-2 (resnet18: 0.78).
+    "SMP": {"smp_arch": "unet", "smp_encoder": "tu-mobilenetv3_small_050", "max_epochs": 3},
 }
 
 
