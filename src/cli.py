@@ -171,10 +171,11 @@ def _shown(default: Any) -> str:
 
 
 def _help_text(text: str, default: Any) -> str:
-    """The field's help with its default, unless the help already says what the default is."""
-    if "default" in text or "None:" in text:
-        return text
-    return f"{text} (default: {_shown(default)})"
+    """The field's help with its default, unless the help already says what the default is,
+    ready for argparse (a literal "%" doubled)."""
+    if "default" not in text and "None:" not in text:
+        text = f"{text} (default: {_shown(default)})"
+    return text.replace("%", "%%")  # argparse %-formats help texts: "95 %" is literal
 
 
 def closest(name: str, known: Sequence[str]) -> str:

@@ -29,6 +29,9 @@ from src.training.config import ESDConfig
 from src.training.train import train
 from tests.test_honest_numbers import replace_pixels
 
+# One torch thread per process (see conftest): the same results, without OpenMP contention.
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 
 def noisy_tiles(n_tiles: int, seed: int, accuracy: float = 0.7):
     """Tiles of a fixed distribution: (truths, predictions) of 16×16 labels 1..4."""

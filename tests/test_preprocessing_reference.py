@@ -6,8 +6,11 @@ float64 and shares no code with `src.esd_data`'s preprocessing; it explains the 
 
 from __future__ import annotations
 
+import datetime as dt
+
 import numpy as np
 import pytest
+import tifffile
 
 from src.esd_data.preprocessing import PreprocessConfig, preprocess_tile
 from src.esd_data.reader import RawTile, read_tile
@@ -165,3 +168,50 @@ def test_non_finite_pixels_are_filled_with_the_plane_median_and_zeros_floored(ti
     filled = stack[names.index(name)][planted_l8]
     np.testing.assert_allclose(filled, value, atol=ATOL)
     assert 0.0 < value < 1.0  # a median inside the clip range: not an end of the scale
+
+
+# --- the physical-units recipe ------------------------------------------------------------------
+
+
+def raw_file(name: str) -> str:
+    """The contest's file name of a channel `sensor/date/band` (DATA.md's patterns)."""
+    sensor, date, band = name.split("/")
+    compact = date.replace("-", "")
+    if sensor == "sentinel1":
+        return f"S1A_IW_GRDH_{compact}_{band}.tif"
+    if sensor == "sentinel2":
+        return f"L2A_{compact}_{band}.tif"
+    if sensor == "landsat8":
+        return f"LC08_L1TP_{date}_{band}.tif"
+    day = dt.date.fromisoformat(date).timetuple().tm_yday
+    return f"DNB_VNP46A1_A{date[:4]}{day:03d}.tif"
+
+
+def test_physical_recipe_equals_a_float64_computation_from_the_raw_files(tile, real_train_dir):
+    config = PreprocessConfig(recipe="physical", spectral_indices=("NDVI",))
+    copy = with_data(tile, **{name: s.data.copy() for name, s in tile.sensors.items()})
+    stack, names = preprocess_tile(copy, config)
+    folder = real_train_dir / "Tile1"
+
+    def raw(name: str) -> np.ndarray:
+        return tifffile.imread(folder / raw_file(name)).astype(np.float64)
+
+    viirs = [n for n in names if n.startswith("viirs/") and "/max/" not in n]
+    for k, name in enumerate(names):
+        sensor, date, band = name.split("/")
+        if name == "viirs/max/DNB":
+            expected = np.max([raw(n) for n in viirs], axis=0)
+        elif band == "NDVI":  # near infrared and red: Sentinel-2 B08, B04; Landsat 8 B5, B4
+            nir_band, red_band = ("B08", "B04") if sensor == "sentinel2" else ("B5", "B4")
+            nir, red = raw(f"{sensor}/{date}/{nir_band}"), raw(f"{sensor}/{date}/{red_band}")
+            total = nir + red
+            expected = np.divide(nir - red, total, out=np.zeros_like(total), where=total != 0)
+        elif sensor == "sentinel1":
+            expected = 10 * np.log10(np.maximum(raw(name), 1e-4))
+        else:
+            expected = raw(name)  # reflectance × 10 000, DNs, radiance: as stored
+        np.testing.assert_allclose(stack[k], expected, rtol=1e-6, atol=2e-5, err_msg=name)
+    assert -40 <= stack[names.index("sentinel1/2020-07-23/VV")].min() < -10  # dB, not [0, 1]
+    assert stack[names.index("sentinel2/2020-08-11/B04")].max() > 100  # nothing rescaled
+    assert config.to_dict()["recipe"] == "physical" and "recipe" not in CONFIG.to_dict()
+    assert PreprocessConfig.from_dict(config.to_dict()) == config

@@ -1,6 +1,7 @@
-"""Per-sensor preprocessing of a raw tile into one float32 (channel, H, W) stack in [0, 1].
+"""Per-sensor preprocessing of a raw tile into one float32 (channel, H, W) stack.
 
-Follows the course's reference recipe (DATA.md) with its defects fixed: min–max scaling of a
+Two recipes (`PreprocessConfig.recipe`). `course`, the default, gives values in [0, 1] and
+follows the course's reference recipe (DATA.md) with its defects fixed: min–max scaling of a
 constant band gives zeros instead of dividing by zero, the Sentinel-1 log is taken of values
 floored at `s1_log_floor` (no −inf), the Sentinel-1 blur runs on each 2-D band separately,
 and non-finite pixels are filled before anything else.
@@ -15,6 +16,14 @@ denominator gives the index 0 (never NaN), the ratio is clipped to [−1, 1] (wh
 negative inputs), and it is stored as (index + 1) / 2, in [0, 1] like every other channel
 (a zero denominator is thus stored as 0.5, the neutral middle).
 
+`physical` keeps physical units and rescales nothing per tile, so a dark tile stays darker
+than a bright one (what a pretrained remote-sensing encoder, and any comparison across tiles,
+needs): Sentinel-1 backscatter in dB (10·log10 of the backscatter floored at `s1_log_floor`),
+Sentinel-2 reflectance × 10 000 and Landsat 8 DNs as stored (Landsat capped at 65 504, the
+largest float16 of the cache), VIIRS radiance as stored and its maximum over the dates,
+spectral indices as (a − b) / (a + b) in [−1, 1]. Non-finite pixels are filled as in the
+course recipe; the clip quantiles, gammas and the Sentinel-1 blur do not apply.
+
 Channel order: sensors in `SENSORS` order; within a sensor, date-major in chronological order;
 within a date the sensor's bands in natural order, then that date's indices (in
 `SPECTRAL_INDICES` order: NDVI, NDBI, NDWI), so `sentinel2/2020-08-11/NDBI` directly follows
@@ -27,6 +36,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import torch
@@ -40,6 +50,8 @@ from src.esd_data.sensors import MAX_PROJECTION_DATE, SENSORS, SPECTRAL_INDICES
 class PreprocessConfig:
     """Every preprocessing parameter; part of the processed cache's fingerprint."""
 
+    recipe: Literal["course", "physical"] = "course"
+    """`course`: values in [0, 1], rescaled per tile; `physical`: physical units (module)."""
     s1_log_floor: float = 1e-4
     s1_clip_quantiles: tuple[float, float] = (0.01, 0.99)
     s1_blur_sigma: float = 1.0
@@ -80,6 +92,8 @@ class PreprocessConfig:
                     raise ValueError(
                         f"{field.name} must satisfy 0 <= low < high <= 1, got {lo, hi}"
                     )
+        if self.recipe not in ("course", "physical"):
+            raise ValueError(f"recipe must be course or physical, got {self.recipe!r}")
         if self.s1_log_floor <= 0:
             raise ValueError(f"s1_log_floor must be positive, got {self.s1_log_floor}")
         if self.s2_gamma <= 0 or self.landsat_gamma <= 0:
@@ -88,10 +102,14 @@ class PreprocessConfig:
             raise ValueError(f"s1_blur_sigma must be >= 0, got {self.s1_blur_sigma}")
 
     def to_dict(self) -> dict[str, object]:
-        """JSON-ready parameters."""
-        return {
+        """JSON-ready parameters (the default `course` recipe unnamed, so that the folders and
+        checkpoints made before recipes existed keep their identity)."""
+        values = {
             k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()
         }
+        if values["recipe"] == "course":
+            del values["recipe"]
+        return values
 
     @classmethod
     def from_dict(cls, values: dict[str, object]) -> PreprocessConfig:
@@ -202,14 +220,16 @@ def sensor_indices(sensor: str, config: PreprocessConfig) -> tuple[str, ...]:
 
 
 def store_spectral_indices(
-    data: np.ndarray, bands: tuple[str, ...], sensor: str, indices: tuple[str, ...], out: np.ndarray
-) -> None:
+    data: np.ndarray, bands: tuple[str, ...], sensor: str, indices: tuple[str, ...],
+    out: np.ndarray, to_unit: bool = True,
+) -> None:  # fmt: skip
     """Write (a − b) / (a + b) of each date's raw bands, mapped to [0, 1], into `out`.
 
     `data` is the (date, band, H, W) raw stack (non-finite pixels already filled) and `out`
     a (date, len(indices), H, W) view of the tile stack; each plane is computed in float32
     (exact sums and differences of the integer data) and written straight into its slice.
-    A zero denominator gives the index 0, the ratio is clipped to [−1, 1], then (x + 1) / 2.
+    A zero denominator gives the index 0, the ratio is clipped to [−1, 1], then, `to_unit`,
+    mapped to [0, 1] as (x + 1) / 2.
     """
     for k, name in enumerate(indices):
         first, second = (bands.index(band) for band in SPECTRAL_INDICES[name][sensor])
@@ -218,7 +238,9 @@ def store_spectral_indices(
             b = torch.from_numpy(data[date, second]).float()
             total = a + b
             ratio = torch.where(total != 0, (a - b) / total, 0.0)
-            ratio.clamp_(-1.0, 1.0).add_(1.0).mul_(0.5)
+            ratio.clamp_(-1.0, 1.0)
+            if to_unit:
+                ratio.add_(1.0).mul_(0.5)
             torch.from_numpy(out[date, k]).copy_(ratio)
 
 
@@ -295,6 +317,36 @@ def preprocess_viirs(stack: SensorStack, config: PreprocessConfig, out: np.ndarr
     _store(out[:dates], x)
 
 
+FLOAT16_MAX = float(np.finfo(np.float16).max)
+
+
+def physical_sentinel1(stack: SensorStack, config: PreprocessConfig, out: np.ndarray) -> None:
+    """Backscatter in dB: 10·log10 of the filled backscatter floored at `s1_log_floor`."""
+    floored = np.maximum(fill_non_finite(stack.data), config.s1_log_floor, dtype=np.float32)
+    _store(out, 10.0 * np.log10(floored))
+
+
+def _physical_optical(stack: SensorStack, config: PreprocessConfig, out: np.ndarray) -> None:
+    """The values as stored (capped at the float16 maximum), each date's indices after it."""
+    data = fill_non_finite(stack.data)
+    indices = sensor_indices(stack.sensor, config)
+    dates, bands = data.shape[:2]
+    per_date = np.reshape(out, (dates, bands + len(indices), *out.shape[1:]), copy=False)
+    if indices:
+        store_spectral_indices(data, stack.bands, stack.sensor, indices, per_date[:, bands:],
+                               to_unit=False)  # fmt: skip
+    _store(per_date[:, :bands], np.minimum(data, FLOAT16_MAX, dtype=np.float32))
+
+
+def physical_viirs(stack: SensorStack, config: PreprocessConfig, out: np.ndarray) -> None:
+    """Radiance as stored; then, optionally, its maximum over the dates."""
+    x = fill_non_finite(stack.data).astype(np.float32)
+    dates = len(stack.dates) * len(stack.bands)
+    if config.viirs_max_projection:
+        _store(out[dates:], x.max(axis=0))
+    _store(out[:dates], x)
+
+
 def sensor_channel_names(stack: SensorStack, config: PreprocessConfig) -> list[str]:
     """The names of the channels a sensor's stack preprocesses into (module docstring: the
     requested spectral indices follow each date's bands)."""
@@ -308,12 +360,21 @@ def sensor_channel_names(stack: SensorStack, config: PreprocessConfig) -> list[s
 Preprocessor = Callable[[SensorStack, PreprocessConfig, np.ndarray], None]
 """Writes a sensor's preprocessed channels into the given (C, H, W) slice of the tile stack."""
 
-PREPROCESSORS: dict[str, Preprocessor] = {
-    "viirs": preprocess_viirs,
-    "sentinel1": preprocess_sentinel1,
-    "sentinel2": preprocess_sentinel2,
-    "landsat8": preprocess_landsat8,
+PREPROCESSORS: dict[str, dict[str, Preprocessor]] = {
+    "course": {
+        "viirs": preprocess_viirs,
+        "sentinel1": preprocess_sentinel1,
+        "sentinel2": preprocess_sentinel2,
+        "landsat8": preprocess_landsat8,
+    },
+    "physical": {
+        "viirs": physical_viirs,
+        "sentinel1": physical_sentinel1,
+        "sentinel2": _physical_optical,
+        "landsat8": _physical_optical,
+    },
 }
+"""Per recipe, each sensor's preprocessor."""
 
 
 def preprocess_tile(
@@ -333,6 +394,7 @@ def preprocess_tile(
     start = 0
     for spec in SENSORS:
         count = len(names[spec.name])
-        PREPROCESSORS[spec.name](tile.sensors[spec.name], config, stack[start : start + count])
+        preprocess = PREPROCESSORS[config.recipe][spec.name]
+        preprocess(tile.sensors[spec.name], config, stack[start : start + count])
         start += count
     return stack, [name for sensor_names in names.values() for name in sensor_names]
