@@ -29,14 +29,19 @@ from src.esd_data.synthetic import generate_synthetic_dataset
 from src.training.config import ESDConfig
 
 
-def bench_cv(args: argparse.Namespace, work: Path) -> None:
+def synthetic_unet(work: Path, tiles: int, tile_px: int, max_epochs: int) -> ESDConfig:
+    """A prepared synthetic set under `work` and the UNet training options on it."""
     raw, processed = work / "raw", work / "processed"
-    generate_synthetic_dataset(raw, n_tiles=args.tiles, seed=0, tile_px=args.tile_px)
+    generate_synthetic_dataset(raw, n_tiles=tiles, seed=0, tile_px=tile_px)
     prepare_dataset(raw, processed, workers=2)
-    base = ESDConfig(
-        raw_dir=None, processed_dir=processed, model_type="UNet", max_epochs=args.max_epochs,
+    return ESDConfig(
+        raw_dir=None, processed_dir=processed, model_type="UNet", max_epochs=max_epochs,
         num_workers=0, wandb_mode="disabled",
     )  # fmt: skip
+
+
+def bench_cv(args: argparse.Namespace, work: Path) -> None:
+    base = synthetic_unet(work, args.tiles, args.tile_px, args.max_epochs)
     rows = []
     for selection in ("inner", "last", "outer"):
         cv = CVConfig(folds=args.folds, model_type=["UNet"], selection=selection,

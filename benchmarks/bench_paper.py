@@ -16,15 +16,13 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchmarks.bench_honest import synthetic_unet
 from src.cross_validation.config import CVConfig
 from src.cross_validation.run import cross_validate
-from src.esd_data.cache import prepare_dataset
-from src.esd_data.synthetic import generate_synthetic_dataset
 from src.evaluation.comparison import format_pairs
 from src.evaluation.config import ImportanceConfig
 from src.evaluation.html_report import write_report
 from src.evaluation.importance import format_importance, permutation_importance
-from src.training.config import ESDConfig
 
 
 def timed(what: str, work):
@@ -41,13 +39,7 @@ def main() -> None:
     parser.add_argument("--max_epochs", type=int, default=8)
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench_paper_"))
-    raw, processed = work / "raw", work / "processed"
-    generate_synthetic_dataset(raw, n_tiles=args.tiles, seed=0, tile_px=args.tile_px)
-    prepare_dataset(raw, processed, workers=2)
-    base = ESDConfig(
-        raw_dir=None, processed_dir=processed, model_type="UNet", max_epochs=args.max_epochs,
-        num_workers=0, wandb_mode="disabled",
-    )  # fmt: skip
+    base = synthetic_unet(work, args.tiles, args.tile_px, args.max_epochs)
     quiet = lambda _: None  # noqa: E731
     five = CVConfig(folds=5, model_type=["UNet"], selection="last", output_dir=work / "cv")
     run = timed("5-fold CV of UNet", lambda: cross_validate(five, base, log=quiet))
