@@ -494,12 +494,17 @@ def png_size(path: Path) -> tuple[int, int]:
     return struct.unpack(">II", header[16:24])
 
 
-def test_save_figure_writes_a_png_at_100_dpi(tmp_path):
+def test_save_figure_writes_a_png_at_the_chosen_dpi(tmp_path):
+    from src.visualization.figure_output import FigureOptions, figure_output
+
     spec = SweepSpec("random", METRIC, "maximize", {})
     figure = plot_sweep([TrialRecord(0, "COMPLETE", 0.5, {})], spec)
     path = tmp_path / PLOT_FILE
     save_figure(figure, path)
-    assert png_size(path) == (460, 360)
+    assert png_size(path) == (506, 396)  # 4.6 × 3.6 inches at the default 110 dpi
+    with figure_output(FigureOptions(dpi=50)):  # --dpi 50
+        save_figure(figure, path)
+    assert png_size(path) == (230, 180)
     assert [p.name for p in tmp_path.iterdir()] == [PLOT_FILE]
 
 
