@@ -267,6 +267,8 @@ def test_ablation_trains_every_variant_on_the_same_folds_resumes_and_pairs_with_
     for model in summary["models"]:
         low, high = model["out_of_fold_interval"]["f1_class1"]
         assert low <= model["out_of_fold"]["f1_class1"] <= high
+    for model in summary["models"]:  # every fold's learning curve, one figure per model
+        assert (root / model["name"] / "learning_curves.png").stat().st_size > 0
     counter = CountTrainings()
     again = ablation_run(synthetic_processed, root.parent.parent, [counter])
     assert counter.count == 0 and again["pairs"] == ablation["pairs"]
@@ -367,3 +369,57 @@ def test_repeated_k_fold_draws_new_folds_per_repeat_pools_the_out_of_fold_and_re
         written = json.loads((Path(run["root"]) / "SegmentationCNN" / "oof" / f"repeat_{r}"
                               / "metrics.json").read_text())  # fmt: skip
         assert written["overall"]["accuracy"] == model["out_of_fold_repeats"][r]["accuracy"]
+
+
+def test_learning_curves_read_the_epoch_rows_of_lightnings_metrics_csv(tmp_path):
+    from src.visualization.learning_curves import epoch_metrics, plot_learning_curves
+
+    metrics = tmp_path / "metrics.csv"  # Lightning's layout: step rows and epoch rows in one file
+    metrics.write_text(
+        "epoch,step,train_loss,train_f1_class1,val_loss,val_f1_class1,lr-Adam\n"
+        ",0,,,,,0.001\n"
+        "0,9,,,0.9,0.40,\n"
+        "0,9,1.2,0.30,,,\n"
+        "1,19,,,0.7,0.55,\n"
+        "1,19,0.8,0.50,,,\n"
+    )
+    series = epoch_metrics(metrics)
+    assert series == {
+        "val_loss": [(0, 0.9), (1, 0.7)], "val_f1_class1": [(0, 0.40), (1, 0.55)],
+        "train_loss": [(0, 1.2), (1, 0.8)], "train_f1_class1": [(0, 0.30), (1, 0.50)],
+    }  # fmt: skip
+    figure = plot_learning_curves({"fold 0": metrics, "fold 1": metrics}, "t", tmp_path / "c.png")
+    loss, f1 = figure.axes[:2]
+    assert len(loss.lines) == 4 and len(f1.lines) == 4  # train and val of each run
+    assert list(f1.lines[1].get_ydata()) == [0.40, 0.55]
+    assert (tmp_path / "c.png").stat().st_size > 0
+
+
+def test_date_ablation_leaves_out_one_date_of_one_sensor_at_a_time(synthetic_processed):
+    from src.cross_validation.variants import model_variants
+
+    manifest = Manifest.load(synthetic_processed)
+    bands = {"sentinel1": None, "viirs": ["2020-08-08", "2020-08-11"]}
+    base = tiny(synthetic_processed, Path("unused"), bands=bands)
+    variants = model_variants(["UNet"], "dates", base, manifest)
+    selected = [manifest.channels[k] for k in manifest.select_channels(bands)]
+    groups = sorted({name.rsplit("/", 1)[0] for name in selected})
+    assert [v.name for v in variants] == ["UNet"] + [
+        f"UNet-without-{g.replace('/', '-')}" for g in sorted(groups, key=selected_order(selected))
+    ]
+    for variant in variants[1:]:
+        assert variant.reference == "UNet" and variant.config.model_type == "UNet"
+        kept = [manifest.channels[k] for k in manifest.select_channels(variant.config.bands)]
+        left_out = sorted(set(selected) - set(kept))
+        assert len({name.rsplit("/", 1)[0] for name in left_out}) == 1  # one sensor's date
+        assert kept == [name for name in selected if name not in left_out]  # order kept
+    with pytest.raises(ValueError, match="at least two sensors"):
+        model_variants(["UNet"], "sensors", tiny(synthetic_processed, Path("unused"),
+                                                  bands={"viirs": None}), manifest)  # fmt: skip
+
+
+def selected_order(selected: list[str]):
+    first = {}
+    for k, name in enumerate(selected):
+        first.setdefault(name.rsplit("/", 1)[0], k)
+    return first.get
