@@ -118,7 +118,8 @@ class FailOnFold(L.Callback):
 @pytest.mark.slow
 def test_cross_validation_scores_resumes_and_agrees_with_its_files(synthetic_processed, tmp_path):
     base = tiny(synthetic_processed)
-    options = {"folds": 3, "model_type": ["SegmentationCNN"], "name": "cv"}
+    options = {"folds": 3, "model_type": ["SegmentationCNN"], "name": "cv",
+               "tile_pictures": "none"}  # fmt: skip
     straight = cross_validate(
         CVConfig(output_dir=tmp_path / "a", **options), base, log=lambda _: None
     )

@@ -133,7 +133,8 @@ def two_caches(synthetic_raw: Path, tmp_path: Path) -> tuple[Path, Path, str]:
 @pytest.mark.slow
 def test_inner_selection_never_sees_the_scored_tiles(two_caches, tmp_path, synthetic_raw):
     first, second, changed = two_caches
-    options = {"folds": 2, "model_type": ["SegmentationCNN"], "selection": "inner"}
+    options = {"folds": 2, "model_type": ["SegmentationCNN"], "selection": "inner",
+               "tile_pictures": "none"}  # fmt: skip
     runs = []
     for processed, out in ((first, "cv_a"), (second, "cv_b")):
         runs.append(cross_validate(CVConfig(output_dir=tmp_path / out, **options),
@@ -177,7 +178,8 @@ def test_last_and_outer_selection_are_labelled_for_what_they_are(synthetic_proce
     lines: list[str] = []
     base = tiny(synthetic_processed, max_epochs=2)
     last = cross_validate(CVConfig(folds=2, model_type=["SegmentationCNN"], selection="last",
-                                   output_dir=tmp_path), base, log=lines.append)  # fmt: skip
+                                   output_dir=tmp_path, tile_pictures="none"), base,
+                          log=lines.append)  # fmt: skip
     for fold in last["models"][0]["folds"]:
         assert fold["selected_epoch"] == 1 and fold["selection_tiles"] == []
         assert Path(fold["checkpoint"]).name == "last.ckpt"
@@ -185,14 +187,16 @@ def test_last_and_outer_selection_are_labelled_for_what_they_are(synthetic_proce
     assert not any("OPTIMISTIC" in line for line in lines)
     lines.clear()
     outer = cross_validate(CVConfig(folds=2, model_type=["SegmentationCNN"], selection="outer",
-                                    output_dir=tmp_path), base, log=lines.append)  # fmt: skip
+                                    output_dir=tmp_path, tile_pictures="none"), base,
+                           log=lines.append)  # fmt: skip
     assert outer["root"] != last["root"]
     assert any("OPTIMISTIC" in line for line in lines)
     summary = json.loads((Path(outer["root"]) / "summary.json").read_text())
     assert summary["optimistic"] is True and "OPTIMISTIC" in summary["selection_rule"]
     # A resumed run with another budget under the same name does not mix folds.
     named = CVConfig(folds=2, model_type=["SegmentationCNN"], selection="last",
-                     output_dir=tmp_path, name=Path(last["root"]).name)  # fmt: skip
+                     output_dir=tmp_path, name=Path(last["root"]).name,
+                     tile_pictures="none")  # fmt: skip
     with pytest.raises(ConfigurationMismatchError, match="max_epochs"):
         cross_validate(named, tiny(synthetic_processed, max_epochs=3), log=quiet)
 

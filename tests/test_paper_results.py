@@ -269,6 +269,10 @@ def test_ablation_trains_every_variant_on_the_same_folds_resumes_and_pairs_with_
         assert low <= model["out_of_fold"]["f1_class1"] <= high
     for model in summary["models"]:  # every fold's learning curve, one figure per model
         assert (root / model["name"] / "learning_curves.png").stat().st_size > 0
+    # --tile_pictures full (the default): pictures of the full model's tiles, not of ablations
+    for model, drawn in (("SegmentationCNN", True), ("SegmentationCNN-without-viirs", False)):
+        tiles = root / model / "fold_0" / "predictions" / "tiles"
+        assert any(tiles.glob("*.png")) == drawn and any(tiles.glob("*_prediction.tif"))
     counter = CountTrainings()
     again = ablation_run(synthetic_processed, root.parent.parent, [counter])
     assert counter.count == 0 and again["pairs"] == ablation["pairs"]
@@ -301,12 +305,13 @@ def test_report_opens_in_headless_chromium_with_every_model_and_the_gallery(abla
     dom = completed.stdout
     loaded = re.search(r'data-images-loaded="(\d+)/(\d+)"', dom)
     assert loaded is not None, completed.stderr[-2000:]
-    assert loaded.group(1) == loaded.group(2) and int(loaded.group(2)) >= 7 * 12
+    # 12 tile pictures (the full model's: ablations draw none) and each model's curves
+    assert loaded.group(1) == loaded.group(2) and int(loaded.group(2)) >= 12 + 7
     leaderboard = dom[dom.index('<table id="leaderboard"') :].split("</table>")[0]
     for model in ablation["models"]:
         assert f"<td>{model['name']}</td>" in leaderboard
     gallery = dom[dom.index('id="gallery"') :]
-    assert gallery.count('class="tile"') == 7 * 12
+    assert gallery.count('class="tile"') == 12
     scores = [float(s) for s in re.findall(r'data-f1class1="([0-9.]+)"', gallery)]
     assert scores == sorted(scores)  # worst first
 
@@ -338,7 +343,8 @@ def test_repeated_k_fold_draws_new_folds_per_repeat_pools_the_out_of_fold_and_re
 ):
     config = tiny(synthetic_processed, tmp_path, max_epochs=1)
     cv = CVConfig(folds=2, repeats=2, model_type=["SegmentationCNN"], selection="last",
-                  output_dir=tmp_path / "cv", bootstrap_resamples=100)  # fmt: skip
+                  output_dir=tmp_path / "cv", bootstrap_resamples=100,
+                  tile_pictures="none")  # fmt: skip
     seen = []
 
     def stop_after_three(model, fold, result):

@@ -55,6 +55,11 @@ class CVConfig:
     tta: TTAMode = config_field(
         "none", "test-time augmentation of the fold evaluations: none, flips or d4"
     )
+    tile_pictures: Literal["all", "full", "none"] = config_field(
+        "full",
+        "pictures of each fold's held-out tiles: for every model (all), for the full models "
+        "but not their ablation variants (full), or none (TIFFs and scores are always written)",
+    )
     ablate: Ablation = config_field(
         "none",
         "also train, on the same folds, each model without each sensor and with each sensor "

@@ -115,9 +115,16 @@ def _fold_view(cv: CVConfig, manifest: Manifest, processed: Path, shares: dict[s
     return fold_manifest(manifest, processed, train_tiles, heldout, []), "val"
 
 
-def _run_fold(base: ESDConfig, cv: CVConfig, plan: FoldPlan, fold_dir: Path,
-              extra_callbacks: list[L.Callback] | None) -> dict[str, Any]:  # fmt: skip
-    """Train and evaluate one fold (resuming from its last.ckpt if it stopped part-way)."""
+def _run_fold(
+    base: ESDConfig,
+    cv: CVConfig,
+    plan: FoldPlan,
+    fold_dir: Path,
+    extra_callbacks: list[L.Callback] | None,
+    pictures: bool,
+) -> dict[str, Any]:
+    """Train and evaluate one fold (resuming from its last.ckpt if it stopped part-way),
+    drawing its tiles' pictures when `pictures`."""
     fold, view = plan.fold, plan.view
     view.save(fold_dir / "data")
     last = fold_dir / "checkpoints" / base.model_type / f"fold_{fold}" / "last.ckpt"
@@ -152,6 +159,7 @@ def _run_fold(base: ESDConfig, cv: CVConfig, plan: FoldPlan, fold_dir: Path,
             split=plan.scored_split,
             tta=cv.tta,
             accelerator=_eval_accelerator(base.accelerator),
+            tile_pictures=pictures,
         ),
         log=lambda _: None,
     )
@@ -331,7 +339,10 @@ def _cross_validate(
                     wanted = {"configuration": identity, "configuration_hash": digest}
                     _check_same(done, result, wanted, f"delete {fold_dir} to train the fold again")
                 else:
-                    result = _run_fold(config, cv, fold_plan, fold_dir, extra_callbacks)
+                    pictures = cv.tile_pictures == "all" or (
+                        cv.tile_pictures == "full" and variant.reference is None
+                    )
+                    result = _run_fold(config, cv, fold_plan, fold_dir, extra_callbacks, pictures)
                 results.append(result)
                 if on_fold is not None:
                     on_fold(model, fold, result)

@@ -67,6 +67,9 @@ class EvalConfig(FigureOptions):
         "none", "test-time augmentation: none, flips (4 views) or d4 (8 dihedral views)"
     )
     batch_size: int = config_field(16, "windows per forward pass")
+    tile_pictures: bool = config_field(
+        True, "draw each tile's picture (its TIFFs and scores are always written)"
+    )
     bootstrap_resamples: int = config_field(
         1000, "bootstrap resamples of the tiles for the 95 % intervals (0: no intervals)"
     )

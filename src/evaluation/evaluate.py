@@ -323,6 +323,7 @@ def _evaluate(config: EvalConfig, log: Callable[[str], None]) -> dict[str, Any]:
                 p,
                 true_colour_image(source.processed_dir, source.manifest, p.tile),
                 _model_label(model_type, run, len(model_paths), config),
+                picture=config.tile_pictures,
             )
             for p in predictions
         ]

@@ -109,8 +109,11 @@ def _pairs_section(pairs: list[dict[str, Any]]) -> str:
 
 
 def _gallery(entries: list[tuple[dict[str, Any], Path]]) -> str:
-    """Every labelled tile's picture and scores, worst class-1 F1 first."""
-    entries = sorted(entries, key=lambda e: e[0].get("f1_class1", 0.0))
+    """Every labelled tile that has a picture, with its scores, worst class-1 F1 first."""
+    entries = sorted(
+        (e for e in entries if find_figure(e[1]) is not None),
+        key=lambda e: e[0].get("f1_class1", 0.0),
+    )
     cards = []
     for tile, picture in entries:
         scores = " · ".join(f"{k} {tile[k]:.3f}" for k in SCORES if k in tile)

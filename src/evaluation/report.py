@@ -65,25 +65,28 @@ def kaggle_rows(predictions: list[TilePrediction]) -> list[tuple[int, int]]:
 
 
 def write_tile_outputs(
-    results_dir: Path, prediction: TilePrediction, rgb: np.ndarray | None, model: str
-) -> dict[str, Any]:
-    """The tile's PNG, label TIFF (1..4) and probability TIFF (4, 16, 16); its scores and
-    confusion matrix."""
+    results_dir: Path, prediction: TilePrediction, rgb: np.ndarray | None, model: str,
+    picture: bool = True,
+) -> dict[str, Any]:  # fmt: skip
+    """The tile's picture (unless not `picture`), label TIFF (1..4) and probability TIFF
+    (4, 16, 16); its scores and confusion matrix."""
     scores = tile_scores(prediction)
     tiles = results_dir / "tiles"
-    plot_tile_prediction(
-        rgb, prediction.truth, prediction.labels, prediction.tile,
-        None if not scores else scores["f1_class1"],
-        save_to=tiles / f"{prediction.tile}.png",
-        probability=prediction.probabilities[0], model=model,
-    )  # fmt: skip
+    if picture:
+        plot_tile_prediction(
+            rgb, prediction.truth, prediction.labels, prediction.tile,
+            None if not scores else scores["f1_class1"],
+            save_to=tiles / f"{prediction.tile}.png",
+            probability=prediction.probabilities[0], model=model,
+        )  # fmt: skip
     write_tiff(tiles / f"{prediction.tile}_prediction.tif", prediction.labels)
     write_tiff(tiles / f"{prediction.tile}_probabilities.tif", prediction.probabilities)
     extra: dict[str, Any] = {}
-    if prediction.date_weights:
+    if prediction.date_weights and picture:
         plot_date_weights(
             prediction.date_weights, prediction.tile, tiles / f"{prediction.tile}_attention.png"
         )
+    if prediction.date_weights:
         extra["date_weights"] = prediction.date_weights
     return {"tile": prediction.tile, **scores, **extra}
 

@@ -382,6 +382,7 @@ def _cross_validated(
     cv = CVConfig(
         folds=run.folds, model_type=[config.model_type], name=f"trial-{trial.number}",
         output_dir=study_folder(trial.study, run), selection=run.selection,
+        tile_pictures="none",  # a trial's folds are scored, not looked at
     )  # fmt: skip
     summary = cross_validate(
         cv, config, log=lambda _: None, extra_callbacks=[callback], on_fold=after_fold
