@@ -20,7 +20,7 @@ $(DEMO)/raw/.complete: | $(VENV)/.installed
 
 demo: $(VENV)/.installed $(DEMO)/raw/.complete
 	$(PY) -m scripts.prepare --raw_dir $(DEMO)/raw --processed_dir $(DEMO)/processed --workers 2
-	rm -rf $(DEMO)/checkpoints/UNet/demo $(DEMO)/logs/UNet/demo
+	rm -rf $(DEMO)/checkpoints/UNet/demo $(DEMO)/logs/UNet/demo $(DEMO)/predictions/UNet
 	$(PY) -m scripts.train --model_type UNet --raw_dir $(DEMO)/raw --processed_dir $(DEMO)/processed \
 		--max_epochs $(DEMO_EPOCHS) --checkpoint_dir $(DEMO)/checkpoints --log_dir $(DEMO)/logs \
 		--wandb_run_name demo
