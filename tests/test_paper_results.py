@@ -186,6 +186,7 @@ def test_importance_of_a_one_sensor_model_and_never_of_training_tiles(
             for score in ("f1_class1", "f1_macro"):
                 assert row[score]["repeats"] == [0.0, 0.0, 0.0], row
                 assert row[score]["interval"] == [0.0, 0.0], row
+    assert first["optimistic"] and "OPTIMISTIC" in first["what"]  # the val tiles chose it
     held_out = Manifest.load(synthetic_processed).split["val"]
     assert sorted(first["tiles"]) == sorted(held_out)
     # The training tiles' pixels changed (and recorded as a preparation would): same result.

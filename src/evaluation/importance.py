@@ -25,6 +25,7 @@ from tqdm import tqdm
 
 from src.atomic import atomic_path, replaced_folder, write_json
 from src.esd_data.dataset import ESDDataset
+from src.esd_data.identity import DataIdentity
 from src.esd_data.sensors import group_channels
 from src.evaluation.bootstrap import (
     bootstrap_record,
@@ -50,9 +51,12 @@ DROPS = ("f1_class1", "f1_macro")
 
 @dataclass(frozen=True)
 class HeldOutPart:
-    """One checkpoint and the held-out tiles of its processed folder it is scored on."""
+    """One checkpoint (its data identity and hyper-parameters, read once) and the held-out
+    tiles of its processed folder it is scored on."""
 
     checkpoint: Path
+    identity: DataIdentity
+    hparams: dict[str, Any]
     processed_dir: Path
     tiles: list[str]
 
@@ -102,10 +106,19 @@ def _confusions(
     return np.array(matrices)
 
 
-def held_out_parts(config: ImportanceConfig) -> tuple[list[HeldOutPart], str]:
-    """The checkpoints and their held-out tiles, and what they are; CheckpointError when two
-    parts share a tile (one model at a time, or a cross-validation's folds)."""
+OPTIMISTIC_NOTE = (
+    "; these tiles chose the checkpoints' epoch (validation split or --selection outer), so "
+    "the baseline scores are OPTIMISTIC: use --split test or a cross-validation with "
+    "--selection inner or last"
+)
+
+
+def held_out_parts(config: ImportanceConfig) -> tuple[list[HeldOutPart], str, bool]:
+    """The checkpoints and their held-out tiles, what they are, and whether those tiles chose
+    the checkpoints' epoch (optimistic); CheckpointError when two parts share a tile (one
+    model at a time, or a cross-validation's folds)."""
     if config.cv_dir is not None:
+        records = read_fold_records(config.cv_dir)
         specs = [
             (
                 r.checkpoint,
@@ -113,8 +126,9 @@ def held_out_parts(config: ImportanceConfig) -> tuple[list[HeldOutPart], str]:
                     model_path=[r.checkpoint], processed_dir=r.folder / "data", split=r.scored_split
                 ),
             )
-            for r in read_fold_records(config.cv_dir)
+            for r in records
         ]
+        optimistic = any(r.scored_split == "val" for r in records)
         what = f"the held-out tiles of each of the {len(specs)} folds of {config.cv_dir}"
     else:
         assert config.model_path is not None
@@ -122,12 +136,16 @@ def held_out_parts(config: ImportanceConfig) -> tuple[list[HeldOutPart], str]:
             (p, EvalConfig(model_path=[p], split=config.split, processed_dir=config.processed_dir))
             for p in config.model_path
         ]
+        optimistic = config.split == "val"
         what = f"each checkpoint's {config.split} tiles"
     parts = []
     for checkpoint, evaluation in specs:
-        identity = data_identity(read_checkpoint(checkpoint), checkpoint)
+        saved = read_checkpoint(checkpoint)  # once: what is needed is kept, not the weights
+        identity = data_identity(saved, checkpoint)
         source = processed_tiles(evaluation, [identity])
-        parts.append(HeldOutPart(checkpoint, source.processed_dir, list(source.tiles)))
+        parts.append(HeldOutPart(checkpoint, identity, saved["hyper_parameters"],
+                                 source.processed_dir, list(source.tiles)))  # fmt: skip
+        del saved
     seen: dict[str, Path] = {}
     for part in parts:
         for tile in part.tiles:
@@ -137,7 +155,7 @@ def held_out_parts(config: ImportanceConfig) -> tuple[list[HeldOutPart], str]:
                     f"model's checkpoint, or a cross-validation's folds (--cv_dir)"
                 )
             seen[tile] = part.checkpoint
-    return parts, what
+    return parts, what + (OPTIMISTIC_NOTE if optimistic else ""), optimistic
 
 
 def _drop(baseline: np.ndarray, permuted: list[np.ndarray], resamples: int, seed: int) -> dict:
@@ -167,10 +185,9 @@ def permutation_importance(
 
 
 def _permutation_importance(config: ImportanceConfig, log: Callable[[str], None]) -> dict[str, Any]:
-    parts, what = held_out_parts(config)
+    parts, what, optimistic = held_out_parts(config)
     device = resolve_device(config.accelerator)
-    checkpoints = [read_checkpoint(part.checkpoint) for part in parts]
-    hparams = [checkpoint["hyper_parameters"] for checkpoint in checkpoints]
+    hparams = [part.hparams for part in parts]
     channels = list(hparams[0]["channels"])
     if any(list(hp["channels"]) != channels for hp in hparams):
         raise CheckpointError("the checkpoints read different channels: one model at a time")
@@ -189,10 +206,9 @@ def _permutation_importance(config: ImportanceConfig, log: Callable[[str], None]
     work = [(g, name) for g in config.grouping for name in groups[g]]
     bar = tqdm(total=len(parts) * (1 + len(work)), desc="importance", unit="pass",
                disable=progress_disabled())  # fmt: skip
-    for index, (part, identity_hp) in enumerate(zip(parts, hparams, strict=True)):
-        identity = data_identity(checkpoints[index], part.checkpoint)
-        predictor = Predictor(load_module(part.checkpoint, device), *identity.normalisation())
-        windows = Windows(predictor, part, int(identity_hp["tile_size_gt"]))
+    for index, part in enumerate(parts):
+        predictor = Predictor(load_module(part.checkpoint, device), *part.identity.normalisation())
+        windows = Windows(predictor, part, int(part.hparams["tile_size_gt"]))
         baseline_parts.append(_confusions(predictor, windows, config.batch_size, device))
         bar.update()
         for grouping, name in work:
@@ -218,6 +234,7 @@ def _permutation_importance(config: ImportanceConfig, log: Callable[[str], None]
     tiles = [tile for part in parts for tile in part.tiles]
     result: dict[str, Any] = {
         "what": what,
+        "optimistic": optimistic,
         "checkpoints": [str(part.checkpoint) for part in parts],
         "model_type": hparams[0]["model_type"],
         "tiles": tiles,
