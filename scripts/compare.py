@@ -52,7 +52,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if config.out is not None:
         leaderboard = [
             {"name": r.name, "f1_class1": r.f1_class1, "interval": r.interval, "source": r.source,
-             "tiles": r.tiles}
+             "tiles": r.tiles, "optimistic": r.optimistic}
             for r in sorted(runs, key=lambda r: -r.f1_class1)
         ]  # fmt: skip
         write_json(config.out, {"leaderboard": leaderboard, "pairs": pairs})

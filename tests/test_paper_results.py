@@ -324,6 +324,7 @@ def test_compare_command_pairs_the_models_of_a_cross_validation(ablation, capsys
                          "--bootstrap_resamples", "300", "--out", str(out)]) == 0  # fmt: skip
     written = json.loads(out.read_text())
     assert len(written["pairs"]) == 6
+    assert not any(entry["optimistic"] for entry in written["leaderboard"])  # --selection last
     from_summary = {(p["first"], p["second"]): p for p in ablation["pairs"]}
     for pair in written["pairs"]:
         same = from_summary[(pair["first"].split("/")[1], pair["second"].split("/")[1])]

@@ -47,6 +47,8 @@ class ScoredRun:
     fold_train_sizes: list[int] | None = None
     interval: list[float] | None = None
     source: str = ""
+    optimistic: bool = False
+    """The scored tiles chose the model's epoch (a val split, or --selection outer)."""
 
     @property
     def f1_class1(self) -> float:
@@ -199,7 +201,9 @@ def load_scored_runs(folder: Path) -> list[ScoredRun]:
         tiles, confusions = tile_confusions(metrics.get("tiles", []), folder / METRICS_FILE)
         name = f"{metrics.get('model_type', '?')}/{metrics.get('run', folder.name)}"
         interval = (metrics.get("overall_interval") or {}).get("f1_class1")
-        return [ScoredRun(name, tiles, confusions, interval=interval, source=str(folder))]
+        optimistic = metrics.get("split") == "val"  # training chose its epoch on them
+        return [ScoredRun(name, tiles, confusions, interval=interval, source=str(folder),
+                          optimistic=optimistic)]  # fmt: skip
     if (folder / SUMMARY_FILE).is_file():
         summary = read_json(folder / SUMMARY_FILE)
         runs = []
@@ -212,7 +216,9 @@ def load_scored_runs(folder: Path) -> list[ScoredRun]:
             run = cv_scored_run(f"{folder.name}/{model['name']}", model["folds"],
                                 model["out_of_fold_tiles"], folder)  # fmt: skip
             interval = (model.get("out_of_fold_interval") or {}).get("f1_class1")
-            runs.append(ScoredRun(**{**run.__dict__, "interval": interval}))
+            optimistic = bool(summary.get("optimistic"))
+            runs.append(ScoredRun(**{**run.__dict__, "interval": interval,
+                                     "optimistic": optimistic}))  # fmt: skip
         return runs
     raise PairingError(
         f"{folder} is neither an evaluation's results folder (no {METRICS_FILE}) nor a finished "
@@ -227,8 +233,14 @@ def format_leaderboard(runs: list[ScoredRun]) -> str:
     for rank, run in enumerate(sorted(runs, key=lambda r: -r.f1_class1), start=1):
         interval = f" [{run.interval[0]:.4f}, {run.interval[1]:.4f}]" if run.interval else ""
         folds = "" if run.fold_scores is None else f", {len(run.fold_scores)} folds"
+        flag = " OPTIMISTIC" if run.optimistic else ""
         lines.append(
-            f"  {rank}. {run.name:<36} {run.f1_class1:.4f}{interval}  ({len(run.tiles)} tiles"
-            f"{folds}; {run.source})"
+            f"  {rank}. {run.name:<36} {run.f1_class1:.4f}{interval}{flag}  ({len(run.tiles)} "
+            f"tiles{folds}; {run.source})"
+        )
+    if any(run.optimistic for run in runs):
+        lines.append(
+            "  OPTIMISTIC: these tiles chose the model's epoch (a val split or --selection "
+            "outer); compare on test tiles or held-out folds for honest numbers"
         )
     return "\n".join(lines)
