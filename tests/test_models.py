@@ -167,7 +167,7 @@ def test_small_model_arguments_are_validated() -> None:
 
 
 def test_model_types() -> None:
-    expected = {"SegmentationCNN", "FCNResnetTransfer", "UNet", "TemporalFusion", "SMP"}
+    expected = {"SegmentationCNN", "FCNResnetTransfer", "UNet", "TemporalFusion", "SMP", "Galileo"}
     assert set(MODEL_TYPES) == expected
 
 

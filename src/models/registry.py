@@ -28,8 +28,10 @@ from src.models.checks import check_positive_int
 if TYPE_CHECKING:
     from torch import nn
 
-DATA_KEYWORDS = ("channels",)
-"""Builder keywords filled from the data (the channel names), not hyper-parameters."""
+DATA_KEYWORDS = ("channels", "input_stats")
+"""Builder keywords filled from the data, not hyper-parameters: the channel names, and the
+per-channel (mean, std) the inputs are standardised with (None where unknown, e.g. when a
+checkpoint is rebuilt: its state dict then holds them)."""
 PRETRAINED_HPARAMS = {"pretrained": False, "weights_path": None}
 """Hyper-parameters that load weights from a file, and their values once the weights are in
 a checkpoint (see `without_pretrained_loading`)."""
@@ -41,6 +43,7 @@ _BUILDERS: dict[str, str] = {
     "UNet": "src.models.unet:build_unet",
     "TemporalFusion": "src.models.temporal_fusion:build_temporal_fusion",
     "SMP": "src.models.smp_model:build_smp",
+    "Galileo": "src.models.galileo:build_galileo",
 }
 """model_type → `module:function` of its builder, imported when first needed (the models
 import torch, torchvision and segmentation_models_pytorch; the registry and `--help` do not)."""
@@ -84,12 +87,14 @@ def build_model(
     cell_px: int,
     out_channels: int = 4,
     channels: Sequence[str] | None = None,
+    input_stats: tuple[Sequence[float], Sequence[float]] | None = None,
     **hparams: Any,
 ) -> nn.Module:
     """Build `model_type` for `in_channels` inputs and cell_px-pixel label cells.
 
     The model maps (B, in_channels, t·cell_px, t·cell_px) to logits (B, out_channels, t, t).
-    `channels` (the `sensor/date/band` names of the inputs) reaches the builders that take it.
+    `channels` (the `sensor/date/band` names of the inputs) and `input_stats` (their
+    standardisation's mean and std) reach the builders that take them.
     Unknown model types and hyper-parameters the model does not take raise ValueError.
     """
     builder = _builder(model_type)
@@ -112,4 +117,6 @@ def build_model(
                 f"input channel, {in_channels}), got {channels!r}"
             )
         hparams["channels"] = list(channels)
+    if "input_stats" in _keywords(model_type):
+        hparams["input_stats"] = input_stats
     return builder(in_channels, cell_px, out_channels, **hparams)

@@ -23,6 +23,8 @@ SchedulerName = Literal["plateau", "cosine", "none"]
 WandbMode = Literal["auto", "online", "offline", "disabled"]
 TemporalAggregator = Literal["attention", "mean", "convgru", "ltae"]
 
+GALILEO_RECIPE = "physical"
+"""The preprocessing recipe Galileo needs (it was pretrained on physical units)."""
 PATH_FIELDS = ("raw_dir", "processed_dir", "weights_path", "checkpoint_dir", "log_dir", "resume")
 
 
@@ -93,17 +95,31 @@ class ESDConfig(FigureOptions):
     smp_encoder: str = config_field(
         "resnet34", "segmentation_models_pytorch encoder, e.g. resnet18, resnet34, mit_b0 (SMP)"
     )
+    galileo_patch_size: int = config_field(
+        5, "pixels per token side, after averaging to galileo_resolution_m (Galileo)"
+    )
+    galileo_resolution_m: int = config_field(
+        100, "metres per pixel the encoder sees (the data's 10 m averaged) (Galileo)"
+    )
+    galileo_exit_layer: int | None = config_field(
+        None, "transformer blocks the encoder runs, 1 to 4 (None: all 4) (Galileo)"
+    )
     pretrained: bool = config_field(
         False,
-        "load pretrained weights from a local file, never downloaded (FCNResnetTransfer: "
+        "load pretrained weights from local files, never downloaded (FCNResnetTransfer: "
         "torchvision's COCO weights, found in the torch hub cache or at weights_path; SMP: "
-        "the encoder's ImageNet weights at weights_path)",
+        "the encoder's ImageNet weights at weights_path; Galileo: the nano encoder in the "
+        "weights_path folder)",
     )
     weights_path: Path | None = config_field(
-        None, "the pretrained weights file (FCNResnetTransfer, SMP)"
+        None,
+        "the pretrained weights file (FCNResnetTransfer, SMP) or folder (Galileo: config.json, "
+        "encoder.pt, normalization.json)",
     )
     freeze_backbone: float = config_field(
-        0.0, "fraction of backbone blocks frozen, 0 none to 1 all (FCNResnetTransfer)"
+        0.0,
+        "fraction of backbone blocks frozen, 0 none to 1 all (FCNResnetTransfer; Galileo: "
+        "its input projections and that fraction of its transformer blocks)",
     )
     # optimisation
     batch_size: int = config_field(8, "subtiles per batch")
@@ -246,8 +262,30 @@ class ESDConfig(FigureOptions):
                     f"--pretrained SMP reads the encoder's weights from --weights_path, a local "
                     f"file (nothing is downloaded): {given} is not a file"
                 )
+        if self.model_type == "Galileo":
+            problems += self._galileo_problems()
         if self.model_type == "TemporalFusion" and not 0.0 <= self.tf_dropout < 1.0:
             problems.append(f"tf_dropout must be in [0, 1), got {self.tf_dropout}")
+        return problems
+
+    def _galileo_problems(self) -> list[str]:
+        """Galileo's weights folder and recipe, checked before any data is prepared."""
+        from src.models.galileo_weights import check_weights_folder
+
+        problems = []
+        if self.pretrained:
+            try:
+                check_weights_folder(self.weights_path)
+            except ValueError as error:
+                problems.append(str(error))
+        recipe = (self.preprocessing or {}).get("recipe")
+        if recipe is not None and recipe != GALILEO_RECIPE:
+            problems.append(
+                f"Galileo takes physical units: use --preprocessing "
+                f"'{{recipe: {GALILEO_RECIPE}}}', not {recipe!r}"
+            )
+        if self.galileo_exit_layer is not None and not 1 <= self.galileo_exit_layer <= 4:
+            problems.append(f"galileo_exit_layer must be 1 to 4, got {self.galileo_exit_layer}")
         return problems
 
     def prepare_request(self) -> PrepareRequest:

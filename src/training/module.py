@@ -62,8 +62,14 @@ class ESDSegmentation(L.LightningModule):
         super().__init__()
         self.save_hyperparameters(ignore=["data_identity"])
         self.data_identity = data_identity
+        stats = (data_identity["mean"], data_identity["std"]) if data_identity else None
         self.model: nn.Module = build_model(
-            model_type, len(channels), cell_px, channels=channels, **(model_hparams or {})
+            model_type,
+            len(channels),
+            cell_px,
+            channels=channels,
+            input_stats=stats,
+            **(model_hparams or {}),
         )
         self.loss = SegmentationLoss(loss, class_weights, ce_weight, dice_weight, fp_penalty)
         self.train_metrics = segmentation_metrics("train_")

@@ -41,7 +41,7 @@ from src.hardware import check_accelerator
 from src.progress import show_progress
 from src.training.checkpoint_io import AtomicCheckpointIO
 from src.training.checkpoints import check_weights_fit, data_identity, read_checkpoint
-from src.training.config import ESDConfig
+from src.training.config import GALILEO_RECIPE, ESDConfig
 from src.training.loggers import build_loggers
 from src.training.module import ESDSegmentation
 from src.training.quiet import quiet_third_party
@@ -114,6 +114,13 @@ def build_module(config: ESDConfig, data: ESDDataModule) -> ESDSegmentation:
     manifest = data.manifest
     indices = manifest.select_channels(config.bands)
     identity = DataIdentity.from_manifest(manifest, config.processed_dir, indices)
+    recipe = identity.preprocessing.get("recipe", "course")
+    if config.model_type == "Galileo" and recipe != GALILEO_RECIPE:
+        raise ValueError(
+            f"Galileo takes physical units, but {config.processed_dir} was prepared with the "
+            f"{recipe} recipe: prepare another folder with --preprocessing "
+            f"'{{recipe: {GALILEO_RECIPE}}}' --processed_dir NEW_DIR"
+        )
     return ESDSegmentation(
         model_type=config.model_type,
         channels=identity.channels,

@@ -1,0 +1,365 @@
+"""`GalileoSegmentation`: the Galileo encoder on the DSE sensors, with a head to the label grid.
+
+The inputs are the prepared, standardised channels (`sensor/date/band`, physical-units
+recipe); the model turns them back into physical units with the statistics they were
+standardised with (`input_stats`, kept as buffers, so a checkpoint needs nothing else) and maps
+them onto Galileo's inputs (`galileo_encoder`):
+
+* one time axis: the union of the Sentinel-1, Sentinel-2 and VIIRS dates, in date order, each
+  with its month; a sensor's band groups are missing (masked) at the dates it has no image;
+* space-time bands: Sentinel-1 VV, VH (dB); Sentinel-2 B02–B12 without B01 and B09
+  (reflectance × 10 000); NDVI = (B08 − B04) / (B08 + B04) computed from them; a band group
+  with a band outside the selection is missing. The pixels are first averaged to
+  `resolution_m` metres (a label cell is 500 m), then cut into patches of `patch_size`;
+* time bands: VIIRS radiance averaged over the input (Galileo takes one value per date); ERA5
+  and TerraClimate are missing, as are all space and static bands;
+* normalisation as in pretraining, (x − (mean − 2·std)) / (4·std) per band, NDVI as is, with
+  the pretraining statistics (`normalization.json`) when the encoder is pretrained and the
+  training data's own per-channel statistics when it starts from random weights.
+
+The head sees, per token, the mean of the encoder's present tokens of that place (its dates and
+band groups, and the VIIRS date tokens), and beside it two small convolutional branches at the
+same grid: VIIRS at full spatial detail (every date and the maximum projection), and Landsat 8
+(Galileo has no Landsat input). A 1×1 conv mixes them, an average over each label cell's
+tokens and two convs give the logits. Other channels (B01, B09, spectral indices) are unused.
+"""
+
+from __future__ import annotations
+
+import datetime
+import math
+import os
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from src.models.checks import check_input_size, check_positive_int
+from src.models.galileo_encoder import (
+    NANO,
+    SPACE,
+    SPACE_TIME,
+    STATIC,
+    TIME,
+    GalileoEncoder,
+    GalileoInputs,
+)
+from src.models.galileo_weights import (
+    check_weights_folder,
+    load_pretrained_encoder,
+    read_pretraining_statistics,
+)
+from src.models.pretrained import check_pretrained_options
+from src.models.temporal_fusion import ChannelLayout, parse_channels
+
+CELL_M = 500
+"""Ground size of a label cell (metres)."""
+S1_BANDS = {"VV": "VV", "VH": "VH"}
+S2_BANDS = {"B02": "B2", "B03": "B3", "B04": "B4", "B05": "B5", "B06": "B6", "B07": "B7",
+            "B08": "B8", "B8A": "B8A", "B11": "B11", "B12": "B12"}  # fmt: skip
+"""esd's band names → Galileo's, per sensor."""
+NDVI_BANDS = ("B08", "B04")
+BRANCH_WIDTH = 16
+"""Features of the VIIRS and the Landsat 8 branches."""
+HEAD_WIDTH = 64
+GALILEO_SENSORS = {"sentinel1": S1_BANDS, "sentinel2": S2_BANDS}
+VIIRS, LANDSAT = "viirs", "landsat8"
+
+
+def _month(date: str) -> int:
+    return datetime.date.fromisoformat(date).month - 1
+
+
+class GalileoSegmentation(nn.Module):
+    """(B, C, H, W) standardised channels → (B, out, H / cell_px, W / cell_px) (module doc)."""
+
+    def __init__(
+        self,
+        channels: Sequence[str],
+        out_channels: int,
+        cell_px: int,
+        input_stats: tuple[Sequence[float], Sequence[float]] | None = None,
+        pretrained: bool = False,
+        weights_path: str | os.PathLike[str] | None = None,
+        freeze_backbone: bool | float = False,
+        patch_size: int = 5,
+        resolution_m: int = 100,
+        exit_layer: int | None = None,
+    ) -> None:
+        super().__init__()
+        check_pretrained_options(pretrained, weights_path)
+        for name, value in (("patch_size", patch_size), ("resolution_m", resolution_m)):
+            check_positive_int(name, value)
+        native_m = CELL_M / cell_px
+        pool = resolution_m / native_m
+        tokens_per_cell = CELL_M / (resolution_m * patch_size)
+        if pool != int(pool) or tokens_per_cell != int(tokens_per_cell):
+            raise ValueError(
+                f"Galileo resolution_m={resolution_m} and patch_size={patch_size} must tile a "
+                f"{CELL_M} m label cell of {cell_px} pixels ({native_m:g} m each): resolution_m "
+                f"a multiple of {native_m:g} and resolution_m·patch_size a divisor of {CELL_M}"
+            )
+        if exit_layer is not None and not 1 <= exit_layer <= NANO.depth:
+            raise ValueError(f"exit_layer must be in 1…{NANO.depth} or None, got {exit_layer}")
+        self.channels = tuple(channels)
+        self.cell_px, self.pool, self.patch_size = cell_px, int(pool), patch_size
+        self.resolution_m, self.exit_layer = resolution_m, exit_layer
+        self.tokens_per_cell = int(tokens_per_cell)
+        layout = parse_channels(channels)
+        sensors = layout.sensors
+        if not set(GALILEO_SENSORS) & set(sensors):
+            raise ValueError("Galileo needs Sentinel-1 or Sentinel-2 channels: none selected")
+        self.dates = sorted(
+            {d for s in (*GALILEO_SENSORS, VIIRS) if s in sensors for d in sensors[s].dates}
+        )
+        if len(self.dates) > NANO.max_sequence_length:
+            raise ValueError(
+                f"Galileo takes at most {NANO.max_sequence_length} dates; the Sentinel-1, "
+                f"Sentinel-2 and VIIRS channels have {len(self.dates)}: select fewer"
+            )
+        self._map_inputs(layout)
+        n = len(self.channels)
+        mean, std = input_stats if input_stats is not None else ([0.0] * n, [1.0] * n)
+        if len(mean) != n or len(std) != n:
+            raise ValueError(f"input_stats must give {n} means and stds, got {len(mean)}")
+        self.register_buffer("input_mean", torch.tensor(mean, dtype=torch.float32))
+        self.register_buffer("input_std", torch.tensor(std, dtype=torch.float32))
+
+        self.encoder = GalileoEncoder(NANO)
+        if pretrained:
+            folder = check_weights_folder(weights_path)
+            stats = read_pretraining_statistics(folder)
+            load_pretrained_encoder(self.encoder, folder)
+        else:
+            stats = None
+        self._register_normalisation(stats)
+        self._freeze_unused()
+        self.frozen_blocks = self._freeze(freeze_backbone)
+
+        self.viirs_index = self._sensor_channels(layout, VIIRS)
+        self.landsat_index = self._sensor_channels(layout, LANDSAT)
+        self.viirs_branch = self._branch(len(self.viirs_index), kernel=1)
+        self.landsat_branch = self._branch(len(self.landsat_index), kernel=patch_size)
+        fused = NANO.embedding_size + BRANCH_WIDTH * (
+            (self.viirs_branch is not None) + (self.landsat_branch is not None)
+        )
+        self.head = nn.Sequential(
+            nn.Conv2d(fused, HEAD_WIDTH, kernel_size=1),
+            nn.ReLU(inplace=True),
+            nn.AvgPool2d(self.tokens_per_cell),
+            nn.Conv2d(HEAD_WIDTH, HEAD_WIDTH, kernel_size=3, padding=1),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(HEAD_WIDTH, out_channels, kernel_size=1),
+        )
+
+    def _map_inputs(self, layout: ChannelLayout) -> None:
+        """Index buffers from the channel names onto Galileo's bands (−1: not selected)."""
+        bands = SPACE_TIME.bands
+        index = torch.full((len(self.dates), len(bands)), -1, dtype=torch.long)
+        for sensor, names in GALILEO_SENSORS.items():
+            if sensor not in layout.sensors:
+                continue
+            sensor_layout = layout.sensors[sensor]
+            for date, channel_indexes in zip(
+                sensor_layout.dates, sensor_layout.indexes, strict=True
+            ):
+                t = self.dates.index(date)
+                for band, channel in zip(sensor_layout.bands, channel_indexes, strict=True):
+                    if band in names:
+                        index[t, bands.index(names[band])] = channel
+                if sensor == "sentinel2" and set(NDVI_BANDS) <= set(sensor_layout.bands):
+                    index[t, bands.index("NDVI")] = 0  # computed, see forward
+        self.ndvi_bands = (bands.index(S2_BANDS["B08"]), bands.index(S2_BANDS["B04"]))
+        missing = torch.stack(
+            [(index[:, group] < 0).any(dim=1) for _, group in SPACE_TIME.group_slices()], dim=1
+        )
+        self.register_buffer("space_time_index", index, persistent=False)
+        self.register_buffer("space_time_missing", missing, persistent=False)
+        viirs_time = torch.full((len(self.dates),), -1, dtype=torch.long)
+        if VIIRS in layout.sensors:
+            viirs = layout.sensors[VIIRS]
+            for date, channel_indexes in zip(viirs.dates, viirs.indexes, strict=True):
+                viirs_time[self.dates.index(date)] = channel_indexes[0]
+        time_missing = torch.ones(len(self.dates), len(TIME.groups), dtype=torch.bool)
+        time_missing[:, [g for g, _ in TIME.groups].index("VIIRS")] = viirs_time < 0
+        self.register_buffer("viirs_time_index", viirs_time, persistent=False)
+        self.register_buffer("time_missing", time_missing, persistent=False)
+        months = torch.tensor([_month(date) for date in self.dates])
+        self.register_buffer("months", months, persistent=False)
+
+    def _register_normalisation(self, stats: dict[str, tuple[list, list]] | None) -> None:
+        """Per space-time band and for VIIRS: the (mean, std) of the pretraining normalisation
+        (`stats`), or, from random weights, the training data's statistics of each channel."""
+        index = self.space_time_index.clamp(min=0)
+        if stats is not None:
+            mean = torch.tensor(stats["13"][0]).expand_as(index).clone()
+            std = torch.tensor(stats["13"][1]).expand_as(index).clone()
+            viirs = TIME.bands.index("avg_rad")
+            viirs_mean = torch.full((len(self.dates),), stats["6"][0][viirs])
+            viirs_std = torch.full((len(self.dates),), stats["6"][1][viirs])
+        else:
+            mean, std = self.input_mean[index], self.input_std[index]
+            viirs_index = self.viirs_time_index.clamp(min=0)
+            viirs_mean, viirs_std = self.input_mean[viirs_index], self.input_std[viirs_index]
+        # (x − (mean − 2·std)) / (4·std) as x·scale + shift; NDVI (−1…1) as it is
+        ndvi = SPACE_TIME.bands.index("NDVI")
+        scale, shift = 1 / (4 * std), (2 * std - mean) / (4 * std)
+        scale[:, ndvi], shift[:, ndvi] = 1.0, 0.0
+        self.register_buffer("band_scale", scale.float())
+        self.register_buffer("band_shift", shift.float())
+        viirs_shift = (2 * viirs_std - viirs_mean) / (4 * viirs_std)
+        self.register_buffer("viirs_scale", (1 / (4 * viirs_std)).float())
+        self.register_buffer("viirs_shift", viirs_shift.float())
+
+    def _freeze_unused(self) -> None:
+        """No gradient for the projections of inputs esd never gives (nor DDP waiting on it)."""
+        given = {"VIIRS"} if bool((self.viirs_time_index >= 0).any()) else set()
+        given |= {
+            group
+            for (group, _), missing in zip(
+                SPACE_TIME.groups, self.space_time_missing.all(dim=0), strict=True
+            )
+            if not missing
+        }
+        for kind in (SPACE_TIME, SPACE, TIME, STATIC):
+            for group, projection in self.encoder.projections(kind).items():
+                if group not in given:
+                    projection.requires_grad_(False)
+        for kind in (SPACE, STATIC):
+            getattr(self.encoder, f"{kind.name}_channel_embed").requires_grad_(False)
+
+    def _freeze(self, freeze_backbone: bool | float) -> tuple[str, ...]:
+        """Freeze the projections, encodings and the first ⌈fraction · depth⌉ blocks (all of
+        the encoder at 1); the names of what is frozen."""
+        valid = isinstance(freeze_backbone, int | float) and 0 <= freeze_backbone <= 1
+        if not valid:
+            raise ValueError(f"freeze_backbone must be a bool or in [0, 1], got {freeze_backbone}")
+        fraction = float(freeze_backbone)
+        if fraction == 0:
+            return ()
+        depth = self.encoder.architecture.depth
+        n_blocks = math.ceil(fraction * depth - 1e-9)
+        frozen: list[nn.Module] = [self.encoder.projections(kind) for kind in (SPACE_TIME, TIME)]
+        frozen += list(self.encoder.blocks[:n_blocks])
+        names = ["projections", *(f"blocks.{i}" for i in range(n_blocks))]
+        if n_blocks == depth:
+            frozen.append(self.encoder.norm)
+            names.append("norm")
+        for module in frozen:
+            module.requires_grad_(False)
+        for kind in (SPACE_TIME, TIME):
+            getattr(self.encoder, f"{kind.name}_channel_embed").requires_grad_(False)
+        return tuple(names)
+
+    def _sensor_channels(self, layout: ChannelLayout, sensor: str) -> list[int]:
+        """Every channel index of `sensor`: its dates, then its date-less channels (VIIRS's
+        maximum projection)."""
+        dated = layout.sensors[sensor].indexes if sensor in layout.sensors else ()
+        static = [i for i in layout.static if self.channels[i].split("/")[0] == sensor]
+        return [i for date in dated for i in date] + static
+
+    @staticmethod
+    def _branch(n_inputs: int, kernel: int) -> nn.Module | None:
+        if not n_inputs:
+            return None
+        return nn.Sequential(
+            nn.Conv2d(n_inputs, BRANCH_WIDTH, kernel_size=kernel, stride=kernel),
+            nn.ReLU(inplace=True),
+        )
+
+    def encoder_inputs(self, x: torch.Tensor) -> GalileoInputs:
+        """Galileo's normalised inputs and masks for a batch of standardised channels."""
+        batch = x.shape[0]
+        dates, bands = self.space_time_index.shape
+        index = self.space_time_index.clamp(min=0).flatten()
+        physical = x.index_select(1, index) * self.input_std[index, None, None]
+        physical = physical + self.input_mean[index, None, None]
+        if self.pool > 1:
+            physical = F.avg_pool2d(physical, self.pool)
+        physical = physical.view(batch, dates, bands, *physical.shape[-2:])
+        nir, red = (physical[:, :, band] for band in self.ndvi_bands)
+        total = nir + red
+        ndvi = torch.where(total != 0, (nir - red) / torch.where(total != 0, total, 1), 0)
+        physical = physical.clone()
+        physical[:, :, SPACE_TIME.bands.index("NDVI")] = ndvi.clamp(-1, 1)
+        scale, shift = self.band_scale[..., None, None], self.band_shift[..., None, None]
+        space_time = physical * scale + shift
+        space_time = space_time * (self.space_time_index >= 0)[..., None, None]
+        h, w = space_time.shape[-2] // self.patch_size, space_time.shape[-1] // self.patch_size
+        viirs_index = self.viirs_time_index.clamp(min=0)
+        viirs = x.index_select(1, viirs_index).mean(dim=(2, 3)) * self.input_std[viirs_index]
+        viirs = (viirs + self.input_mean[viirs_index]) * self.viirs_scale + self.viirs_shift
+        time = x.new_zeros(batch, dates, len(TIME.bands))
+        time[..., TIME.bands.index("avg_rad")] = viirs * (self.viirs_time_index >= 0)
+        grid = (batch, h, w)
+        return GalileoInputs(
+            space_time=space_time,
+            space=x.new_zeros(batch, len(SPACE.bands), *space_time.shape[-2:]),
+            time=time,
+            static=x.new_zeros(batch, len(STATIC.bands)),
+            space_time_mask=self.space_time_missing.expand(*grid, dates, -1),
+            space_mask=torch.ones(*grid, len(SPACE.groups), dtype=torch.bool, device=x.device),
+            time_mask=self.time_missing.expand(batch, -1, -1),
+            static_mask=torch.ones(batch, len(STATIC.groups), dtype=torch.bool, device=x.device),
+            months=self.months.expand(batch, -1),
+        )
+
+    def token_features(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, D, h, w): per place, the mean of the encoder's present tokens (its dates and band
+        groups, and the time tokens)."""
+        out = self.encoder(
+            self.encoder_inputs(x), self.patch_size, self.resolution_m, self.exit_layer
+        )
+        place = out.tokens["s_t"].flatten(3, 4)  # (B, h, w, T·G, D)
+        present = (~out.masks["s_t"]).flatten(3, 4).to(place.dtype)
+        time = out.tokens["t"].flatten(1, 2)  # (B, T·G, D)
+        time_present = (~out.masks["t"]).flatten(1, 2).to(time.dtype)
+        total = torch.einsum("bhwnd,bhwn->bhwd", place, present)
+        total = total + torch.einsum("bnd,bn->bd", time, time_present)[:, None, None]
+        count = present.sum(dim=3) + time_present.sum(dim=1)[:, None, None]
+        return (total / count.clamp(min=1)[..., None]).permute(0, 3, 1, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_input_size(x, self.cell_px)
+        if x.shape[1] != len(self.channels):
+            raise ValueError(f"expected {len(self.channels)} input channels, got {x.shape[1]}")
+        features = [self.token_features(x)]
+        if self.viirs_branch is not None:
+            viirs = F.avg_pool2d(x[:, self.viirs_index], self.pool * self.patch_size)
+            features.append(self.viirs_branch(viirs))
+        if self.landsat_branch is not None:
+            landsat = x[:, self.landsat_index]
+            features.append(self.landsat_branch(F.avg_pool2d(landsat, self.pool)))
+        return self.head(torch.cat(features, dim=1))
+
+
+def build_galileo(
+    in_channels: int,
+    cell_px: int,
+    out_channels: int,
+    *,
+    channels: Sequence[str],
+    input_stats: tuple[Sequence[float], Sequence[float]] | None = None,
+    pretrained: bool = False,
+    weights_path: str | os.PathLike[str] | None = None,
+    freeze_backbone: bool | float = False,
+    galileo_patch_size: int = 5,
+    galileo_resolution_m: int = 100,
+    galileo_exit_layer: int | None = None,
+) -> nn.Module:
+    """Build a GalileoSegmentation for the named `channels` (the registry's builder)."""
+    if len(channels) != in_channels:
+        raise ValueError(f"Galileo got {len(channels)} channel names for {in_channels} channels")
+    return GalileoSegmentation(
+        channels,
+        out_channels,
+        cell_px,
+        input_stats=input_stats,
+        pretrained=pretrained,
+        weights_path=weights_path,
+        freeze_backbone=freeze_backbone,
+        patch_size=galileo_patch_size,
+        resolution_m=galileo_resolution_m,
+        exit_layer=galileo_exit_layer,
+    )

@@ -1,0 +1,412 @@
+"""Galileo: the encoder against the authors' reference implementation, the weights folder's
+errors, the DSE channels as Galileo's inputs, freezing, and the command line.
+
+The weights and the reference come from the folder that `ESD_GALILEO_DIR` names (`.ci/run`
+points it at ../shared/models/galileo-nano); the reference is imported here, in tests only.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from src.esd_data.cache import prepare_dataset
+from src.esd_data.preprocessing import PreprocessConfig
+from src.models.galileo import GalileoSegmentation
+from src.models.galileo_encoder import GalileoEncoder, GalileoInputs
+from src.models.galileo_weights import load_pretrained_encoder, to_encoder_state
+from src.models.pretrained import read_state_dict
+from src.training.config import ESDConfig
+from tests.test_train_cli import train_main  # noqa: F401 (the fixture, shared)
+
+GALILEO_VARIABLE = "ESD_GALILEO_DIR"
+# The reference's band order and groups (its README), written out here independently.
+SPACE_TIME_BANDS = [
+    "VV",
+    "VH",
+    "B2",
+    "B3",
+    "B4",
+    "B5",
+    "B6",
+    "B7",
+    "B8",
+    "B8A",
+    "B11",
+    "B12",
+    "NDVI",
+]
+close = functools.partial(torch.testing.assert_close, atol=1e-5, rtol=1e-4)
+"""float32 computations against float64 ones."""
+GROUPS = ["S1", "S2_RGB", "S2_Red_Edge", "S2_NIR_10m", "S2_NIR_20m", "S2_SWIR", "NDVI"]
+
+
+@pytest.fixture(scope="session")
+def galileo_dir() -> Path:
+    value = os.environ.get(GALILEO_VARIABLE)
+    if not value:
+        pytest.skip(f"{GALILEO_VARIABLE} is not set: it must name the Galileo nano folder")
+    folder = Path(value)
+    if not (folder / "encoder.pt").is_file():
+        pytest.skip(f"{GALILEO_VARIABLE}={folder} holds no encoder.pt")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def reference(galileo_dir: Path):
+    path = galileo_dir / "reference" / "single_file_galileo.py"
+    spec = importlib.util.spec_from_file_location("reference_galileo", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.Encoder.load_from_folder(galileo_dir, torch.device("cpu")).eval()
+
+
+@pytest.fixture(scope="module")
+def encoder(galileo_dir: Path) -> GalileoEncoder:
+    model = GalileoEncoder()
+    load_pretrained_encoder(model, galileo_dir)
+    return model.eval()
+
+
+def _random_batch(size: int, patch: int, dates: int, generator: torch.Generator):
+    """Reference-layout inputs with random values and random per-group masks (one group
+    missing everywhere), the masks at pixel resolution constant over each patch."""
+    batch, h = 2, size // patch
+
+    def rand(*shape):
+        return torch.randn(*shape, generator=generator)
+
+    def masks(*shape):
+        return (torch.rand(*shape, generator=generator) < 0.5).float()
+
+    token_masks = [
+        masks(batch, h, h, dates, 7),
+        masks(batch, h, h, 3),
+        masks(batch, dates, 3),
+        masks(batch, 4),
+    ]
+    token_masks[0][..., 2] = 1.0
+    return (
+        [
+            rand(batch, size, size, dates, 13),
+            rand(batch, size, size, 16),
+            rand(batch, dates, 6),
+            rand(batch, 18),
+        ],
+        token_masks,
+        torch.randint(0, 12, (batch, dates), generator=generator),
+    )
+
+
+@pytest.mark.parametrize(
+    ("size", "patch", "exit_after"), [(16, 4, None), (16, 8, None), (24, 3, None), (24, 6, 2)]
+)
+def test_encoder_matches_the_reference(reference, encoder, size, patch, exit_after):
+    values, masks, months = _random_batch(size, patch, 3, torch.Generator().manual_seed(size))
+
+    def pixels(mask):  # the reference reads masks at pixel resolution
+        return mask.repeat_interleave(patch, 1).repeat_interleave(patch, 2)
+
+    with torch.no_grad():
+        expected = reference(
+            *values,
+            pixels(masks[0]),
+            pixels(masks[1]),
+            *masks[2:],
+            months,
+            patch_size=patch,
+            input_resolution_m=20,
+            exit_after=exit_after,
+        )
+        space_time, space, time, static = values
+        ours = encoder(
+            GalileoInputs(
+                space_time.permute(0, 3, 4, 1, 2),
+                space.permute(0, 3, 1, 2),
+                time,
+                static,
+                *(m.bool() for m in masks),
+                months,
+            ),
+            patch_size=patch,
+            input_resolution_m=20,
+            exit_after=exit_after,
+        )
+    for kind, reference_tokens in zip(("s_t", "sp", "t", "st"), expected[:4], strict=True):
+        assert ours.tokens[kind].shape == reference_tokens.shape
+        torch.testing.assert_close(ours.tokens[kind], reference_tokens, atol=5e-5, rtol=1e-4)
+    # present tokens differ from each other: the comparison is not one of constants
+    assert ours.tokens["s_t"][~ours.masks["s_t"]].std(dim=0).mean() > 0.01
+
+
+def test_a_fresh_encoder_has_the_releases_fixed_encodings(galileo_dir):
+    release = to_encoder_state(read_state_dict(galileo_dir / "encoder.pt"))
+    fresh = GalileoEncoder().state_dict()
+    for key in ("pos_embed", "month_embed.weight"):
+        torch.testing.assert_close(fresh[key], release[key], atol=1e-5, rtol=0)
+
+
+def _weights_copy(galileo_dir: Path, folder: Path) -> Path:
+    folder.mkdir()
+    for name in ("config.json", "encoder.pt", "normalization.json"):
+        shutil.copyfile(galileo_dir / name, folder / name)
+    return folder
+
+
+def _one_line_error(folder: Path) -> str:
+    with pytest.raises(ValueError) as error:
+        load_pretrained_encoder(GalileoEncoder(), folder)
+    message = str(error.value)
+    assert "\n" not in message
+    return message
+
+
+def test_bad_weights_folders_give_one_line_errors_naming_the_file(galileo_dir, tmp_path):
+    folder = _weights_copy(galileo_dir, tmp_path / "weights")
+    weights = folder / "encoder.pt"
+    weights.write_bytes(weights.read_bytes()[:100_000])  # truncated
+    assert str(weights) in _one_line_error(folder)
+
+    state = read_state_dict(galileo_dir / "encoder.pt")
+    state["blocks.1.mlp.fc1.weight"] = state["blocks.1.mlp.fc1.weight"][:256]
+    torch.save(state, weights)
+    message = _one_line_error(folder)
+    assert str(weights) in message and "blocks.1.mlp.fc1.weight" in message
+
+    del state["blocks.1.mlp.fc1.weight"]
+    torch.save(state, weights)
+    assert "missing blocks.1.mlp.fc1.weight" in _one_line_error(folder)
+
+    config = json.loads((galileo_dir / "config.json").read_text())
+    config["model"]["encoder"]["embedding_size"] = 192
+    (folder / "config.json").write_text(json.dumps(config))
+    assert str(folder / "config.json") in _one_line_error(folder)
+
+    (folder / "encoder.pt").unlink()
+    message = _one_line_error(folder)
+    assert str(folder) in message and "encoder.pt" in message
+    # the command line says so before any data is prepared
+    with pytest.raises(ValueError, match=r"lacks encoder\.pt"):
+        ESDConfig(model_type="Galileo", pretrained=True, weights_path=folder)
+
+
+S2 = ["B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B11", "B12"]
+
+
+def _dse_channels(s2_bands: list[str] = S2) -> list[str]:
+    """Two Sentinel-1 dates, one Sentinel-2 date (another day), one VIIRS date (the S1's
+    first) with its maximum projection, one Landsat 8 date."""
+    return [
+        "viirs/2020-08-04/DNB",
+        "viirs/max/DNB",
+        *(f"sentinel1/{d}/{b}" for d in ("2020-07-23", "2020-08-04") for b in ("VV", "VH")),
+        *(f"sentinel2/2020-08-11/{b}" for b in s2_bands),
+        "landsat8/2020-07-29/B1",
+        "landsat8/2020-07-29/B2",
+    ]
+
+
+def _standardised(channels, generator):
+    physical = torch.rand(2, len(channels), 10, 10, generator=generator, dtype=torch.float64)
+    for i, name in enumerate(channels):
+        if name.startswith("sentinel1"):
+            physical[:, i] = -25 + 20 * physical[:, i]  # dB
+        elif name.startswith("sentinel2"):
+            physical[:, i] = 5000 * physical[:, i]
+        else:
+            physical[:, i] = 50 * physical[:, i]
+    mean = torch.rand(len(channels), generator=generator, dtype=torch.float64) * 100
+    std = 1 + torch.rand(len(channels), generator=generator, dtype=torch.float64) * 10
+    x = (physical - mean[:, None, None]) / std[:, None, None]
+    return physical, x.float(), (mean.tolist(), std.tolist())
+
+
+def test_dse_channels_become_galileos_normalised_inputs(galileo_dir):
+    channels = _dse_channels()
+    physical, x, stats = _standardised(channels, torch.Generator().manual_seed(1))
+    model = GalileoSegmentation(
+        channels,
+        4,
+        cell_px=10,
+        input_stats=stats,
+        pretrained=True,
+        weights_path=galileo_dir,
+        patch_size=5,
+        resolution_m=50,
+    )
+    inputs = model.encoder_inputs(x)
+    norm = json.loads((galileo_dir / "normalization.json").read_text())
+    dates = ["2020-07-23", "2020-08-04", "2020-08-11"]
+    assert inputs.months[0].tolist() == [6, 7, 7]
+
+    def expected(channel: str, band: str) -> torch.Tensor:
+        i = SPACE_TIME_BANDS.index(band)
+        mean, std = norm["13"]["mean"][i], norm["13"]["std"][i]
+        return (physical[:, channels.index(channel)] - (mean - 2 * std)) / (4 * std)
+
+    for t, date in enumerate(dates[:2]):
+        for band in ("VV", "VH"):
+            got = inputs.space_time[:, t, SPACE_TIME_BANDS.index(band)].double()
+            close(got, expected(f"sentinel1/{date}/{band}", band))
+    for ours, galileo in (("B02", "B2"), ("B08", "B8"), ("B8A", "B8A"), ("B12", "B12")):
+        got = inputs.space_time[:, 2, SPACE_TIME_BANDS.index(galileo)].double()
+        close(got, expected(f"sentinel2/2020-08-11/{ours}", galileo))
+    nir, red = (physical[:, channels.index(f"sentinel2/2020-08-11/{b}")] for b in ("B08", "B04"))
+    got = inputs.space_time[:, 2, SPACE_TIME_BANDS.index("NDVI")].double()
+    close(got, (nir - red) / (nir + red))
+    # each sensor's groups are missing at the dates it has no image
+    missing = inputs.space_time_mask[0, 0, 0]  # (T, G)
+    s2_groups = [GROUPS.index(g) for g in GROUPS[1:]]
+    assert missing[:2, 0].logical_not().all() and missing[2, 0]
+    assert missing[:2, s2_groups].all() and missing[2, s2_groups].logical_not().all()
+    # VIIRS: one value per date, the mean radiance, only on its date
+    v = 5  # avg_rad among the time bands
+    mean, std = norm["6"]["mean"][v], norm["6"]["std"][v]
+    radiance = physical[:, channels.index("viirs/2020-08-04/DNB")].mean(dim=(1, 2))
+    close(inputs.time[:, 1, v].double(), (radiance - (mean - 2 * std)) / (4 * std))
+    assert inputs.time_mask[0, :, 2].tolist() == [True, False, True]
+    assert inputs.time_mask[..., :2].all() and inputs.space_mask.all() and inputs.static_mask.all()
+    # B01 and B09 are not Galileo bands: the model ignores them
+    other = x.clone()
+    other[
+        :, [channels.index("sentinel2/2020-08-11/B01"), channels.index("sentinel2/2020-08-11/B09")]
+    ] += 3
+    with torch.no_grad():
+        torch.testing.assert_close(model.eval()(other), model(x))
+        changed = x.clone()
+        changed[:, channels.index("sentinel2/2020-08-11/B05")] += 3
+        assert not torch.allclose(model(changed), model(x))
+
+
+def test_a_band_outside_the_selection_masks_its_group():
+    channels = _dse_channels([b for b in S2 if b != "B06"])
+    model = GalileoSegmentation(channels, 4, cell_px=10, patch_size=5, resolution_m=50)
+    _, x, _ = _standardised(channels, torch.Generator().manual_seed(2))
+    inputs = model.encoder_inputs(x)
+    assert inputs.space_time_mask[..., GROUPS.index("S2_Red_Edge")].all()
+    assert not inputs.space_time_mask[..., 2, GROUPS.index("S2_RGB")].any()
+    assert not any(
+        p.requires_grad for p in model.encoder.space_time_embed["S2_Red_Edge"].parameters()
+    )
+    assert model(x).shape == (2, 4, 1, 1)
+
+
+@pytest.mark.parametrize("freeze", [0.0, 0.5, 1.0])
+def test_every_trainable_parameter_learns_and_frozen_ones_do_not(freeze):
+    # DDP requires every trainable parameter to get a gradient in each step.
+    channels = _dse_channels()
+    model = GalileoSegmentation(
+        channels, 4, cell_px=10, freeze_backbone=freeze, patch_size=5, resolution_m=50
+    )
+    _, x, _ = _standardised(channels, torch.Generator().manual_seed(3))
+    model(x).sum().backward()
+    trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in trainable.values())
+    encoder = {n for n in trainable if n.startswith("encoder.")}
+    blocks = {n.split(".")[2] for n in encoder if n.startswith("encoder.blocks.")}
+    assert blocks == {0.0: {"0", "1", "2", "3"}, 0.5: {"2", "3"}, 1.0: set()}[freeze]
+    assert (len(encoder) == 0) == (freeze == 1.0)
+    assert any(n.startswith("head.") for n in trainable)
+
+
+@pytest.mark.parametrize("cells", [1, 2, 4])
+def test_every_subtile_size(cells):
+    channels = _dse_channels()
+    model = GalileoSegmentation(channels, 4, cell_px=10, patch_size=5, resolution_m=50).eval()
+    x = torch.randn(1, len(channels), 10 * cells, 10 * cells)
+    assert model(x).shape == (1, 4, cells, cells)
+
+
+def test_resolution_and_patch_must_tile_a_label_cell():
+    with pytest.raises(ValueError, match="multiple of 50"):
+        GalileoSegmentation(_dse_channels(), 4, cell_px=10, resolution_m=75)
+    with pytest.raises(ValueError, match="divisor of 500"):
+        GalileoSegmentation(_dse_channels(), 4, cell_px=10, resolution_m=100, patch_size=3)
+
+
+@pytest.fixture(scope="module")
+def physical_processed(synthetic_raw: Path, tmp_path_factory) -> Path:
+    """`synthetic_raw` prepared with the physical-units recipe (4 px, 125 m per label cell)."""
+    processed = tmp_path_factory.mktemp("physical")
+    prepare_dataset(
+        synthetic_raw,
+        processed,
+        tile_size_gt=4,
+        val_fraction=0.25,
+        workers=1,
+        preprocessing=PreprocessConfig(recipe="physical"),
+    )
+    return processed
+
+
+@pytest.mark.slow
+def test_galileo_trains_frozen_and_unfrozen_and_evaluates_without_its_weights(
+    galileo_dir,
+    physical_processed,
+    synthetic_processed,
+    tmp_path,
+    train_main,  # noqa: F811
+):
+    from scripts.evaluate import main as evaluate_main
+
+    weights = _weights_copy(galileo_dir, tmp_path / "weights")
+    release = to_encoder_state(read_state_dict(weights / "encoder.pt"))
+    key = "blocks.3.attn.qkv.weight"
+    # two-cell subtiles, two training batches and one validation batch: the flow, not a score
+    flags = [
+        "--model_type", "Galileo", "--raw_dir", "none", "--wandb_mode", "disabled",
+        "--tile_size_gt", "2", "--galileo_resolution_m", "250", "--galileo_patch_size", "2",
+        "--limit_train_batches", "2", "--limit_val_batches", "1",
+        "--pretrained", "--weights_path", str(weights),
+    ]  # fmt: skip
+    trained = {}
+    for freeze in ("1", "0"):
+        run = tmp_path / freeze
+        code, _, err = train_main(
+            run, *flags, "--processed_dir", str(physical_processed), "--freeze_backbone", freeze
+        )
+        assert code == 0, err[-3000:]
+        checkpoint = torch.load(run / "checkpoints/Galileo/cli/last.ckpt", weights_only=True)
+        trained[freeze] = checkpoint["state_dict"]
+    assert torch.equal(trained["1"][f"model.encoder.{key}"], release[key])
+    assert not torch.allclose(trained["0"][f"model.encoder.{key}"], release[key])
+    shutil.rmtree(weights)
+    results = tmp_path / "evaluation"
+    assert (
+        evaluate_main(
+            [
+                "--model_path",
+                str(tmp_path / "0/checkpoints/Galileo/cli/last.ckpt"),
+                "--results_dir",
+                str(results),
+                "--accelerator",
+                "cpu",
+            ]
+        )
+        == 0
+    )
+    scores = json.loads((results / "metrics.json").read_text())
+    assert np.isfinite(scores["overall"]["f1_class1"])
+    # a folder of the course recipe is refused, saying what to do
+    code, _, err = train_main(
+        tmp_path / "course",
+        "--model_type",
+        "Galileo",
+        "--raw_dir",
+        "none",
+        "--processed_dir",
+        str(synthetic_processed),
+        "--galileo_resolution_m",
+        "250",
+        "--galileo_patch_size",
+        "2",
+    )
+    assert code != 0 and "recipe: physical" in err
