@@ -180,6 +180,10 @@ def test_cross_validation_scores_resumes_and_agrees_with_its_files(synthetic_pro
     each_once = sorted(t for f in summary["folds"] for t in f["val_tiles"])
     assert each_once == labelled
     assert (tmp_path / "a" / "cv" / "summary.png").stat().st_size > 5000
+    model_dir = tmp_path / "a" / "cv" / "SegmentationCNN"
+    for figure in ("confusion_matrix.png", "roc_curves.png"):  # once, of every fold together
+        assert (model_dir / "oof" / figure).stat().st_size > 0
+        assert not list(model_dir.glob(f"fold_*/predictions/{figure}"))
 
 
 # --------------------------------------------------------------------------------------------

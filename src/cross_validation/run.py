@@ -162,6 +162,7 @@ def _run_fold(
             tile_pictures=pictures,
         ),
         log=lambda _: None,
+        run_figures=False,  # the out-of-fold evaluation draws them, of every fold together
     )
     result = {
         "fold": fold,

@@ -225,17 +225,21 @@ def _cv_checkpoints(cv_dir: Path) -> tuple[list[Path], str]:
     return chosen, f"the checkpoint each of the {len(chosen)} folds in {cv_dir} chose"
 
 
-def evaluate(config: EvalConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
+def evaluate(
+    config: EvalConfig, log: Callable[[str], None] = print, run_figures: bool = True
+) -> dict[str, Any]:
     """Predict, restitch and write every output; return the metrics written to metrics.json.
 
     Several checkpoints form an ensemble: each window's probabilities are averaged over them
-    (each normalising with its own training statistics) and over the `tta` views.
+    (each normalising with its own training statistics) and over the `tta` views. Without
+    `run_figures`, the confusion matrix and ROC curves of all the tiles together are not
+    drawn (a cross-validation's fold: its out-of-fold evaluation draws them).
     """
     with figure_output(config):
-        return _evaluate(config, log)
+        return _evaluate(config, log, run_figures)
 
 
-def _evaluate(config: EvalConfig, log: Callable[[str], None]) -> dict[str, Any]:
+def _evaluate(config: EvalConfig, log: Callable[[str], None], run_figures: bool) -> dict[str, Any]:
     model_paths, why = choose_checkpoints(config)
     for path in model_paths:
         log(f"checkpoint: {path} ({why})")
@@ -328,8 +332,9 @@ def _evaluate(config: EvalConfig, log: Callable[[str], None]) -> dict[str, Any]:
             for p in predictions
         ]
         metrics = write_run_outputs(
-            staging, predictions, per_tile, info, config.bootstrap_resamples, config.bootstrap_seed
-        )
+            staging, predictions, per_tile, info, config.bootstrap_resamples,
+            config.bootstrap_seed, figures=run_figures,
+        )  # fmt: skip
     return metrics | {"results_dir": str(results_dir)}
 
 

@@ -103,12 +103,14 @@ def tile_scores(prediction: TilePrediction) -> dict[str, Any]:
 
 def write_run_outputs(
     results_dir: Path, predictions: list[TilePrediction], per_tile: list[dict[str, Any]],
-    info: dict[str, Any], resamples: int, seed: int,
+    info: dict[str, Any], resamples: int, seed: int, figures: bool = True,
 ) -> dict[str, Any]:  # fmt: skip
     """metrics.json, confusion matrix, ROC curves, report and Kaggle CSV; returns the metrics.
 
     The overall scores get 95 % intervals over the labelled tiles (`resamples` bootstrap
-    resamples drawn with `seed`; none with `resamples` 0 or a single tile)."""
+    resamples drawn with `seed`; none with `resamples` 0 or a single tile). Without
+    `figures`, the confusion matrix and ROC curves are not drawn (the matrix and the AUCs
+    are in metrics.json either way)."""
     with atomic_path(results_dir / "predictions.csv") as temporary, temporary.open("w") as out:
         writer = csv.writer(out)
         writer.writerow(["pixelId", "predictions"])
@@ -130,8 +132,9 @@ def write_run_outputs(
             metrics["bootstrap"] = bootstrap_record(resamples, seed, len(labelled))
         matrix = confusion_matrix(truth, predicted, labels=LABELS)
         metrics["confusion_matrix"] = matrix.tolist()
-        plot_confusion_matrix(matrix, CLASS_TITLES, results_dir / "confusion_matrix.png")
-        plot_roc_curves(truth - 1, probabilities, CLASS_NAMES, results_dir / "roc_curves.png")
+        if figures:
+            plot_confusion_matrix(matrix, CLASS_TITLES, results_dir / "confusion_matrix.png")
+            plot_roc_curves(truth - 1, probabilities, CLASS_NAMES, results_dir / "roc_curves.png")
         report = classification_report(
             truth, predicted, labels=LABELS, target_names=CLASS_TITLES, zero_division=0, digits=4
         )
