@@ -76,4 +76,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from src.shutdown import finish
+
+    raise SystemExit(finish(main()))

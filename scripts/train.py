@@ -107,4 +107,6 @@ def format_results(results: dict[str, Any]) -> str:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from src.shutdown import finish
+
+    sys.exit(finish(main()))

@@ -76,4 +76,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from src.shutdown import finish
+
+    sys.exit(finish(main()))

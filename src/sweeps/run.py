@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from src.shutdown import finish
 from src.sweeps.config import SweepConfig
 from src.sweeps.optuna_backend import OptunaRun, open_study, run_optuna
 from src.sweeps.results import (
@@ -141,6 +142,8 @@ def _worker(spec: SweepSpec, base: ESDConfig, run: OptunaRun, threads: int) -> N
             run_optuna(spec, base, run, log=lambda line: print(prefix + line, flush=True))
         except KeyboardInterrupt:
             sys.exit(StopSignal.exit_status())
+        finally:
+            finish()  # the process ends here: no collection of what it imported
 
 
 @contextlib.contextmanager
