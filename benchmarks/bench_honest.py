@@ -25,15 +25,22 @@ from src.cross_validation.config import CVConfig
 from src.cross_validation.run import cross_validate
 from src.esd_data.cache import prepare_dataset
 from src.esd_data.manifest import Manifest
+from src.esd_data.preprocessing import PreprocessConfig
 from src.esd_data.synthetic import generate_synthetic_dataset
 from src.training.config import ESDConfig
 
 
-def synthetic_unet(work: Path, tiles: int, tile_px: int, max_epochs: int) -> ESDConfig:
+def synthetic_unet(
+    work: Path,
+    tiles: int,
+    tile_px: int,
+    max_epochs: int,
+    preprocessing: PreprocessConfig | None = None,
+) -> ESDConfig:
     """A prepared synthetic set under `work` and the UNet training options on it."""
     raw, processed = work / "raw", work / "processed"
     generate_synthetic_dataset(raw, n_tiles=tiles, seed=0, tile_px=tile_px)
-    prepare_dataset(raw, processed, workers=2)
+    prepare_dataset(raw, processed, workers=2, preprocessing=preprocessing)
     return ESDConfig(
         raw_dir=None, processed_dir=processed, model_type="UNet", max_epochs=max_epochs,
         num_workers=0, wandb_mode="disabled",
