@@ -55,14 +55,10 @@ def sweep_command(sweep: Path, out: Path, processed: Path, *flags: str) -> list[
     ]  # fmt: skip
 
 
-def run(command: list[str], timeout: int = 600) -> subprocess.CompletedProcess:
-    return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=timeout,
-                          env=ENV)  # fmt: skip
-
-
 def sweeps_main(command: list[str], monkeypatch: pytest.MonkeyPatch) -> int:
-    """`command` (a sweep_command) through the command's main in this process, in ENV: for
-    tests of what one process does, without a second interpreter start and its imports."""
+    """`command` (a sweep_command) through the command's main in this process, in ENV: the
+    same parsing and sweep without a second interpreter start and its imports (with
+    --workers, the workers it starts are processes of their own either way)."""
     from scripts.train_sweeps import main
 
     assert command[:3] == [sys.executable, "-m", "scripts.train_sweeps"]
@@ -80,10 +76,11 @@ def complete(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
 
 
 @pytest.mark.slow
-def test_two_workers_share_a_grid_and_a_total(synthetic_processed, tmp_path):
+def test_two_workers_share_a_grid_and_a_total(synthetic_processed, tmp_path, monkeypatch):
+    # The command's main in this process; its two workers are processes of their own.
     grid = sweep_file(tmp_path / "grid.yml", "grid", [0.001, 0.002, 0.003])  # 3 × 2 points
-    result = run(sweep_command(grid, tmp_path / "grid", synthetic_processed, "--workers", "2"))
-    assert result.returncode == 0, result.stderr[-3000:]
+    command = sweep_command(grid, tmp_path / "grid", synthetic_processed, "--workers", "2")
+    assert sweeps_main(command, monkeypatch) == 0
     study = study_of(str(tmp_path / "grid" / "study.journal"), "grid")
     points = [(t.params["learning_rate"], t.params["batch_size"]) for t in complete(study)]
     assert len(points) == 6 and len(set(points)) == 6  # every point once, none twice
@@ -91,8 +88,7 @@ def test_two_workers_share_a_grid_and_a_total(synthetic_processed, tmp_path):
 
     total = sweep_file(tmp_path / "total.yml", "random", [0.001, 0.002, 0.003, 0.004])
     command = sweep_command(total, tmp_path / "total", synthetic_processed, "--workers", "2")
-    result = run([*command, "--count", "3"])
-    assert result.returncode == 0, result.stderr[-3000:]
+    assert sweeps_main([*command, "--count", "3"], monkeypatch) == 0
     study = study_of(str(tmp_path / "total" / "study.journal"), "total")
     assert len(complete(study)) == 3  # the total, never exceeded by the two workers together
     with (tmp_path / "total" / "trials.csv").open() as handle:
@@ -100,7 +96,9 @@ def test_two_workers_share_a_grid_and_a_total(synthetic_processed, tmp_path):
 
 
 @pytest.mark.slow
-def test_a_killed_worker_is_recorded_and_a_new_call_finishes(synthetic_processed, tmp_path):
+def test_a_killed_worker_is_recorded_and_a_new_call_finishes(
+    synthetic_processed, tmp_path, monkeypatch
+):
     sweep = sweep_file(tmp_path / "kill.yml", "random", [0.001, 0.002, 0.003], epochs=3)
     out = tmp_path / "kill"
     command = [*sweep_command(sweep, out, synthetic_processed, "--workers", "2"), "--count", "4"]
@@ -122,8 +120,9 @@ def test_a_killed_worker_is_recorded_and_a_new_call_finishes(synthetic_processed
     died = study.trials[victim.number]
     assert died.state == optuna.trial.TrialState.FAIL and died.user_attrs[WORKER_DIED]
     assert len(complete(study)) >= 1  # the other worker went on
-    again = run(command)  # finishes the count if the survivor could not
-    assert again.returncode == 0, again.stderr[-3000:]
+    # A new call (the command's main in this process) finishes the count if the survivor
+    # could not.
+    assert sweeps_main(command, monkeypatch) == 0
     assert len(complete(study_of(journal, "kill"))) == 4
     with (out / "trials.csv").open() as handle:
         rows = list(csv.DictReader(handle))
@@ -206,8 +205,7 @@ def test_two_workers_on_a_postgresql_study(
     sweep = sweep_file(tmp_path / "pg.yml", "random", [0.001, 0.002, 0.003])
     out = tmp_path / "pg"
     flags = ("--workers", "2", "--count", "3", "--storage", postgres_url)
-    result = run(sweep_command(sweep, out, synthetic_processed, *flags))
-    assert result.returncode == 0, result.stderr[-3000:]
+    assert sweeps_main(sweep_command(sweep, out, synthetic_processed, *flags), monkeypatch) == 0
     study = study_of(postgres_url, "pg")
     assert len(complete(study)) == 3
     assert len({t.user_attrs[WORKER]["pid"] for t in complete(study)}) == 2
