@@ -9,23 +9,11 @@ the truth or the prediction.
 from __future__ import annotations
 
 import numpy as np
-from sklearn.metrics import (
-    accuracy_score,
-    f1_score,
-    jaccard_score,
-    precision_score,
-    recall_score,
-)
+from sklearn.metrics import accuracy_score, jaccard_score, precision_recall_fscore_support
 
 from src.esd_data.sensors import N_CLASSES
 
 LABELS = list(range(1, N_CLASSES + 1))
-_PER_CLASS = {
-    "iou": jaccard_score,
-    "f1": f1_score,
-    "precision": precision_score,
-    "recall": recall_score,
-}
 
 
 def label_scores(truth: np.ndarray, prediction: np.ndarray) -> dict[str, float]:
@@ -33,8 +21,16 @@ def label_scores(truth: np.ndarray, prediction: np.ndarray) -> dict[str, float]:
     truth, prediction = np.ravel(truth), np.ravel(prediction)
     present = sorted(set(truth.tolist()) | set(prediction.tolist()))
     scores = {"accuracy": float(accuracy_score(truth, prediction))}
-    for name, score in _PER_CLASS.items():
-        values = score(truth, prediction, labels=LABELS, average=None, zero_division=0)
+    options = {"labels": LABELS, "average": None, "zero_division": 0}
+    # precision_score, recall_score and f1_score are each this one call's share of its result
+    precision, recall, f1, _ = precision_recall_fscore_support(truth, prediction, **options)
+    per_class = {
+        "iou": jaccard_score(truth, prediction, **options),
+        "f1": f1,
+        "precision": precision,
+        "recall": recall,
+    }
+    for name, values in per_class.items():
         for label, value in zip(LABELS, values, strict=True):
             scores[f"{name}_class{label}"] = float(value)
         scores[f"{name}_macro"] = float(np.mean([values[label - 1] for label in present]))
