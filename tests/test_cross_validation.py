@@ -28,6 +28,9 @@ from src.training.checkpoints import CheckpointError
 from src.training.config import ESDConfig
 from src.training.train import train
 
+# One torch thread per process (see conftest): the same results, without OpenMP contention.
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 
 def tiny(processed: Path, **overrides) -> ESDConfig:
     values = {

@@ -36,6 +36,9 @@ from src.esd_data.sampler import EpochShuffleSampler, ShardSampler
 from src.training.train import train
 from tests.test_training import assert_same_run, tiny_config
 
+# One torch thread per process (see conftest): the same results, without OpenMP contention.
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 FEW_BANDS = {"sentinel2": ["B04", "B03", "B02", "B08"], "viirs": None}  # 26 channels
 NO_AUGMENT = AugmentConfig(hflip_p=0, vflip_p=0, rot90_p=0, noise_p=0, blur_p=0)
 FLIPS_ONLY = AugmentConfig(noise_p=0, blur_p=0)

@@ -28,6 +28,9 @@ from src.evaluation.restitch import restitch_logits
 from src.evaluation.scores import label_scores
 from src.training.checkpoints import CheckpointError
 
+# One torch thread per process (see conftest): the same results, without OpenMP contention.
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 ROOT = Path(__file__).resolve().parents[1]
 
 

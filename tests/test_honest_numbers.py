@@ -34,6 +34,9 @@ from src.sweeps.study import counted_trials
 from src.training.checkpoints import CheckpointError
 from src.training.config import ESDConfig
 
+# One torch thread per process (see conftest): the same results, without OpenMP contention.
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 
 def tiny(processed: Path, **overrides) -> ESDConfig:
     values = {

@@ -32,6 +32,9 @@ from src.training.config import ESDConfig
 from src.training.train import train
 from tests.preprocessing_reference import with_data
 
+# One torch thread per process (see conftest): the same results, without OpenMP contention.
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 ATOL_FLOAT32 = 1e-6
 ATOL_FLOAT16 = 2.5e-4
 ALL = ("NDVI", "NDBI", "NDWI")
