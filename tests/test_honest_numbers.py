@@ -166,10 +166,11 @@ def test_inner_selection_never_sees_the_scored_tiles(two_caches, tmp_path, synth
                        extra_callbacks=[Stop()])  # fmt: skip
     assert len(list((tmp_path / "cv_a").iterdir())) == 2 and summary_file.read_bytes() == before
 
-    # The cache re-prepared with other preprocessing: the fold views refuse, naming tiles.
+    # The cache re-prepared with other preprocessing: the folds' ensemble (which scores the
+    # cache's test split) refuses, naming the parameter; the fold views refuse, naming tiles.
     prepare_dataset(synthetic_raw, second, val_fraction=0.25, workers=1,
                     preprocessing=PreprocessConfig(s1_blur_sigma=2.0))  # fmt: skip
-    with pytest.raises(ValueError, match=r"Tile\d+: .*not the file the manifest records"):
+    with pytest.raises(ValueError, match=r"other preprocessing .*s1_blur_sigma"):
         evaluate(EvalConfig(cv_dir=Path(runs[1]["root"]), accelerator="cpu"), log=quiet)
     checkpoint = Path(b["checkpoint"])
     with pytest.raises(ValueError, match=rf"{changed}: .*re-prepared or changed"):

@@ -21,10 +21,16 @@ from scripts.report import main as report_main
 from src.cross_validation.config import CVConfig
 from src.cross_validation.run import cross_validate
 from src.esd_data.manifest import Manifest
-from src.evaluation.bootstrap import bootstrap_intervals, confusion, paired_difference
+from src.evaluation.bootstrap import (
+    bootstrap_intervals,
+    bootstrap_record,
+    confusion,
+    paired_difference,
+)
 from src.evaluation.comparison import PairingError, ScoredRun, compare_pair, fold_difference
 from src.evaluation.config import ImportanceConfig
 from src.evaluation.importance import permutation_importance
+from src.evaluation.report import truth_digest
 from src.training.config import ESDConfig
 from src.training.train import train
 from tests.test_honest_numbers import replace_pixels
@@ -48,34 +54,49 @@ def noisy_tiles(n_tiles: int, seed: int, accuracy: float = 0.7):
 
 
 def reference_interval(truths, predictions, resamples, seed):
-    """A straightforward bootstrap: draw tiles, concatenate their cells, score with sklearn."""
+    """A straightforward bootstrap: draw tiles, concatenate their cells, score with sklearn,
+    leave out of class-1 F1 the draws without a class-1 cell in the truth, and take the
+    expanded percentile interval (levels Φ(±√(n/(n−1))·t_{n−1, 0.975}))."""
     rng = np.random.default_rng(seed)
-    draws = rng.integers(0, len(truths), size=(resamples, len(truths)))
+    n = len(truths)
+    draws = rng.integers(0, n, size=(resamples, n))
+    tail = 100 * stats.norm.sf(np.sqrt(n / (n - 1)) * stats.t.ppf(0.975, n - 1))
     f1, macro, accuracy = [], [], []
     for draw in draws:
         t = np.concatenate([truths[k].ravel() for k in draw])
         p = np.concatenate([predictions[k].ravel() for k in draw])
         present = sorted(set(t) | set(p))
-        f1.append(f1_score(t == 1, p == 1, zero_division=0))
+        if (t == 1).any():
+            f1.append(f1_score(t == 1, p == 1, zero_division=0))
         macro.append(f1_score(t, p, labels=present, average="macro", zero_division=0))
         accuracy.append(accuracy_score(t, p))
-    return {name: np.percentile(values, [2.5, 97.5]) for name, values in
+    return {name: np.percentile(values, [tail, 100 - tail]) for name, values in
             (("f1_class1", f1), ("f1_macro", macro), ("accuracy", accuracy))}  # fmt: skip
 
 
 def test_bootstrap_interval_equals_a_numpy_reference_contains_the_estimate_and_narrows():
     truths, predictions = noisy_tiles(12, seed=3)
-    truths[0][:] = 2  # one tile without class 1, one never predicting class 4
-    predictions[1][predictions[1] == 4] = 3
+    for truth in truths[:9]:  # 9 tiles without class 1: many draws have none (left out)
+        truth[truth == 1] = 2
+    predictions[1][predictions[1] == 4] = 3  # one never predicting class 4
     confusions = [confusion(t, p) for t, p in zip(truths, predictions, strict=True)]
     ours = bootstrap_intervals(confusions, resamples=300, seed=11)
     reference = reference_interval(truths, predictions, 300, 11)
     for score, interval in reference.items():
         np.testing.assert_allclose(ours[score], interval, rtol=0, atol=1e-12)
+    record = bootstrap_record(300, 11, confusions)
+    assert record["tiles"] == 12 and 0 < record["resamples_without_class1"] < 30  # ≈ (9/12)¹²
     t = np.concatenate([x.ravel() for x in truths])
     p = np.concatenate([x.ravel() for x in predictions])
     point = f1_score(t == 1, p == 1)
     assert ours["f1_class1"][0] < point < ours["f1_class1"][1]
+    # A perfect model, class 1 in 2 of 12 tiles: a draw without class 1 is not scored 0.
+    perfect = [confusion(t, t) for t in truths[:10] + truths[-2:]]
+    assert bootstrap_intervals(perfect, resamples=300, seed=0)["f1_class1"] == [1.0, 1.0]
+    # Too few tiles: no interval, and the record says why.
+    assert bootstrap_intervals(confusions[:2], 300, 0) == {}
+    assert "2 tile(s) are fewer than" in bootstrap_record(300, 0, confusions[:2])["note"]
+    assert paired_difference(perfect[:2], perfect[:2], 300, 0)["interval"] is None
     widths = []
     for n_tiles in (8, 32, 128):
         truths, predictions = noisy_tiles(n_tiles, seed=5)
@@ -95,20 +116,22 @@ def test_paired_difference_of_a_model_with_itself_a_constant_predictor_and_other
     assert better["interval"][0] > 0 and not better["includes_zero"]
     assert better["interval"][0] <= better["difference"] <= better["interval"][1]
     tiles = [f"Tile{k}" for k in range(1, 11)]
-    first = ScoredRun("a", tiles, model)
+    digests = [truth_digest(t) for t in truths]
+    first = ScoredRun("a", tiles, model, digests)
     # The same tiles listed in another order pair tile by tile, not position by position.
-    shuffled = ScoredRun("b", tiles[::-1], model[::-1])
+    shuffled = ScoredRun("b", tiles[::-1], model[::-1], digests[::-1])
     assert compare_pair(first, shuffled, 100, 0)["interval"] == [0.0, 0.0]
-    other_tiles = ScoredRun("c", [*tiles[:-1], "Tile99"], model)
+    other_tiles = ScoredRun("c", [*tiles[:-1], "Tile99"], model, digests)
     with pytest.raises(PairingError, match=r"not scored on the same tiles.*Tile10.*Tile99"):
         compare_pair(first, other_tiles, 100, 0)
-    relabelled = model.copy()
-    relabelled[0] = relabelled[0][[1, 0, 2, 3]]  # tile 1's truth differs
-    with pytest.raises(PairingError, match="other ground truth"):
-        compare_pair(first, ScoredRun("d", tiles, relabelled), 100, 0)
+    # A transposed truth has the same class counts (and the same predictions' counts): it is
+    # still other ground truth.
+    transposed = [truth_digest(truths[0].T), *digests[1:]]
+    with pytest.raises(PairingError, match=r"other ground truth.*Tile1"):
+        compare_pair(first, ScoredRun("d", tiles, model, transposed), 100, 0)
     folds = [tiles[:5], tiles[5:]]
-    a = ScoredRun("a", tiles, model, folds, [0.8, 0.7], [5, 5])
-    b = ScoredRun("b", tiles, model, [tiles[::2], tiles[1::2]], [0.8, 0.6], [5, 5])
+    a = ScoredRun("a", tiles, model, digests, folds, [0.8, 0.7], [5, 5])
+    b = ScoredRun("b", tiles, model, digests, [tiles[::2], tiles[1::2]], [0.8, 0.6], [5, 5])
     with pytest.raises(PairingError, match="other folds"):
         compare_pair(a, b, 100, 0)
 
@@ -117,8 +140,9 @@ def test_per_fold_difference_uses_the_corrected_t_test():
     tiles = [f"Tile{k}" for k in range(1, 11)]
     folds = [tiles[k::5] for k in range(5)]
     empty = np.zeros((10, 4, 4), dtype=int)
-    first = ScoredRun("a", tiles, empty, folds, [0.80, 0.75, 0.90, 0.70, 0.85], [8] * 5)
-    second = ScoredRun("b", tiles, empty, folds, [0.70, 0.74, 0.80, 0.69, 0.70], [8] * 5)
+    same = ["x"] * 10
+    first = ScoredRun("a", tiles, empty, same, folds, [0.80, 0.75, 0.90, 0.70, 0.85], [8] * 5)
+    second = ScoredRun("b", tiles, empty, same, folds, [0.70, 0.74, 0.80, 0.69, 0.70], [8] * 5)
     result = fold_difference(first, second)
     differences = np.array([0.10, 0.01, 0.10, 0.01, 0.15])
     assert result["mean"] == pytest.approx(differences.mean())
@@ -179,14 +203,24 @@ def test_importance_of_a_one_sensor_model_and_never_of_training_tiles(
     )
     by_sensor = {row["group"]: row for row in first["groupings"]["sensor"]}
     assert set(by_sensor) == {"sentinel1", "sentinel2", "landsat8", "viirs"}
-    assert by_sensor["sentinel1"]["f1_class1"]["mean"] > 0.02
+    assert by_sensor["sentinel1"]["f1_class1"]["drop"] > 0.02
     assert first["groupings"]["sensor"][0]["group"] == "sentinel1"
     for row in [*first["groupings"]["sensor"], *first["groupings"]["date"]]:
         if not row["group"].startswith("sentinel1"):
             for score in ("f1_class1", "f1_macro"):
                 assert row[score]["repeats"] == [0.0, 0.0, 0.0], row
-                assert row[score]["interval"] == [0.0, 0.0], row
-    assert first["optimistic"] and "OPTIMISTIC" in first["what"]  # the val tiles chose it
+                assert row[score]["drop"] == 0.0, row
+    # 3 val tiles: too few for an interval, said instead of printed.
+    assert by_sensor["sentinel1"]["f1_class1"]["interval"] is None
+    assert "3 tile(s) are fewer than" in first["bootstrap"]["note"]
+    # A date of VIIRS moves the maximum projection, computed from every date, with it.
+    by_date = {row["group"]: row for row in first["groupings"]["date"]}
+    viirs_dates = [g for g in by_date if g.startswith("viirs/") and g != "viirs/max"]
+    assert viirs_dates and all(by_date[g]["derived"] == ["viirs/max/DNB"] for g in viirs_dates)
+    assert all(row["derived"] == [] for g, row in by_date.items() if g.startswith("sentinel1"))
+    held_out = first["held_out"]  # the val tiles chose its epoch
+    assert first["optimistic"] and held_out["label"] == "OPTIMISTIC"
+    assert held_out["optimistic_tiles"] == sorted(first["tiles"], key=lambda t: int(t[4:]))
     held_out = Manifest.load(synthetic_processed).split["val"]
     assert sorted(first["tiles"]) == sorted(held_out)
     # The training tiles' pixels changed (and recorded as a preparation would): same result.

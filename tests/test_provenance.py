@@ -25,7 +25,8 @@ from src.esd_data.preprocessing import PreprocessConfig
 from src.esd_data.synthetic import generate_synthetic_dataset
 from src.evaluation.config import EvalConfig
 from src.evaluation.evaluate import evaluate
-from src.training.checkpoints import CheckpointError, data_identity, read_checkpoint
+from src.held_out import HeldOutError
+from src.training.checkpoints import data_identity, read_checkpoint
 from src.training.config import ESDConfig
 from src.training.train import train
 
@@ -79,7 +80,7 @@ def test_an_old_checkpoint_scores_its_own_split_after_a_re_prepare(synthetic_cop
 
     leaked = sorted(set(after.split["val"]) & set(before.split["train"]))
     assert leaked  # the re-prepared val split holds tiles the model trained on
-    with pytest.raises(CheckpointError, match="refusing to score as val") as error:
+    with pytest.raises(HeldOutError, match="refusing to score") as error:
         evaluate_quietly(model_path=checkpoint, tiles=after.split["val"], results_dir=tmp_path)
     assert all(tile in str(error.value) for tile in leaked)
     clean = before.split["val"][-1:]  # a tile it never trained on, named explicitly
@@ -171,7 +172,7 @@ def test_raw_folder_holding_training_tiles_is_refused(trained, synthetic_raw, tm
     manifest = Manifest.load(read_checkpoint(trained)["esd_data_identity"]["processed_dir"])
     trained_tile = manifest.split["train"][0]
     shutil.copytree(synthetic_raw / "Train" / trained_tile, renamed / "Tile40")
-    with pytest.raises(CheckpointError, match=rf"Tile40 \(= training tile {trained_tile}\)"):
+    with pytest.raises(HeldOutError, match=rf"Tile40 \(= training tile {trained_tile}\)"):
         evaluate_quietly(model_path=trained, raw_dir=tmp_path / "raw", cache_dir=tmp_path / "c")
 
 

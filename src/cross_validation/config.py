@@ -31,6 +31,11 @@ class CVConfig:
     repeats: int = config_field(
         1, "repeated k-fold: the K folds drawn again with seeds seed, seed+1, … (R repetitions)"
     )
+    seeds: int = config_field(
+        1,
+        "train every fold S times, with training seeds seed, seed+1, … on the same folds: the "
+        "seed-to-seed variance of training enters the paired comparisons",
+    )
     model_type: list[str] = field(
         default_factory=lambda: ["UNet"],
         metadata={
@@ -79,6 +84,8 @@ class CVConfig:
             problems.append(f"folds must be at least 2, got {self.folds}")
         if self.repeats < 1:
             problems.append(f"repeats must be at least 1, got {self.repeats}")
+        if self.seeds < 1:
+            problems.append(f"seeds must be at least 1, got {self.seeds}")
         if not 0.0 < self.inner_val_fraction < 1.0:
             problems.append(f"inner_val_fraction must be in (0, 1), got {self.inner_val_fraction}")
         unknown = [m for m in self.model_type if m not in MODEL_TYPES]
@@ -102,4 +109,6 @@ class CVConfig:
         }  # fmt: skip
         if self.selection == "inner":
             protocol["inner_val_fraction"] = self.inner_val_fraction
+        if self.seeds > 1:
+            protocol["seeds"] = self.seeds
         return protocol

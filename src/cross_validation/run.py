@@ -35,20 +35,33 @@ import tifffile
 
 from src.atomic import write_json
 from src.cross_validation.config import CVConfig
-from src.cross_validation.summary import SCORES, model_summary, pair_models, write_summary
-from src.cross_validation.variants import model_variants
+from src.cross_validation.summary import (
+    SCORES,
+    headline_order,
+    model_summary,
+    pair_models,
+    write_summary,
+)
+from src.cross_validation.variants import Variant, model_variants
 from src.esd_data.folds import assign_folds, class1_shares, fold_manifest, inner_split
 from src.esd_data.manifest import Manifest
 from src.esd_data.preparation import preparation_lock
-from src.evaluation.bootstrap import bootstrap_intervals, scores_of_confusion
+from src.esd_data.sensors import CLASS_NAMES
+from src.evaluation.bootstrap import bootstrap_intervals, bootstrap_record, scores_of_confusion
 from src.evaluation.config import EvalConfig
-from src.evaluation.cv_record import FOLD_RESULT_FILE, FOLDS_FILE, read_json
+from src.evaluation.cv_record import (
+    FOLD_RESULT_FILE,
+    FOLDS_FILE,
+    HYPERPARAMETERS_CHOSEN,
+    read_json,
+)
 from src.evaluation.evaluate import evaluate
 from src.evaluation.evaluator import TilePrediction
-from src.evaluation.report import tile_scores, write_run_outputs
+from src.evaluation.report import CLASS_TITLES, tile_scores, write_run_outputs
 from src.training.config import ESDConfig
 from src.training.result_config import config_hash, differences, result_config
 from src.training.train import build_datamodule, train
+from src.visualization.evaluation_plots import plot_confusion_matrix, plot_roc_curves
 from src.visualization.figure_output import figure_output
 from src.visualization.learning_curves import plot_learning_curves
 
@@ -59,11 +72,41 @@ class ConfigurationMismatchError(ValueError):
 
 def cv_name(cv: CVConfig, seed: int, digest: str) -> str:
     """The cross-validation's name: given, or
-    `<model types>[-ablate-<what>]-<K>fold[x<repeats>]-seed<seed>-<hash>`."""
+    `<model types>[-ablate-<what>]-<K>fold[x<repeats>][-<S>seeds]-seed<seed>-<hash>`."""
     ablation = "" if cv.ablate == "none" else f"-ablate-{cv.ablate}"
     models = "+".join(cv.model_type)
     repeats = f"x{cv.repeats}" if cv.repeats > 1 else ""
-    return cv.name or f"{models}{ablation}-{cv.folds}fold{repeats}-seed{seed}-{digest[:8]}"
+    seeds = f"-{cv.seeds}seeds" if cv.seeds > 1 else ""
+    return cv.name or f"{models}{ablation}-{cv.folds}fold{repeats}{seeds}-seed{seed}-{digest[:8]}"
+
+
+@dataclasses.dataclass(frozen=True)
+class Unit:
+    """One training of a cross-validation: fold `k` of repetition `repeat`, trained with the
+    `seed_index`-th training seed; it lives in `<model>/fold_<index>/`."""
+
+    index: int
+    repeat: int
+    seed_index: int
+    heldout: list[str]
+
+
+def plan_units(shares: dict[str, float], cv: CVConfig, seed: int) -> list[Unit]:
+    """Every unit, in the order of their folders: repetition by repetition (repetition r
+    draws its folds with seed + r), each seed's K folds together, so that every run of K
+    consecutive units is a partition of the labelled tiles (one out-of-fold set)."""
+    units: list[Unit] = []
+    for repeat in range(cv.repeats):
+        folds = assign_folds(shares, cv.folds, seed + repeat)
+        for seed_index in range(cv.seeds):
+            start = len(units)
+            units += [Unit(start + k, repeat, seed_index, held) for k, held in enumerate(folds)]
+    return units
+
+
+def oof_set_name(repeat: int, seed_index: int, cv: CVConfig) -> str:
+    """The folder, under `<model>/oof/`, of one partition's out-of-fold predictions."""
+    return f"repeat_{repeat}" + (f"_seed_{seed_index}" if cv.seeds > 1 else "")
 
 
 def _check_same(path: Path, recorded: dict[str, Any], wanted: dict[str, Any], hint: str) -> None:
@@ -173,6 +216,7 @@ def _run_fold(
         "checkpoint": checkpoint,
         "selected_epoch": metrics["epoch"],
         "scores": {k: metrics["overall"][k] for k in SCORES},
+        "held_out": metrics["held_out"],
         "configuration": plan.identity,
         "configuration_hash": config_hash(plan.identity),
         "train_seconds": round(trained - started, 1),
@@ -217,41 +261,67 @@ def _out_of_fold(
 
 def _repeated_out_of_fold(model_dir: Path, results: list[dict[str, Any]], manifest: Manifest,
                           processed_dir: Path, cv: CVConfig) -> dict[str, Any]:  # fmt: skip
-    """The out-of-fold metrics: of `oof/` for one repetition; for repeated k-fold, each
-    repetition's in `oof/repeat_<r>/` and, returned, their pooling: each tile's confusion
-    matrix summed over the repetitions (every tile predicted once per repetition), scored
-    and bootstrapped over tiles like one out-of-fold set."""
-    if cv.repeats == 1:
+    """The out-of-fold metrics: of `oof/` for one partition; with repetitions or seeds, each
+    partition's in `oof/repeat_<r>[_seed_<s>]/` and, returned, their pooling: each tile's
+    confusion matrix summed over the partitions (every tile predicted once in each), scored
+    and bootstrapped over tiles like one out-of-fold set, with its confusion matrix and ROC
+    curves (of every partition's probabilities) drawn in `oof/`."""
+    if cv.repeats * cv.seeds == 1:
         return _out_of_fold(model_dir / "oof", model_dir, results, manifest, processed_dir, cv)
-    repeats = [
-        _out_of_fold(model_dir / "oof" / f"repeat_{r}", model_dir,
-                     results[r * cv.folds : (r + 1) * cv.folds], manifest, processed_dir, cv)
+    sets = {
+        oof_set_name(r, s, cv): results[(r * cv.seeds + s) * cv.folds :][: cv.folds]
         for r in range(cv.repeats)
-    ]  # fmt: skip
+        for s in range(cv.seeds)
+    }
+    partitions = [
+        _out_of_fold(model_dir / "oof" / name, model_dir, members, manifest, processed_dir, cv)
+        for name, members in sets.items()
+    ]
     pooled: dict[str, dict[str, Any]] = {}
-    for metrics in repeats:
+    for metrics in partitions:
         for entry in metrics["tiles"]:
             matrix = np.array(entry["confusion_matrix"])
             if entry["tile"] in pooled:
                 pooled[entry["tile"]]["confusion_matrix"] += matrix
             else:
                 pooled[entry["tile"]] = {"tile": entry["tile"], "fold": entry["fold"],
+                                         "truth_sha256": entry["truth_sha256"],
                                          "confusion_matrix": matrix}  # fmt: skip
     tiles = []
     for entry in pooled.values():
         scores = scores_of_confusion(entry["confusion_matrix"])
         tiles.append({**entry, **{k: float(v) for k, v in scores.items()},
                       "confusion_matrix": entry["confusion_matrix"].tolist()})  # fmt: skip
-    matrices = [np.array(t["confusion_matrix"]) for t in tiles]
-    overall = scores_of_confusion(np.sum(matrices, axis=0))
+    matrices = np.array([t["confusion_matrix"] for t in tiles])
+    overall = scores_of_confusion(matrices.sum(axis=0))
+    _pooled_figures(model_dir / "oof", list(sets), matrices.sum(axis=0), manifest, processed_dir)
+    record = bootstrap_record(cv.bootstrap_resamples, cv.bootstrap_seed, matrices)
     return {
         "overall": {k: float(v) for k, v in overall.items()},
         "overall_interval": bootstrap_intervals(
             matrices, cv.bootstrap_resamples, cv.bootstrap_seed
         ),
+        "bootstrap": record,
         "tiles": tiles,
-        "repeats": [m["overall"] for m in repeats],
+        "repeats": [m["overall"] for m in partitions],
+        "sets": list(sets),
     }
+
+
+def _pooled_figures(oof: Path, sets: list[str], matrix: np.ndarray, manifest: Manifest,
+                    processed_dir: Path) -> None:  # fmt: skip
+    """The pooled confusion matrix and the ROC curves of every partition's probabilities,
+    drawn in `oof/` (each partition's own are in its folder)."""
+    truths, probabilities = [], []
+    for name in sets:
+        for path in sorted((oof / name / "tiles").glob("*_probabilities.tif")):
+            tile = path.name.removesuffix("_probabilities.tif")
+            truths.append(np.load(processed_dir / manifest.tiles[tile].labels).ravel())
+            probabilities.append(tifffile.imread(path).reshape(4, -1).T)
+    title = f"out of fold, pooled over {len(sets)} partitions ({len(truths) // len(sets)} tiles)"
+    plot_confusion_matrix(matrix, CLASS_TITLES, oof / "confusion_matrix.png", title)
+    plot_roc_curves(np.concatenate(truths).astype(np.int64) - 1, np.concatenate(probabilities),
+                    CLASS_NAMES, oof / "roc_curves.png", title)  # fmt: skip
 
 
 def _metrics_csv(model_dir: Path, fold: int) -> Path | None:
@@ -269,15 +339,18 @@ def cross_validate(
     log: Callable[[str], None] = print,
     extra_callbacks: list[L.Callback] | None = None,
     on_fold: Callable[[str, int, dict[str, Any]], None] | None = None,
+    hyperparameters_chosen_by: str | None = None,
 ) -> dict[str, Any]:
     """Run (or complete) the cross-validation; returns what `summary.json` holds.
 
     `on_fold(model_type, fold, result)` is called after each fold (e.g. to report it to a
-    sweep, which may stop the cross-validation by raising). ConfigurationMismatchError when the
-    named folder holds results of another configuration.
+    sweep, which may stop the cross-validation by raising); `hyperparameters_chosen_by`
+    (a sweep) records that configurations are chosen among by these scores, which makes them
+    OPTIMISTIC. ConfigurationMismatchError when the named folder holds results of another
+    configuration.
     """
     with figure_output(base):
-        return _cross_validate(cv, base, log, extra_callbacks, on_fold)
+        return _cross_validate(cv, base, log, extra_callbacks, on_fold, hyperparameters_chosen_by)
 
 
 def _cross_validate(
@@ -286,6 +359,7 @@ def _cross_validate(
     log: Callable[[str], None],
     extra_callbacks: list[L.Callback] | None,
     on_fold: Callable[[str, int, dict[str, Any]], None] | None,
+    chosen_by: str | None,
 ) -> dict[str, Any]:
     data = build_datamodule(base)
     data.prepare_data()
@@ -294,7 +368,8 @@ def _cross_validate(
     labelled = sorted(manifest.split["train"] + manifest.split["val"])
     seed = base.seed if base.split_seed is None else base.split_seed
     shares = class1_shares(processed, manifest, labelled)
-    folds = [f for r in range(cv.repeats) for f in assign_folds(shares, cv.folds, seed + r)]
+    units = plan_units(shares, cv, seed)
+    folds = [unit.heldout for unit in units]
     variants = model_variants(cv.model_type, cv.ablate, base, manifest)
     configuration = {
         "models": {
@@ -309,6 +384,8 @@ def _cross_validate(
     plan = {
         "folds": folds,
         "repeats": cv.repeats,
+        "seeds": [base.seed + s for s in range(cv.seeds)],
+        "units": [{"repeat": u.repeat, "seed": base.seed + u.seed_index} for u in units],
         "seed": seed,
         "selection": cv.selection,
         "test": manifest.split["test"],
@@ -317,43 +394,32 @@ def _cross_validate(
         "configuration": configuration,
         "configuration_hash": digest,
     }
+    if chosen_by is not None:
+        plan[HYPERPARAMETERS_CHOSEN] = chosen_by
     _fold_plan(root, plan, default_name)
     log(f"cross-validation {root}: selection {cv.selection}; configuration {digest[:12]}")
     # The shared cache stays as it is while its folds train (a preparation waits).
     with preparation_lock(processed, shared=True):
         summaries = []
         for variant in variants:
-            model, config = variant.name, variant.config
-            model_dir = root / model
+            model, model_dir = variant.name, root / variant.name
             results: list[dict[str, Any]] = []
-            for fold, heldout in enumerate(folds):
-                fold_dir = model_dir / f"fold_{fold}"
-                repeat = fold // cv.folds  # repeated k-fold: repetition r splits with seed + r
-                view, scored = _fold_view(cv, manifest, processed, shares, heldout, seed + repeat)
-                identity = _model_identity(cv, config, view.fingerprint)
-                fold_plan = FoldPlan(fold, view, scored, identity)
-                done = fold_dir / FOLD_RESULT_FILE
-                finished = done.is_file()
-                if finished:
-                    result = read_json(done)
-                    digest = config_hash(identity)
-                    wanted = {"configuration": identity, "configuration_hash": digest}
-                    _check_same(done, result, wanted, f"delete {fold_dir} to train the fold again")
-                else:
-                    pictures = cv.tile_pictures == "all" or (
-                        cv.tile_pictures == "full" and variant.reference is None
-                    )
-                    result = _run_fold(config, cv, fold_plan, fold_dir, extra_callbacks, pictures)
+            for unit in units:
+                config = variant.config
+                if cv.seeds > 1:
+                    config = dataclasses.replace(config, seed=base.seed + unit.seed_index)
+                result, finished = _unit(cv, config, variant, unit, manifest, processed, shares,
+                                         seed, model_dir, extra_callbacks)  # fmt: skip
                 results.append(result)
                 if on_fold is not None:
-                    on_fold(model, fold, result)
+                    on_fold(model, unit.index, result)
                 scores = [r["scores"]["f1_class1"] for r in results]
                 log(
-                    f"{model} fold {fold} (of 0–{len(folds) - 1})"
+                    f"{model} {_unit_label(unit, cv)} (of 0–{len(units) - 1})"
                     + (" (finished earlier, same configuration)" if finished else "")
-                    + f": {len(view.split['train'])} training, {len(heldout)} held-out tiles "
-                    f"({', '.join(heldout)}), epoch {result['selected_epoch']}: f1_class1 "
-                    f"{scores[-1]:.4f}; so far {np.mean(scores):.4f} ± "
+                    + f": {len(result['train_tiles'])} training, {len(unit.heldout)} held-out "
+                    f"tiles ({', '.join(unit.heldout)}), epoch {result['selected_epoch']}: "
+                    f"f1_class1 {scores[-1]:.4f}; so far {np.mean(scores):.4f} ± "
                     f"{np.std(scores, ddof=1) if len(scores) > 1 else 0:.4f}"
                 )
             oof = _repeated_out_of_fold(model_dir, results, manifest, processed, cv)
@@ -362,9 +428,44 @@ def _cross_validate(
                 {k: v for k, v in curves.items() if v is not None},
                 f"{model}: learning curves of the {len(results)} folds",
                 model_dir / "learning_curves.png",
+                val_label=VAL_LABELS[cv.selection],
             )
-            summaries.append(model_summary(variant, results, oof, cv.selection))
-    summaries.sort(key=lambda s: -s["mean"]["f1_class1"])
+            summaries.append(model_summary(variant, results, oof, cv.selection, plan))
+    summaries.sort(key=headline_order)
     pairs = pair_models(summaries, cv)
     log(write_summary(root, summaries, pairs, plan, cv))
     return {"plan": plan, "models": summaries, "pairs": pairs, "root": str(root)}
+
+
+VAL_LABELS = {"inner": "inner val", "outer": "held-out val", "last": "val"}
+"""What a fold's validation curve is, by selection rule: an inner split of its training
+tiles, or its held-out tiles themselves (`last` validates nothing)."""
+
+
+def _unit_label(unit: Unit, cv: CVConfig) -> str:
+    label = f"fold {unit.index}"
+    if cv.repeats > 1 or cv.seeds > 1:
+        label += f" (repetition {unit.repeat}, seed #{unit.seed_index})"
+    return label
+
+
+def _unit(cv: CVConfig, config: ESDConfig, variant: Variant, unit: Unit, manifest: Manifest,
+          processed: Path, shares: dict[str, float], seed: int, model_dir: Path,
+          extra_callbacks: list[L.Callback] | None) -> tuple[dict[str, Any], bool]:  # fmt: skip
+    """The unit's result: trained and evaluated now, or read back when a previous call
+    finished it with the same configuration; and whether it was read back."""
+    fold_dir = model_dir / f"fold_{unit.index}"
+    # repeated k-fold: repetition r splits (and chooses inner tiles) with seed + r
+    view, scored = _fold_view(cv, manifest, processed, shares, unit.heldout, seed + unit.repeat)
+    identity = _model_identity(cv, config, view.fingerprint)
+    done = fold_dir / FOLD_RESULT_FILE
+    if done.is_file():
+        result = read_json(done)
+        wanted = {"configuration": identity, "configuration_hash": config_hash(identity)}
+        _check_same(done, result, wanted, f"delete {fold_dir} to train the fold again")
+        return result, True
+    pictures = cv.tile_pictures == "all" or (
+        cv.tile_pictures == "full" and variant.reference is None
+    )
+    plan = FoldPlan(unit.index, view, scored, identity)
+    return _run_fold(config, cv, plan, fold_dir, extra_callbacks, pictures), False

@@ -1,5 +1,7 @@
 """A cross-validation's summary: per fold, mean ± std and out-of-fold scores, the leaderboard,
-each labelled with the selection rule that produced it (`summary.json`, `.csv`, `.png`)."""
+each labelled with the selection rule that produced it and its held-out ledger's verdict
+(`summary.json`, `.csv`, `.png`). Every leaderboard is ordered by one headline statistic, the
+pooled out-of-fold class-1 F1, and every headline score has its interval over tiles."""
 
 from __future__ import annotations
 
@@ -11,34 +13,55 @@ from typing import Any
 import numpy as np
 
 from src.atomic import atomic_path, write_json
-from src.cross_validation.config import OPTIMISTIC, SELECTION_LABELS, CVConfig
+from src.cross_validation.config import SELECTION_LABELS, CVConfig
 from src.cross_validation.variants import Variant
-from src.evaluation.bootstrap import bootstrap_record
-from src.evaluation.comparison import compare_pair, cv_scored_run, format_pairs
-from src.evaluation.cv_record import SUMMARY_FILE
+from src.evaluation.comparison import compare_pair, cv_scored_run, format_pairs, holm
+from src.evaluation.cv_record import HYPERPARAMETERS_CHOSEN, SUMMARY_FILE
+from src.held_out import OPTIMISTIC, Ledger, Scoring
 from src.visualization.evaluation_plots import plot_cross_validation
 from src.visualization.figure_output import figure_file
 
 SCORES = ("f1_class1", "accuracy", "iou_macro", "f1_macro")
 
 
+def oof_ledger(results: list[dict[str, Any]], plan: dict[str, Any]) -> Ledger:
+    """The held-out ledger of a model's out-of-fold scores: each fold's checkpoint scoring its
+    held-out tiles (the record its evaluation wrote), and, when a sweep chose among
+    configurations by these scores, every labelled tile choosing every fold's model."""
+    parts = [part for r in results for part in Ledger.from_record(r["held_out"]).parts]
+    chooser = plan.get(HYPERPARAMETERS_CHOSEN)
+    if chooser:
+        every = {t: d for part in parts for t, d in {**part.scored, **part.member.trained}.items()}
+        why = f"its hyper-parameters, by {chooser} on these scores"
+        parts = [Scoring(p.member.choosing(every, why), p.scored) for p in parts]
+    return Ledger(tuple(parts))
+
+
+def headline_order(summary: dict[str, Any]) -> float:
+    """Sort key of every leaderboard: the pooled out-of-fold class-1 F1, best first."""
+    return -summary["out_of_fold"]["f1_class1"]
+
+
 def model_summary(variant: Variant, results: list[dict[str, Any]], oof: dict[str, Any],
-                  selection: str) -> dict[str, Any]:  # fmt: skip
-    """One model's folds, mean and sample std (ddof=1) over them, and its OOF scores with
-    their intervals over tiles (`oof` is its out-of-fold metrics)."""
+                  selection: str, plan: dict[str, Any]) -> dict[str, Any]:  # fmt: skip
+    """One model's folds, mean and sample std (ddof=1) over them, its OOF scores with their
+    intervals over tiles (`oof` is its out-of-fold metrics) and its held-out ledger."""
     values = {k: np.array([r["scores"][k] for r in results]) for k in SCORES}
+    ledger = oof_ledger(results, plan)
     return {
         "name": variant.name,
         "model_type": variant.config.model_type,
         "bands": variant.config.bands,
         "reference": variant.reference,
         "selection": selection,
-        "optimistic": selection == OPTIMISTIC,
+        "optimistic": ledger.optimistic,
+        "held_out": ledger.record(),
         "folds": results,
         "mean": {k: float(v.mean()) for k, v in values.items()},
         "std": {k: float(v.std(ddof=1)) for k, v in values.items()},
         "out_of_fold": {k: oof["overall"][k] for k in SCORES},
-        "out_of_fold_interval": oof.get("overall_interval"),
+        "out_of_fold_interval": oof.get("overall_interval") or None,
+        "bootstrap": oof.get("bootstrap"),
         "out_of_fold_tiles": oof["tiles"],
         "out_of_fold_repeats": oof.get("repeats"),
     }
@@ -46,29 +69,43 @@ def model_summary(variant: Variant, results: list[dict[str, Any]], oof: dict[str
 
 def pair_models(summaries: list[dict[str, Any]], cv: CVConfig) -> list[dict[str, Any]]:
     """Paired differences on the same folds and tiles: each ablation against its full model,
-    and every pair of full models (better minus worse, in leaderboard order)."""
-    runs = {
-        s["name"]: cv_scored_run(s["name"], s["folds"], s["out_of_fold_tiles"], s["name"])
-        for s in summaries
-    }
+    and every pair of full models (better minus worse, in leaderboard order); one family for
+    Holm's correction of the verdicts."""
+    runs = {s["name"]: cv_scored_run(s, s["name"], s["name"]) for s in summaries}
     full = [s["name"] for s in summaries if s["reference"] is None]
     pairs = [(a, b) for k, a in enumerate(full) for b in full[k + 1 :]]
     pairs += [(s["name"], s["reference"]) for s in summaries if s["reference"] is not None]
-    return [
+    return holm([
         compare_pair(runs[a], runs[b], cv.bootstrap_resamples, cv.bootstrap_seed) for a, b in pairs
-    ]
+    ])  # fmt: skip
 
 
 def _interval_text(interval: list[float] | None) -> str:
-    return "" if not interval else f" [{interval[0]:.4f}, {interval[1]:.4f}]"
+    return " (no interval)" if not interval else f" [{interval[0]:.4f}, {interval[1]:.4f}]"
+
+
+def _interval_row(summary: dict[str, Any]) -> str:
+    """The OOF 95 % interval row of a model's table, with its tile count, or why there is none."""
+    interval = summary.get("out_of_fold_interval") or {}
+    record = summary.get("bootstrap") or {}
+    tiles = len(summary["out_of_fold_tiles"])
+    if not interval:
+        return f"  {'OOF 95% CI':<19}{record.get('note', 'none')}"
+    cells = "".join(
+        f"{interval[k][0]:>6.3f}–{interval[k][1]:<5.3f}" if k in interval else f"{'–':>12}"
+        for k in SCORES
+    )
+    return f"  {'OOF 95% CI':<19}{cells}  ({tiles} tiles)"
 
 
 def format_summary(summaries: list[dict[str, Any]], pairs: list[dict[str, Any]]) -> str:
     """Per fold, mean ± std and out-of-fold scores (with 95 % intervals over tiles), the
-    leaderboard, then the paired differences."""
+    leaderboard by pooled out-of-fold class-1 F1, then the paired differences; OPTIMISTIC
+    wherever a model's ledger says so."""
     selection = summaries[0]["selection"]
     lines = [f"selection {SELECTION_LABELS[selection]}"]
     for summary in summaries:
+        flag = f"  {OPTIMISTIC}" if summary["optimistic"] else ""
         lines.append(f"{summary['name']}:")
         lines.append(f"  {'fold':<6}{'epoch':>6}{'tiles':>7}" + "".join(f"{k:>12}" for k in SCORES))
         for result in summary["folds"]:
@@ -83,34 +120,27 @@ def format_summary(summaries: list[dict[str, Any]], pairs: list[dict[str, Any]])
         repeats = summary.get("out_of_fold_repeats")
         label = "OOF" if not repeats else f"OOF pooled ×{len(repeats)}"
         lines.append(
-            f"  {label:<19}" + "".join(f"{summary['out_of_fold'][k]:>12.4f}" for k in SCORES)
+            f"  {label:<19}" + "".join(f"{summary['out_of_fold'][k]:>12.4f}" for k in SCORES) + flag
         )
-        interval = summary.get("out_of_fold_interval")
-        if interval:
-            lines.append(
-                f"  {'OOF 95% CI':<19}"
-                + "".join(f"{interval[k][0]:>6.3f}–{interval[k][1]:<5.3f}" for k in SCORES)
-            )
+        lines.append(_interval_row(summary))
     if len(summaries) > 1:
         lines.append(
-            f"leaderboard (mean f1_class1 over the folds; OOF with its 95 % interval over tiles; "
-            f"selection {selection}):"
+            f"leaderboard (pooled out-of-fold f1_class1 with its 95 % interval over tiles; mean "
+            f"± std over the folds; selection {selection}):"
         )
         for rank, summary in enumerate(summaries, start=1):
             mean, std = summary["mean"]["f1_class1"], summary["std"]["f1_class1"]
             oof = summary["out_of_fold"]["f1_class1"]
             interval = (summary.get("out_of_fold_interval") or {}).get("f1_class1")
+            flag = f" {OPTIMISTIC}" if summary["optimistic"] else ""
             lines.append(
-                f"  {rank}. {summary['name']:<28} {mean:.4f} ± {std:.4f}  (OOF {oof:.4f}"
-                f"{_interval_text(interval)})"
+                f"  {rank}. {summary['name']:<28} OOF {oof:.4f}{_interval_text(interval)}{flag} "
+                f"({len(summary['out_of_fold_tiles'])} tiles); folds {mean:.4f} ± {std:.4f}"
             )
     if pairs:
         lines.append(format_pairs(pairs))
-    if selection == OPTIMISTIC:
-        lines.append(
-            "these scores are OPTIMISTIC: each fold's epoch was chosen on the tiles it is scored "
-            "on (use --selection inner or last for held-out scores)"
-        )
+    reasons = {s["held_out"]["reason"] for s in summaries if s["optimistic"]}
+    lines += sorted(reasons)
     return "\n".join(lines)
 
 
@@ -118,35 +148,39 @@ def write_summary(root: Path, summaries: list[dict[str, Any]], pairs: list[dict[
                   plan: dict[str, Any], cv: CVConfig) -> str:  # fmt: skip
     """Write `summary.json`, `summary.csv` and `summary.png`; the printed table and paths."""
     selection = summaries[0]["selection"]
-    tiles = len(summaries[0]["out_of_fold_tiles"])
     write_json(
         root / SUMMARY_FILE,
         {
             "selection": selection,
             "selection_rule": SELECTION_LABELS[selection],
-            "optimistic": selection == OPTIMISTIC,
+            "optimistic": any(s["optimistic"] for s in summaries),
+            "headline": "pooled out-of-fold f1_class1 (orders every leaderboard)",
             "configuration_hash": plan["configuration_hash"],
             "plan": plan,
-            "bootstrap": bootstrap_record(cv.bootstrap_resamples, cv.bootstrap_seed, tiles),
+            "bootstrap": summaries[0]["bootstrap"],
             "models": summaries,
             "pairs": pairs,
         },
     )
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["model", "model_type", "selection", "fold", *SCORES])
+    writer.writerow(["model", "model_type", "selection", "fold", *SCORES, "tiles", "label"])
     for summary in summaries:
         name, model_type = summary["name"], summary["model_type"]
+        label = summary["held_out"]["label"]
         for result in summary["folds"]:
             writer.writerow([name, model_type, selection, result["fold"],
-                             *(result["scores"][k] for k in SCORES)])  # fmt: skip
+                             *(result["scores"][k] for k in SCORES), len(result["val_tiles"]),
+                             label])  # fmt: skip
         rows = {row: summary[row] for row in ("mean", "std", "out_of_fold")}
         interval = summary.get("out_of_fold_interval") or {}
         if interval:
-            rows["out_of_fold_low"] = {k: interval[k][0] for k in SCORES}
-            rows["out_of_fold_high"] = {k: interval[k][1] for k in SCORES}
+            rows["out_of_fold_low"] = {k: interval.get(k, [None, None])[0] for k in SCORES}
+            rows["out_of_fold_high"] = {k: interval.get(k, [None, None])[1] for k in SCORES}
+        tiles = len(summary["out_of_fold_tiles"])
         for row, values in rows.items():
-            writer.writerow([name, model_type, selection, row, *(values[k] for k in SCORES)])
+            writer.writerow([name, model_type, selection, row, *(values[k] for k in SCORES),
+                             tiles, label])  # fmt: skip
     with atomic_path(root / "summary.csv") as temporary:
         temporary.write_text(buffer.getvalue())
     plot_cross_validation(summaries, root / "summary.png")

@@ -170,3 +170,24 @@ def group_channels(channels: list[str], grouping: str) -> dict[str, list[str]]:
         key = {"sensor": sensor, "date": f"{sensor}/{date}", "band": f"{sensor}/{band}"}[grouping]
         groups.setdefault(key, []).append(name)
     return groups
+
+
+def is_source_of(channel: str, derived: str) -> bool:
+    """Whether the channel `derived` (`sensor/date/band`) is computed from `channel`: the
+    maximum projection `viirs/max/DNB` from every VIIRS date, a spectral index from the two
+    bands of its date."""
+    sensor, date, band = derived.split("/")
+    source_sensor, source_date, source_band = channel.split("/")
+    if source_sensor != sensor or channel == derived:
+        return False
+    if date == MAX_PROJECTION_DATE:
+        return source_band == band and source_date != MAX_PROJECTION_DATE
+    pair = SPECTRAL_INDICES.get(band, {}).get(sensor)
+    return pair is not None and source_date == date and source_band in pair
+
+
+def derived_followers(members: list[str], channels: list[str]) -> list[str]:
+    """The derived channels of `channels`, outside `members`, computed from one of them: what
+    must be left out or permuted with `members` so that their information goes with them."""
+    chosen = set(members)
+    return [c for c in channels if c not in chosen and any(is_source_of(m, c) for m in chosen)]

@@ -37,10 +37,11 @@ class EvalConfig(FigureOptions):
     processed_dir: Path | None = config_field(
         None, "prepared data (default: the folder the checkpoint was trained on)"
     )
-    split: EvalSplit = config_field(
-        "val",
-        "the checkpoint's own split to score (train, val, test), or `predict`: the processed "
-        "folder's tiles without ground truth",
+    split: EvalSplit | None = config_field(
+        None,
+        "the split to score: the checkpoint's own val (the default; OPTIMISTIC for a best "
+        "epoch, which they chose), test or train, `predict` (the processed folder's tiles "
+        "without ground truth); with --cv_dir, test (the default: the tiles no fold saw)",
     )
     tiles: list[str] | None = config_field(
         None, "score these tiles of processed_dir instead (never training tiles as val/test)"
@@ -81,6 +82,13 @@ class EvalConfig(FigureOptions):
     accelerator: Literal["auto", "cpu", "cuda", "mps"] = config_field(
         "auto", "device to run the model on"
     )
+
+    @property
+    def scored_split(self) -> str:
+        """`split`, or its default: a cross-validation's test split, a checkpoint's val."""
+        if self.split is not None:
+            return self.split
+        return "test" if self.cv_dir is not None else "val"
 
     def __post_init__(self) -> None:
         if isinstance(self.model_path, (str, Path)):  # one checkpoint, from Python

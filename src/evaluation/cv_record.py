@@ -89,6 +89,13 @@ def read_fold_records(cv_dir: Path) -> list[FoldRecord]:
     return records
 
 
-def read_fold_checkpoints(cv_dir: Path) -> list[Path]:
-    """The checkpoint each finished fold of `cv_dir` chose (see `read_fold_records`)."""
-    return [record.checkpoint for record in read_fold_records(cv_dir)]
+def read_plan(cv_dir: Path) -> dict[str, Any]:
+    """The `folds.json` of the cross-validation `cv_dir` belongs to (see `cv_root_and_models`)."""
+    root, _ = cv_root_and_models(cv_dir)
+    return read_json(root / FOLDS_FILE)
+
+
+HYPERPARAMETERS_CHOSEN = "hyperparameters_chosen_by"
+"""Key of `folds.json` (and the summary's plan) naming what chose among configurations by
+this cross-validation's scores (a sweep with `--objective cv`): its labelled tiles then chose
+the configuration of every fold's model."""

@@ -3,9 +3,12 @@
 What is scored comes from the checkpoint's `DataIdentity`, not from whatever the processed
 folder holds now: the checkpoint's own split (its `val` tiles by default), normalised with
 its own training statistics, on tiles whose processed pixels are the ones it was trained
-and validated on. A tile the model trained on is never scored as `val` or `test`. With
-`raw_dir`, the tiles of any folder (the contest's unlabelled Val/ or Test/, say) are
-prepared with the checkpoint's preprocessing into a cache of their own and predicted.
+and validated on. Every score goes through the held-out ledger (`src.held_out`): a tile a
+model trained on is never scored, and a score of tiles that chose a model (a best epoch's
+val tiles) is labelled OPTIMISTIC wherever it appears. With `raw_dir`, the tiles of any
+folder (the contest's unlabelled Val/ or Test/, say) are prepared with the checkpoint's
+preprocessing into a cache of their own and predicted. A cross-validation's folds
+(`cv_dir`) score its processed folder's test split, the tiles no fold saw.
 """
 
 from __future__ import annotations
@@ -18,12 +21,16 @@ from pathlib import Path
 from typing import Any
 
 from src.atomic import check_writable, replaced_folder
-from src.esd_data.identity import SCORED_SPLITS, DataIdentity
+from src.esd_data.identity import DataIdentity
 from src.esd_data.manifest import Manifest
 from src.esd_data.preparation import preparation_lock, read_previous_manifest
-from src.esd_data.reader import tile_number
 from src.evaluation.config import EvalConfig
-from src.evaluation.cv_record import cv_root_and_models, read_fold_checkpoints
+from src.evaluation.cv_record import (
+    HYPERPARAMETERS_CHOSEN,
+    cv_root_and_models,
+    read_fold_records,
+    read_plan,
+)
 from src.evaluation.evaluator import (
     Predictor,
     check_compatible,
@@ -33,7 +40,14 @@ from src.evaluation.evaluator import (
 )
 from src.evaluation.report import true_colour_image, write_run_outputs, write_tile_outputs
 from src.hardware import resolve_device
-from src.training.checkpoints import CheckpointError, data_identity, load_module, read_checkpoint
+from src.held_out import Ledger, Member
+from src.training.checkpoints import (
+    CheckpointError,
+    data_identity,
+    held_out_member,
+    load_module,
+    read_checkpoint,
+)
 from src.visualization.figure_output import figure_output
 
 EVAL_CACHE_ROOT = Path("data/eval_cache")
@@ -48,6 +62,51 @@ class TileSource:
     tiles: list[str]
     label: str
     """The split's name, or the raw folder's name."""
+
+    def ledger(self, members: list[Member]) -> Ledger:
+        """Every member scoring every labelled tile (by the hash of its processed pixels;
+        an unlabelled tile is predicted, never scored)."""
+        records = self.manifest.tiles
+        scored = {t: records[t].sha256 for t in self.tiles if records[t].labels is not None}
+        return Ledger.ensemble(members, scored)
+
+
+@dataclass(frozen=True)
+class Models:
+    """The checkpoints to evaluate, read once (what is needed, not the weights): their data,
+    hyper-parameters, epochs and ledger members, why they were chosen, and the
+    cross-validation plan (`folds.json`) when they are its folds."""
+
+    paths: list[Path]
+    identities: list[DataIdentity]
+    hparams: list[dict[str, Any]]
+    epochs: list[int]
+    members: list[Member]
+    why: str
+    cv_plan: dict[str, Any] | None = None
+
+
+def read_models(paths: list[Path], why: str, cv_plan: dict[str, Any] | None = None) -> Models:
+    """`Models` of these checkpoints; a cross-validation whose scores chose its configuration
+    (a sweep's trial) makes every labelled tile of a fold one that chose the fold's model."""
+    identities, hparams, epochs, members = [], [], [], []
+    for path in paths:
+        checkpoint = read_checkpoint(path)
+        identity = data_identity(checkpoint, path)
+        member = held_out_member(checkpoint, path)
+        chooser = (cv_plan or {}).get(HYPERPARAMETERS_CHOSEN)
+        if chooser:
+            labelled = {t for tiles in identity.split.values() for t in tiles}
+            member = member.choosing(
+                {t: identity.tile_hashes[t] for t in labelled},
+                f"its hyper-parameters, by {chooser} on the cross-validation's scores",
+            )
+        identities.append(identity)
+        hparams.append(checkpoint["hyper_parameters"])
+        epochs.append(int(checkpoint.get("epoch", -1)))
+        members.append(member)
+        del checkpoint
+    return Models(list(paths), identities, hparams, epochs, members, why, cv_plan)
 
 
 def _check_preprocessing(manifest: Manifest, identity: DataIdentity, where: Path) -> None:
@@ -65,29 +124,37 @@ def _check_preprocessing(manifest: Manifest, identity: DataIdentity, where: Path
     )
 
 
-def processed_tiles(config: EvalConfig, identities: list[DataIdentity]) -> TileSource:
-    """The first checkpoint's own split (or `--tiles`) of the processed folder, checked
-    against every checkpoint's data (same pixels, never a tile one of them trained on)."""
+def processed_tiles(config: EvalConfig, models: Models) -> TileSource:
+    """The tiles of the processed folder to score: the checkpoint's own split (`--split`), a
+    cross-validation's test split (the tiles no fold saw), the predict split or `--tiles`,
+    checked against every checkpoint's data (channels, cell size, preprocessing, pixels).
+    Whether any of them trained on or chose a model is the ledger's to say."""
+    identities = models.identities
     identity = identities[0]
-    processed_dir = config.processed_dir or Path(identity.processed_dir)
+    split = config.scored_split
+    plan = models.cv_plan
+    default_dir = plan["processed_dir"] if plan is not None else identity.processed_dir
+    processed_dir = config.processed_dir or Path(default_dir)
     manifest = Manifest.load(processed_dir)
     manifest.check_files(processed_dir)
     for each in identities:
         check_compatible(each, manifest, processed_dir)
         _check_preprocessing(manifest, each, processed_dir)
     if config.tiles is not None:
-        tiles, label = list(config.tiles), config.split
-    elif config.split == "predict":
+        tiles, label = list(config.tiles), split
+    elif split == "predict":
         tiles, label = list(manifest.split["predict"]), "predict"
+    elif plan is not None:
+        tiles, label = _cv_split(split, plan, processed_dir), split
     else:
-        tiles, label = list(identity.split.get(config.split, [])), config.split
+        tiles, label = list(identity.split.get(split, [])), split
     if not tiles:
-        raise ValueError(_empty_split_message(config.split, identity, processed_dir))
+        raise ValueError(_empty_split_message(split, identity, processed_dir))
     missing = [tile for tile in tiles if tile not in manifest.tiles]
     if missing:
         raise CheckpointError(
             f"{processed_dir} has no tile(s) {', '.join(missing)} of the checkpoint's "
-            f"{config.split} split: evaluate with --raw_dir {identity.raw_dir} (prepares them "
+            f"{split} split: evaluate with --raw_dir {identity.raw_dir} (prepares them "
             f"as the checkpoint's data) or pass --processed_dir"
         )
     for each in identities:
@@ -99,9 +166,29 @@ def processed_tiles(config: EvalConfig, identities: list[DataIdentity]) -> TileS
                 f"the ones the checkpoint saw (re-prepared from other raw files?): evaluate "
                 f"with --raw_dir RAW to prepare them again, or use the data the model saw"
             )
-        if label in SCORED_SPLITS:
-            _refuse_training_tiles(each, manifest, tiles, label, by_name=True)
     return TileSource(processed_dir, manifest, tiles, label)
+
+
+def _cv_split(split: str, plan: dict[str, Any], processed_dir: Path) -> list[str]:
+    """The tiles of a cross-validation's processed folder its fold ensemble may score: the
+    test split, which no fold trained on or chose with; a one-line refusal otherwise."""
+    alternatives = (
+        "its out-of-fold scores (summary.json; python -m scripts.report on its folder), "
+        "--split predict, or --raw_dir with tiles no fold saw (the contest's Val/)"
+    )
+    if split != "test":
+        raise ValueError(
+            f"the ensemble of a cross-validation's folds has no {split} split: every labelled "
+            f"tile trained or chose some fold. Score its test split (--split test), or use "
+            f"{alternatives}"
+        )
+    if not plan["test"]:
+        raise ValueError(
+            f"the cross-validation's processed folder {processed_dir} has no test split (it was "
+            f"prepared with --test_fraction 0) and every labelled tile trained or chose some "
+            f"fold: the honest scores are {alternatives}"
+        )
+    return list(plan["test"])
 
 
 def _empty_split_message(split: str, identity: DataIdentity, processed_dir: Path) -> str:
@@ -118,38 +205,15 @@ def _empty_split_message(split: str, identity: DataIdentity, processed_dir: Path
     )
 
 
-def _refuse_training_tiles(
-    identity: DataIdentity, manifest: Manifest, tiles: list[str], label: str, by_name: bool
-) -> None:
-    """CheckpointError naming the tiles the model trained on: by content (the same pixels
-    under any name) and, within the training folder (`by_name`), by name."""
-    by_name_tiles = set(identity.training_tiles(tiles)) if by_name else set()
-    by_content = identity.trained_on(manifest, tiles)
-    leaked = sorted(by_name_tiles | set(by_content), key=tile_number)
-    if leaked:
-        names = ", ".join(
-            f"{tile} (= training tile {by_content[tile]})"
-            if tile in by_content and by_content[tile] != tile
-            else tile
-            for tile in leaked
-        )
-        raise CheckpointError(
-            f"refusing to score as {label}: the checkpoint was trained on {names}; its scores "
-            f"there would not be honest. Score its own {label} split (leave out --tiles) or "
-            f"tiles it never saw"
-        )
-
-
 def default_cache_dir(raw_dir: Path, identity: DataIdentity) -> Path:
     """`data/eval_cache/<folder>-<hash of the folder's path and the preprocessing>`."""
     key = json.dumps([str(Path(raw_dir).resolve()), identity.preprocessing], sort_keys=True)
     return EVAL_CACHE_ROOT / f"{Path(raw_dir).name}-{hashlib.sha256(key.encode()).hexdigest()[:8]}"
 
 
-def _from_raw(
-    config: EvalConfig, identities: list[DataIdentity], log: Callable[[str], None]
-) -> TileSource:
+def _from_raw(config: EvalConfig, models: Models, log: Callable[[str], None]) -> TileSource:
     """Every tile of `config.raw_dir`, prepared like the checkpoints' data in its own cache."""
+    identities = models.identities
     identity = identities[0]
     if any(each.preprocessing != identity.preprocessing for each in identities):
         raise CheckpointError(
@@ -186,7 +250,6 @@ def _from_raw(
     tiles = list(manifest.split["predict"])
     for each in identities:
         check_compatible(each, manifest, cache_dir)
-        _refuse_training_tiles(each, manifest, tiles, "held-out", by_name=False)
     return TileSource(cache_dir, manifest, tiles, raw_dir.name)
 
 
@@ -208,21 +271,22 @@ def _check_raw_cell_size(raw_dir: Path, identities: list[DataIdentity]) -> None:
         )
 
 
-def choose_checkpoints(config: EvalConfig) -> tuple[list[Path], str]:
-    """The checkpoint(s) to evaluate and why they were chosen."""
+def choose_models(config: EvalConfig) -> Models:
+    """The checkpoint(s) to evaluate (read once) and why they were chosen: `--model_path`,
+    the checkpoint each fold of `--cv_dir` chose (one model's folds; every repetition and
+    seed of a repeated one), or the newest best checkpoint."""
     if config.model_path is not None:
-        return list(config.model_path), "--model_path"
+        return read_models(list(config.model_path), "--model_path")
     if config.cv_dir is not None:
-        return _cv_checkpoints(config.cv_dir)
+        records = read_fold_records(config.cv_dir)
+        plan = read_plan(config.cv_dir)
+        why = f"the checkpoint each of the {len(records)} folds in {config.cv_dir} chose"
+        repeats, seeds = plan.get("repeats", 1), len(plan.get("seeds", [0]))
+        if repeats > 1 or seeds > 1:
+            why += f" (all {repeats} repetition(s) × {seeds} seed(s), one ensemble)"
+        return read_models([r.checkpoint for r in records], why, plan)
     path, why = newest_best_checkpoint(config.checkpoint_dir, config.model_type)
-    return [path], why
-
-
-def _cv_checkpoints(cv_dir: Path) -> tuple[list[Path], str]:
-    """The checkpoint each fold of a cross-validation chose when it finished (`cv_dir` is its
-    folder, all its model types, or one model's folder in it)."""
-    chosen = read_fold_checkpoints(cv_dir)
-    return chosen, f"the checkpoint each of the {len(chosen)} folds in {cv_dir} chose"
+    return read_models([path], why)
 
 
 def evaluate(
@@ -240,22 +304,20 @@ def evaluate(
 
 
 def _evaluate(config: EvalConfig, log: Callable[[str], None], run_figures: bool) -> dict[str, Any]:
-    model_paths, why = choose_checkpoints(config)
+    models = choose_models(config)
+    model_paths, identities, hparams = models.paths, models.identities, models.hparams
+    epochs = models.epochs
     for path in model_paths:
-        log(f"checkpoint: {path} ({why})")
-    identities, hparams, epochs = [], [], []
-    for path in model_paths:  # only what is needed is kept, not the weights
-        checkpoint = read_checkpoint(path)
-        identities.append(data_identity(checkpoint, path))
-        hparams.append(checkpoint["hyper_parameters"])
-        epochs.append(int(checkpoint.get("epoch", -1)))
-    del checkpoint
+        log(f"checkpoint: {path} ({models.why})")
     check_ensemble(hparams, config.tile_size_gt)
     device = resolve_device(config.accelerator)
     if config.raw_dir is not None:
-        source = _from_raw(config, identities, log)
+        source = _from_raw(config, models, log)
     else:
-        source = processed_tiles(config, identities)
+        source = processed_tiles(config, models)
+    ledger = source.ledger(models.members)
+    if not (source.label == "train" and config.tiles is None):  # a fit diagnostic, so labelled
+        ledger.check()
     if config.stride_gt is not None and config.restitch != "overlap":
         raise ValueError("--stride_gt sets the overlap windows' stride: add --restitch overlap")
     tile_size_gt = config.tile_size_gt or hparams[0]["tile_size_gt"]
@@ -318,8 +380,10 @@ def _evaluate(config: EvalConfig, log: Callable[[str], None], run_figures: bool)
         "tta": config.tta,
         "tile_size_gt": tile_size_gt,
         "stride_gt": stride or tile_size_gt,
+        "held_out": ledger.record(),
         "evaluation_key": key,
     }
+    optimistic = set(ledger.optimistic_tiles())
     with replaced_folder(results_dir) as staging:
         per_tile = [
             write_tile_outputs(
@@ -328,6 +392,7 @@ def _evaluate(config: EvalConfig, log: Callable[[str], None], run_figures: bool)
                 true_colour_image(source.processed_dir, source.manifest, p.tile),
                 _model_label(model_type, run, len(model_paths), config),
                 picture=config.tile_pictures,
+                optimistic=p.tile in optimistic,
             )
             for p in predictions
         ]

@@ -1,13 +1,16 @@
 """Permutation importance of channel groups, on held-out tiles only.
 
 For each group of channels (a sensor, a sensor's date, or a sensor's band across its dates)
-the group's values are permuted between the subtiles of the held-out tiles (every window
-gets the group from another window; the other channels stay), the windows are predicted and
-restitched as `scripts.evaluate` does, and the drop of class-1 F1 and macro F1 from the
-unpermuted prediction is recorded: its mean over the seeded repeats, the std over them, and
-a 95 % paired bootstrap interval over tiles. A checkpoint is scored on its own `val` or `test`
-tiles, a cross-validation's model on each fold's held-out tiles (pooled out of fold); the
-tiles a model trained on are never read. A group the model does not read has importance 0.
+the group's values, and those of every derived channel computed from them (a VIIRS date's
+share of `viirs/max/DNB`, a band's spectral indices), are permuted between the subtiles of the
+held-out tiles (every window gets the group from another window; the other channels stay),
+the windows are predicted and restitched as `scripts.evaluate` does, and the drop of class-1
+F1 and macro F1 from the unpermuted prediction is recorded: the drop of the counts pooled
+over the seeded repeats with its 95 % paired bootstrap interval over tiles (one estimand),
+and the std of the per-repeat drops. A checkpoint is scored on its own `val` or `test` tiles,
+a cross-validation's model on each fold's held-out tiles (pooled out of fold, over every
+repetition and seed); which tiles chose the models, and that no model trained on a scored
+tile, is the held-out ledger's to say. A group the model does not read has importance 0.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from tqdm import tqdm
 from src.atomic import atomic_path, replaced_folder, write_json
 from src.esd_data.dataset import ESDDataset
 from src.esd_data.identity import DataIdentity
-from src.esd_data.sensors import group_channels
+from src.esd_data.sensors import derived_followers, group_channels
 from src.evaluation.bootstrap import (
     bootstrap_record,
     confusion,
@@ -34,14 +37,15 @@ from src.evaluation.bootstrap import (
     scores_of_confusion,
 )
 from src.evaluation.config import EvalConfig, ImportanceConfig
-from src.evaluation.cv_record import read_fold_records
-from src.evaluation.evaluate import check_results_dir, processed_tiles
+from src.evaluation.cv_record import read_fold_records, read_plan
+from src.evaluation.evaluate import check_results_dir, processed_tiles, read_models
 from src.evaluation.evaluator import Predictor
 from src.evaluation.restitch import restitch_logits
 from src.evaluation.tta import averaged_probabilities
 from src.hardware import resolve_device
+from src.held_out import Ledger
 from src.progress import progress_disabled
-from src.training.checkpoints import CheckpointError, data_identity, load_module, read_checkpoint
+from src.training.checkpoints import CheckpointError, load_module
 from src.visualization.evaluation_plots import plot_importance
 from src.visualization.figure_output import figure_output
 
@@ -106,60 +110,57 @@ def _confusions(
     return np.array(matrices)
 
 
-OPTIMISTIC_NOTE = (
-    "; these tiles chose the checkpoints' epoch (validation split or --selection outer), so "
-    "the baseline scores are OPTIMISTIC: use --split test or a cross-validation with "
-    "--selection inner or last"
-)
-
-
-def held_out_parts(config: ImportanceConfig) -> tuple[list[HeldOutPart], str, bool]:
-    """The checkpoints and their held-out tiles, what they are, and whether those tiles chose
-    the checkpoints' epoch (optimistic); CheckpointError when two parts share a tile (one
-    model at a time, or a cross-validation's folds)."""
+def held_out_parts(config: ImportanceConfig) -> tuple[list[HeldOutPart], Ledger, str]:
+    """The checkpoints, the held-out tiles each is scored on, the ledger of them all, and what
+    they are. A cross-validation's folds (every repetition and seed of a repeated one) each
+    score their held-out tiles, pooled per tile; several checkpoints must hold out distinct
+    tiles (CheckpointError otherwise: one model at a time)."""
     if config.cv_dir is not None:
         records = read_fold_records(config.cv_dir)
+        plan = read_plan(config.cv_dir)
         specs = [
-            (
-                r.checkpoint,
-                EvalConfig(
-                    model_path=[r.checkpoint], processed_dir=r.folder / "data", split=r.scored_split
-                ),
-            )
+            (r.checkpoint, EvalConfig(model_path=[r.checkpoint], processed_dir=r.folder / "data",
+                                      split=r.scored_split), plan)
             for r in records
-        ]
-        optimistic = any(r.scored_split == "val" for r in records)
-        what = f"the held-out tiles of each of the {len(specs)} folds of {config.cv_dir}"
+        ]  # fmt: skip
+        what = f"the held-out tiles of each of the {len(records)} folds of {config.cv_dir}"
+        if plan.get("repeats", 1) > 1 or len(plan.get("seeds", [0])) > 1:
+            what += " (pooled: each tile's counts summed over the folds that held it out)"
     else:
         assert config.model_path is not None
         specs = [
-            (p, EvalConfig(model_path=[p], split=config.split, processed_dir=config.processed_dir))
+            (p, EvalConfig(model_path=[p], split=config.split, processed_dir=config.processed_dir),
+             None)
             for p in config.model_path
-        ]
-        optimistic = config.split == "val"
+        ]  # fmt: skip
         what = f"each checkpoint's {config.split} tiles"
-    parts = []
-    for checkpoint, evaluation in specs:
-        saved = read_checkpoint(checkpoint)  # once: what is needed is kept, not the weights
-        identity = data_identity(saved, checkpoint)
-        source = processed_tiles(evaluation, [identity])
-        parts.append(HeldOutPart(checkpoint, identity, saved["hyper_parameters"],
+    parts, scorings = [], []
+    for checkpoint, evaluation, cv_plan in specs:
+        models = read_models([checkpoint], "", cv_plan)
+        source = processed_tiles(evaluation, models)
+        parts.append(HeldOutPart(checkpoint, models.identities[0], models.hparams[0],
                                  source.processed_dir, list(source.tiles)))  # fmt: skip
-        del saved
-    seen: dict[str, Path] = {}
-    for part in parts:
-        for tile in part.tiles:
-            if tile in seen:
-                raise CheckpointError(
-                    f"{tile} is held out by both {seen[tile]} and {part.checkpoint}: give one "
-                    f"model's checkpoint, or a cross-validation's folds (--cv_dir)"
-                )
-            seen[tile] = part.checkpoint
-    return parts, what + (OPTIMISTIC_NOTE if optimistic else ""), optimistic
+        scorings += source.ledger(models.members).parts
+    if config.cv_dir is None:
+        seen: dict[str, Path] = {}
+        for part in parts:
+            for tile in part.tiles:
+                if tile in seen:
+                    raise CheckpointError(
+                        f"{tile} is held out by both {seen[tile]} and {part.checkpoint}: give "
+                        f"one model's checkpoint, or a cross-validation's folds (--cv_dir)"
+                    )
+                seen[tile] = part.checkpoint
+    ledger = Ledger(tuple(scorings))
+    ledger.check()
+    return parts, ledger, what
 
 
 def _drop(baseline: np.ndarray, permuted: list[np.ndarray], resamples: int, seed: int) -> dict:
-    """Mean and std over repeats of each score's drop, and its paired interval over tiles."""
+    """Each score's drop when the group is permuted: the score of the baseline's pooled counts
+    minus that of the permuted counts pooled over the repeats, with the paired interval over
+    tiles of that same difference; the std of the per-repeat drops says how much one
+    permutation varies."""
     base = scores_of_confusion(baseline.sum(axis=0))
     record: dict[str, Any] = {}
     pooled = np.sum(permuted, axis=0)
@@ -167,9 +168,9 @@ def _drop(baseline: np.ndarray, permuted: list[np.ndarray], resamples: int, seed
         drops = [float(base[score] - scores_of_confusion(p.sum(axis=0))[score]) for p in permuted]
         paired = paired_difference(baseline * len(permuted), pooled, resamples, seed, score)
         record[score] = {
-            "mean": float(np.mean(drops)),
-            "std": float(np.std(drops, ddof=1)) if len(drops) > 1 else 0.0,
+            "drop": paired["difference"],
             "interval": paired["interval"],
+            "std": float(np.std(drops, ddof=1)) if len(drops) > 1 else 0.0,
             "repeats": drops,
         }
     return record
@@ -184,14 +185,33 @@ def permutation_importance(
         return _permutation_importance(config, log)
 
 
+def _pooled(tiles: list[str], matrices: np.ndarray) -> tuple[list[str], np.ndarray]:
+    """Per-tile confusion matrices summed over the parts that scored the tile (tile order)."""
+    order = list(dict.fromkeys(tiles))
+    index = {tile: k for k, tile in enumerate(order)}
+    pooled = np.zeros((len(order), *matrices.shape[1:]), dtype=matrices.dtype)
+    np.add.at(pooled, [index[t] for t in tiles], matrices)
+    return order, pooled
+
+
+def _groups(channels: list[str], grouping: str) -> dict[str, tuple[list[str], list[str]]]:
+    """Group → (its channels, the derived channels that follow them): a derived channel
+    computed from a group's channel is permuted with it, so the group's information leaves
+    the input entirely (a date's VIIRS image also moves `viirs/max/DNB`)."""
+    return {
+        name: (members, derived_followers(members, channels))
+        for name, members in group_channels(channels, grouping).items()
+    }
+
+
 def _permutation_importance(config: ImportanceConfig, log: Callable[[str], None]) -> dict[str, Any]:
-    parts, what, optimistic = held_out_parts(config)
+    parts, ledger, what = held_out_parts(config)
     device = resolve_device(config.accelerator)
     hparams = [part.hparams for part in parts]
     channels = list(hparams[0]["channels"])
     if any(list(hp["channels"]) != channels for hp in hparams):
         raise CheckpointError("the checkpoints read different channels: one model at a time")
-    groups = {g: group_channels(channels, g) for g in config.grouping}
+    groups = {g: _groups(channels, g) for g in config.grouping}
     key = {
         "checkpoints": [str(part.checkpoint.resolve()) for part in parts],
         "processed_dirs": [str(part.processed_dir.resolve()) for part in parts],
@@ -201,7 +221,7 @@ def _permutation_importance(config: ImportanceConfig, log: Callable[[str], None]
     }  # fmt: skip
     results_dir = config.results_dir or _default_results_dir(config, parts, hparams[0], key)
     check_results_dir(results_dir, key, "importance.json", "importance computation")
-    log(f"permutation importance on {what}: {sum(len(p.tiles) for p in parts)} tiles")
+    log(f"permutation importance on {what}: {len(ledger.scored)} tiles")
     baseline_parts, permuted_parts = [], {}
     work = [(g, name) for g in config.grouping for name in groups[g]]
     bar = tqdm(total=len(parts) * (1 + len(work)), desc="importance", unit="pass",
@@ -212,7 +232,8 @@ def _permutation_importance(config: ImportanceConfig, log: Callable[[str], None]
         baseline_parts.append(_confusions(predictor, windows, config.batch_size, device))
         bar.update()
         for grouping, name in work:
-            members = [channels.index(c) for c in groups[grouping][name]]
+            members, derived = groups[grouping][name]
+            moved = [channels.index(c) for c in members + derived]
             # The seed names the group and the part, so results do not depend on the order.
             digest = hashlib.sha256(f"{config.seed}/{index}/{grouping}/{name}".encode()).digest()
             rng = np.random.default_rng(int.from_bytes(digest[:8], "little"))
@@ -222,7 +243,7 @@ def _permutation_importance(config: ImportanceConfig, log: Callable[[str], None]
                     windows,
                     config.batch_size,
                     device,
-                    members,
+                    moved,
                     rng.permutation(len(windows.x)),
                 )
                 for _ in range(config.repeats)
@@ -230,37 +251,41 @@ def _permutation_importance(config: ImportanceConfig, log: Callable[[str], None]
             permuted_parts.setdefault((grouping, name), []).append(repeats)
             bar.update()
     bar.close()
-    baseline = np.concatenate(baseline_parts)
-    tiles = [tile for part in parts for tile in part.tiles]
+    part_tiles = [tile for part in parts for tile in part.tiles]
+    tiles, baseline = _pooled(part_tiles, np.concatenate(baseline_parts))
+    label = ledger.label
     result: dict[str, Any] = {
         "what": what,
-        "optimistic": optimistic,
+        "optimistic": ledger.optimistic,
+        "held_out": ledger.record(),
         "checkpoints": [str(part.checkpoint) for part in parts],
         "model_type": hparams[0]["model_type"],
         "tiles": tiles,
         "baseline": {k: float(v) for k, v in scores_of_confusion(baseline.sum(0)).items()},
-        "method": "permutation of each channel group between the held-out subtiles",
+        "method": "permutation of each channel group (and the derived channels computed from "
+        "it) between the held-out subtiles",
         "repeats": config.repeats,
         "seed": config.seed,
-        "bootstrap": bootstrap_record(
-            config.bootstrap_resamples, config.bootstrap_seed, len(tiles)
-        ),
+        "bootstrap": bootstrap_record(config.bootstrap_resamples, config.bootstrap_seed, baseline),
         "groupings": {},
         "evaluation_key": key,
     }
     for grouping in config.grouping:
         rows = []
-        for name in groups[grouping]:
+        for name, (members, derived) in groups[grouping].items():
             per_part = permuted_parts[(grouping, name)]
-            permuted = [np.concatenate([p[r] for p in per_part]) for r in range(config.repeats)]
+            permuted = [
+                _pooled(part_tiles, np.concatenate([p[r] for p in per_part]))[1]
+                for r in range(config.repeats)
+            ]
             drop = _drop(baseline, permuted, config.bootstrap_resamples, config.bootstrap_seed)
-            rows.append({"group": name, "channels": len(groups[grouping][name]), **drop})
-        rows.sort(key=lambda row: -row["f1_class1"]["mean"])
+            rows.append({"group": name, "channels": len(members), "derived": derived, **drop})
+        rows.sort(key=lambda row: -row["f1_class1"]["drop"])
         result["groupings"][grouping] = rows
     with replaced_folder(results_dir) as staging:
         for grouping, rows in result["groupings"].items():
             plot_importance(rows, grouping, result["baseline"]["f1_class1"],
-                            staging / f"importance_{grouping}.png")  # fmt: skip
+                            staging / f"importance_{grouping}.png", label)  # fmt: skip
         _write_csv(staging / "importance.csv", result)
         write_json(staging / "importance.json", result)
     return result | {"results_dir": str(results_dir)}
@@ -276,35 +301,55 @@ def _default_results_dir(config: ImportanceConfig, parts: list[HeldOutPart],
 
 
 def _write_csv(path: Path, result: dict[str, Any]) -> None:
-    lines = ["grouping,group,channels," + ",".join(
-        f"drop_{s}_{k}" for s in DROPS for k in ("mean", "std", "low", "high"))]  # fmt: skip
+    """One row per group: the drops with their intervals (empty below the tiles an interval
+    needs), the derived channels that moved with it, and the held-out label."""
+    label = result["held_out"]["label"]
+    lines = ["grouping,group,channels,derived," + ",".join(
+        f"drop_{s}_{k}" for s in DROPS for k in ("value", "low", "high", "std_over_repeats")
+    ) + ",label"]  # fmt: skip
     for grouping, rows in result["groupings"].items():
         for row in rows:
             values = [
-                v for s in DROPS for v in (row[s]["mean"], row[s]["std"], *row[s]["interval"])
+                "" if v is None else f"{v:.6f}"
+                for s in DROPS
+                for v in (row[s]["drop"], *(row[s]["interval"] or [None, None]), row[s]["std"])
             ]
-            lines.append(f"{grouping},{row['group']},{row['channels']},"
-                         + ",".join(f"{v:.6f}" for v in values))  # fmt: skip
+            derived = " ".join(row["derived"])
+            lines.append(f"{grouping},{row['group']},{row['channels']},{derived},"
+                         + ",".join(values) + f",{label}")  # fmt: skip
     with atomic_path(path) as temporary:
         temporary.write_text("\n".join(lines) + "\n")
 
 
 def format_importance(result: dict[str, Any]) -> str:
-    """One table per grouping, most important first."""
+    """One table per grouping, most important first, with the intervals' tile count, the
+    derived channels that moved with a group, and the held-out label."""
+    held_out = result["held_out"]
+    label = f" {held_out['label']}" if held_out["label"] else ""
+    tiles = len(result["tiles"])
+    note = result["bootstrap"].get("note")
     lines = [
-        f"permutation importance on {result['what']} ({len(result['tiles'])} tiles; baseline "
-        f"f1_class1 {result['baseline']['f1_class1']:.4f}, f1_macro "
+        f"permutation importance on {result['what']} ({tiles} tiles; baseline f1_class1 "
+        f"{result['baseline']['f1_class1']:.4f}{label}, f1_macro "
         f"{result['baseline']['f1_macro']:.4f}; {result['repeats']} permutations per group; "
-        f"95 % interval over tiles)"
+        + (f"{note})" if note else f"95 % interval over {tiles} tiles)")
     ]
     for grouping, rows in result["groupings"].items():
         lines.append(f"by {grouping}:")
         lines.append(f"  {'group':<28}{'drop f1_class1':>26}{'drop f1_macro':>26}")
         for row in rows:
-            cells = "".join(
-                f"{row[s]['mean']:>+9.4f} [{row[s]['interval'][0]:+.3f}, "
-                f"{row[s]['interval'][1]:+.3f}]"
-                for s in DROPS
+            cells = "".join(_drop_text(row[s]) for s in DROPS)
+            moved = (
+                f"  (with {', '.join(row['derived'])}, derived from it)" if row["derived"] else ""
             )
-            lines.append(f"  {row['group']:<28}{cells}")
+            lines.append(f"  {row['group']:<28}{cells}{moved}")
+    if held_out["optimistic"]:
+        lines.append(held_out["reason"])
     return "\n".join(lines)
+
+
+def _drop_text(drop: dict[str, Any]) -> str:
+    interval = drop["interval"]
+    if interval is None:
+        return f"{drop['drop']:>+9.4f}{'':17}"
+    return f"{drop['drop']:>+9.4f} [{interval[0]:+.3f}, {interval[1]:+.3f}]"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ from src.esd_data.sensors import CLASS_NAMES, LABEL_GRID
 from src.evaluation.bootstrap import bootstrap_intervals, bootstrap_record, confusion
 from src.evaluation.evaluator import TilePrediction
 from src.evaluation.scores import LABELS, label_scores
+from src.held_out import NOT_HELD_OUT, OPTIMISTIC
 from src.visualization.evaluation_plots import (
     one_vs_rest_auc,
     plot_confusion_matrix,
@@ -66,11 +68,14 @@ def kaggle_rows(predictions: list[TilePrediction]) -> list[tuple[int, int]]:
 
 def write_tile_outputs(
     results_dir: Path, prediction: TilePrediction, rgb: np.ndarray | None, model: str,
-    picture: bool = True,
+    picture: bool = True, optimistic: bool = False,
 ) -> dict[str, Any]:  # fmt: skip
     """The tile's picture (unless not `picture`), label TIFF (1..4) and probability TIFF
-    (4, 16, 16); its scores and confusion matrix."""
+    (4, 16, 16); its scores and confusion matrix, `optimistic` when the tile chose the model
+    (said in its picture's title too)."""
     scores = tile_scores(prediction)
+    if scores and optimistic:
+        scores["optimistic"] = True
     tiles = results_dir / "tiles"
     if picture:
         plot_tile_prediction(
@@ -78,6 +83,7 @@ def write_tile_outputs(
             None if not scores else scores["f1_class1"],
             save_to=tiles / f"{prediction.tile}.png",
             probability=prediction.probabilities[0], model=model,
+            flag=f"({OPTIMISTIC}: chose the model)" if scores and optimistic else "",
         )  # fmt: skip
     write_tiff(tiles / f"{prediction.tile}_prediction.tif", prediction.labels)
     write_tiff(tiles / f"{prediction.tile}_probabilities.tif", prediction.probabilities)
@@ -91,13 +97,21 @@ def write_tile_outputs(
     return {"tile": prediction.tile, **scores, **extra}
 
 
+def truth_digest(truth: np.ndarray) -> str:
+    """SHA-256 of a label grid (its shape and labels): "same ground truth" means equal ones."""
+    grid = np.ascontiguousarray(truth, dtype=np.uint8)
+    return hashlib.sha256(repr(grid.shape).encode() + grid.tobytes()).hexdigest()
+
+
 def tile_scores(prediction: TilePrediction) -> dict[str, Any]:
-    """A labelled tile's scores and confusion matrix (rows truth); {} without ground truth."""
+    """A labelled tile's scores, confusion matrix (rows truth) and truth digest; {} without
+    ground truth."""
     if prediction.truth is None:
         return {}
     return {
         **label_scores(prediction.truth, prediction.labels),
         "confusion_matrix": confusion(prediction.truth, prediction.labels).tolist(),
+        "truth_sha256": truth_digest(prediction.truth),
     }
 
 
@@ -108,7 +122,8 @@ def write_run_outputs(
     """metrics.json, confusion matrix, ROC curves, report and Kaggle CSV; returns the metrics.
 
     The overall scores get 95 % intervals over the labelled tiles (`resamples` bootstrap
-    resamples drawn with `seed`; none with `resamples` 0 or a single tile). Without
+    resamples drawn with `seed`; none with `resamples` 0 or too few tiles, said in
+    `bootstrap`). Figure titles say OPTIMISTIC when `info`'s held-out record does. Without
     `figures`, the confusion matrix and ROC curves are not drawn (the matrix and the AUCs
     are in metrics.json either way)."""
     with atomic_path(results_dir / "predictions.csv") as temporary, temporary.open("w") as out:
@@ -126,15 +141,20 @@ def write_run_outputs(
         metrics["overall"].update({f"auc_class{k + 1}": v for k, v in aucs.items()})
         present = [v for v in aucs.values() if v is not None]
         metrics["overall"]["auc_macro"] = float(np.mean(present)) if present else None
-        if resamples and len(labelled) > 1:
+        if resamples:
             confusions = [confusion(p.truth, p.labels) for p in labelled]
-            metrics["overall_interval"] = bootstrap_intervals(confusions, resamples, seed)
-            metrics["bootstrap"] = bootstrap_record(resamples, seed, len(labelled))
+            intervals = bootstrap_intervals(confusions, resamples, seed)
+            if intervals:
+                metrics["overall_interval"] = intervals
+            metrics["bootstrap"] = bootstrap_record(resamples, seed, confusions)
         matrix = confusion_matrix(truth, predicted, labels=LABELS)
         metrics["confusion_matrix"] = matrix.tolist()
         if figures:
-            plot_confusion_matrix(matrix, CLASS_TITLES, results_dir / "confusion_matrix.png")
-            plot_roc_curves(truth - 1, probabilities, CLASS_NAMES, results_dir / "roc_curves.png")
+            title = figure_title(metrics, len(labelled))
+            plot_confusion_matrix(matrix, CLASS_TITLES, results_dir / "confusion_matrix.png",
+                                  title)  # fmt: skip
+            plot_roc_curves(truth - 1, probabilities, CLASS_NAMES, results_dir / "roc_curves.png",
+                            title)  # fmt: skip
         report = classification_report(
             truth, predicted, labels=LABELS, target_names=CLASS_TITLES, zero_division=0, digits=4
         )
@@ -144,16 +164,32 @@ def write_run_outputs(
     return metrics
 
 
+def figure_title(metrics: dict[str, Any], tiles: int) -> str:
+    """What a run figure shows: the split and tile count, OPTIMISTIC when the tiles chose
+    the model."""
+    optimistic = (metrics.get("held_out") or {}).get("optimistic")
+    split = metrics.get("split", "out of fold" if metrics.get("out_of_fold") else "")
+    return f"{split} ({tiles} tiles)" + (f" — {OPTIMISTIC}: these tiles chose the model"
+                                         if optimistic else "")  # fmt: skip
+
+
 def format_table(metrics: dict[str, Any]) -> str:
-    """Per-tile and overall accuracy, macro IoU/F1 and the contest score, as a text table."""
+    """Per-tile and overall accuracy, macro IoU/F1 and the contest score, as a text table,
+    with the interval over tiles (or why there is none) and the held-out verdict."""
     columns = ("accuracy", "iou_macro", "f1_macro", "f1_class1")
+    rows = [(t["tile"] + ("*" if t.get("optimistic") else ""), t)
+            for t in metrics["tiles"] if "accuracy" in t]  # fmt: skip
+    if not rows:
+        return f"no labelled tiles: {len(metrics['tiles'])} tile(s) predicted, none scored"
+    held_out = metrics.get("held_out") or {}
     lines = [f"{'tile':<10}" + "".join(f"{c:>12}" for c in columns)]
-    rows = [(t["tile"], t) for t in metrics["tiles"] if "accuracy" in t]
-    if "overall" in metrics:
-        rows.append(("overall", metrics["overall"]))
+    rows.append(("overall", metrics["overall"]))
     for name, values in rows:
         lines.append(f"{name:<10}" + "".join(f"{values[c]:>12.4f}" for c in columns))
+    if held_out.get("label"):
+        lines[-1] += f"  {held_out['label']}"
     interval = metrics.get("overall_interval")
+    record = metrics.get("bootstrap") or {}
     if interval:
         lines.append(
             f"{'95% CI':<10}"
@@ -162,7 +198,12 @@ def format_table(metrics: dict[str, Any]) -> str:
                 for c in columns
             )
         )
-        lines.append(f"(interval: {metrics['bootstrap']['method']}, "
-                     f"{metrics['bootstrap']['resamples']} resamples of "
-                     f"{metrics['bootstrap']['tiles']} tiles)")  # fmt: skip
+        lines.append(f"(interval: {record['method']}, {record['resamples']} resamples of "
+                     f"{record['tiles']} tiles)")  # fmt: skip
+    elif record.get("note"):
+        lines.append(f"({record['note']})")
+    if held_out.get("label") == NOT_HELD_OUT:
+        lines.append(f"{NOT_HELD_OUT}: the model trained on these tiles (a fit diagnostic)")
+    elif held_out.get("optimistic"):
+        lines.append(f"* {held_out['reason']}")
     return "\n".join(lines)

@@ -385,8 +385,9 @@ def _cross_validated(
         tile_pictures="none",  # a trial's folds are scored, not looked at
     )  # fmt: skip
     summary = cross_validate(
-        cv, config, log=lambda _: None, extra_callbacks=[callback], on_fold=after_fold
-    )
+        cv, config, log=lambda _: None, extra_callbacks=[callback], on_fold=after_fold,
+        hyperparameters_chosen_by=f"the sweep {trial.study.study_name}",
+    )  # fmt: skip
     trial.set_user_attr("epochs", None)
     return float(summary["models"][0]["mean"]["f1_class1"])
 

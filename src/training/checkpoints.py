@@ -8,6 +8,7 @@ from typing import Any
 import torch
 
 from src.esd_data.identity import DataIdentity
+from src.held_out import Member
 from src.models.registry import without_pretrained_loading
 from src.training.module import DATA_IDENTITY_KEY, ESDSegmentation
 
@@ -42,6 +43,26 @@ def data_identity(checkpoint: dict[str, Any], path: Path) -> DataIdentity:
             f"esd): retrain it with python -m scripts.train"
         )
     return DataIdentity.from_dict(values)
+
+
+def held_out_member(checkpoint: dict[str, Any], path: Path) -> Member:
+    """The checkpoint as a member of the held-out ledger: its training tiles and, when its
+    run validated, its val tiles, which chose its epoch (best checkpoint, early stopping, the
+    plateau schedule; a sweep's trials are also chosen among on them)."""
+    identity = data_identity(checkpoint, path)
+    hparams = checkpoint["hyper_parameters"]
+    run = hparams.get("run_config") or {}
+    hashes = identity.tile_hashes
+    validated = run.get("limit_val_batches", 1.0) != 0
+    chose = identity.split.get("val", []) if validated else []
+    return Member(
+        str(path),
+        {tile: hashes[tile] for tile in identity.split.get("train", [])},
+        {tile: hashes[tile] for tile in chose},
+        f"its epoch, by {hparams.get('monitor', 'the monitored metric')} on its val split"
+        if chose
+        else "",
+    )
 
 
 def check_weights_fit(module: torch.nn.Module, checkpoint: dict[str, Any], path: Path) -> None:

@@ -51,6 +51,7 @@ def plot_tile_prediction(
     save_to: Path | str | None = None,
     probability: np.ndarray | None = None,
     model: str | None = None,
+    flag: str = "",
 ) -> Figure:
     """Panels side by side: true colour, ground truth, prediction, class-1 probability and
     error map.
@@ -59,7 +60,8 @@ def plot_tile_prediction(
     and `probability` (the class-1 probability per cell) are optional; the error map (correct
     vs wrong cells) needs `truth`. The four-class legend sits below the panels; the title
     carries the tile id, the `model` that predicted it and, for a labelled tile, its class-1
-    F1 `score` ("n/a" when None or not finite). An unlabelled tile gets no score at all.
+    F1 `score` ("n/a" when None or not finite) and `flag` (OPTIMISTIC for a tile that chose
+    the model). An unlabelled tile gets no score at all.
     """
     prediction = check_labels(prediction, "prediction")
     if truth is not None:
@@ -104,6 +106,7 @@ def plot_tile_prediction(
         frameon=False,
     )
     title = tile_id if truth is None else f"{tile_id} — class-1 F1 {_score_text(score)}"
+    title += f" {flag}" if flag else ""
     figure.suptitle(title + (f" — {model}" if model else ""), fontsize=14)
     return finish_figure(figure, save_to)
 
@@ -169,9 +172,11 @@ def _annotated_matrix(
 
 
 def plot_confusion_matrix(
-    matrix: np.ndarray, class_names: Sequence[str], save_to: Path | str | None = None
-) -> Figure:
-    """Confusion matrix as counts (left) and row-normalised (right; rows = true class).
+    matrix: np.ndarray, class_names: Sequence[str], save_to: Path | str | None = None,
+    title: str = "",
+) -> Figure:  # fmt: skip
+    """Confusion matrix as counts (left) and row-normalised (right; rows = true class), under
+    `title` (what was scored, OPTIMISTIC when its tiles chose the model).
 
     Each cell is annotated with its value (counts as integers, fractions with two decimals);
     a true class without samples gives a row of zeros.
@@ -198,6 +203,8 @@ def plot_confusion_matrix(
     _annotated_matrix(
         right, row_normalise(counts), 1.0, ".2f", names, "row-normalised (recall per class)"
     )
+    if title:
+        figure.suptitle(title, fontsize="medium")
     return finish_figure(figure, save_to)
 
 
@@ -235,8 +242,9 @@ def plot_roc_curves(
     probabilities: np.ndarray,
     class_names: Sequence[str],
     save_to: Path | str | None = None,
+    title: str = "",
 ) -> Figure:
-    """One-vs-rest ROC curve per class, its AUC in the legend.
+    """One-vs-rest ROC curve per class, its AUC in the legend; `title` above the panel's.
 
     A class absent from `y_true` is listed as "(absent)" (and one held by every sample as
     "(every sample)") without a curve.
@@ -263,6 +271,8 @@ def plot_roc_curves(
     ax.set_xlabel("false positive rate")
     ax.set_ylabel("true positive rate")
     ax.set_title(f"one-vs-rest ROC ({y.size} samples)")
+    if title:
+        figure.suptitle(title, fontsize="medium")
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right", fontsize=9)
     return finish_figure(figure, save_to)
@@ -299,13 +309,19 @@ CV_SCORES = ("f1_class1", "f1_macro", "iou_macro", "accuracy")
 
 
 def plot_cross_validation(summaries: Sequence[dict], save_to: Path | str | None = None) -> Figure:
-    """One panel per headline score; per model: mean ± std (bar and whisker), each fold's
-    score joined across models by a line (fold k of one model beside fold k of the others,
-    labelled as in the tables: fold 0 … K−1), and the out-of-fold score with its 95 %
-    interval over tiles (diamond, beside the bar so that the whisker never hides it)."""
-    names = [s.get("name", s["model_type"]) for s in summaries]
-    figure = new_figure((2.0 + 1.5 * len(summaries) * len(CV_SCORES), 3.8), layout="constrained")
-    axes = figure.subplots(1, len(CV_SCORES), squeeze=False)[0]
+    """A 2×2 grid, one panel per headline score, sized for a page whatever the number of
+    models; per model: mean ± std (bar and whisker), each fold's score joined across models
+    by a line (fold k of one model beside fold k of the others, labelled as in the tables:
+    fold 0 … K−1), and the out-of-fold score with its 95 % interval over tiles (diamond,
+    beside the bar so that the whisker never hides it); OPTIMISTIC models are named so."""
+    names = [
+        s.get("name", s["model_type"]) + (" (OPTIMISTIC)" if s.get("optimistic") else "")
+        for s in summaries
+    ]
+    width = min(11.0, 3.0 + 1.2 * len(summaries))
+    many = len(summaries) > 3
+    figure = new_figure((width, 6.8 + (1.2 if many else 0.0)), layout="constrained")
+    axes = figure.subplots(2, 2, squeeze=False).ravel()
     x = np.arange(len(summaries))
     n_folds = len(summaries[0]["folds"])
     fold_colours = [f"C{k % 10}" for k in range(n_folds)]
@@ -317,7 +333,8 @@ def plot_cross_validation(summaries: Sequence[dict], save_to: Path | str | None 
         for k in range(n_folds):
             values = [s["folds"][k]["scores"][score] for s in summaries]
             axis.plot(x - 0.12, values, marker="o", markersize=3, linewidth=0.8,
-                      color=fold_colours[k], alpha=0.8, label=f"fold {k}")  # fmt: skip
+                      color=fold_colours[k], alpha=0.8,
+                      label=f"fold {k}" if n_folds <= 10 else None)  # fmt: skip
         oof = np.array([s["out_of_fold"][score] for s in summaries])
         intervals = [(s.get("out_of_fold_interval") or {}).get(score) for s in summaries]
         errors = np.array(
@@ -325,13 +342,13 @@ def plot_cross_validation(summaries: Sequence[dict], save_to: Path | str | None 
         ).T
         axis.errorbar(x + 0.22, oof, yerr=errors, fmt="D", color="tab:red", capsize=3,
                       markersize=5, zorder=4, label="out of fold (95 % CI)")  # fmt: skip
-        axis.set_xticks(x, names, rotation=30 if len(summaries) > 2 else 0, ha="right"
-                        if len(summaries) > 2 else "center", fontsize="small")  # fmt: skip
+        axis.set_xticks(x, names, rotation=35 if many else 0, ha="right" if many else "center",
+                        fontsize="small")  # fmt: skip
         axis.set_ylim(0, 1)
         axis.set_title(score, fontsize="medium")
-    axes[0].legend(fontsize="x-small", loc="lower left")
+    axes[0].legend(fontsize="x-small", loc="lower left", ncols=2)
     selection = summaries[0].get("selection", "outer")
-    warning = ", OPTIMISTIC" if summaries[0].get("optimistic") else ""
+    warning = ", OPTIMISTIC" if any(s.get("optimistic") for s in summaries) else ""
     figure.suptitle(
         f"{n_folds}-fold cross-validation (epoch selection: {selection}{warning})",
         fontsize="medium",
@@ -340,22 +357,28 @@ def plot_cross_validation(summaries: Sequence[dict], save_to: Path | str | None 
 
 
 def plot_importance(
-    rows: Sequence[dict], grouping: str, baseline: float, save_to: Path | str | None = None
-) -> Figure:
-    """Horizontal bars: each group's mean drop of class-1 F1 when it is permuted, with its
-    95 % interval over tiles, most important on top."""
-    names = [row["group"] for row in rows]
-    means = np.array([row["f1_class1"]["mean"] for row in rows])
-    low = np.array([row["f1_class1"]["interval"][0] for row in rows])
-    high = np.array([row["f1_class1"]["interval"][1] for row in rows])
-    errors = np.vstack([np.maximum(means - low, 0), np.maximum(high - means, 0)])
+    rows: Sequence[dict], grouping: str, baseline: float, save_to: Path | str | None = None,
+    label: str = "",
+) -> Figure:  # fmt: skip
+    """Horizontal bars: each group's drop of class-1 F1 when it is permuted, with its 95 %
+    interval over tiles (none below the tiles an interval needs), most important on top;
+    `label` (OPTIMISTIC) in the title when the scored tiles chose the model."""
+    names = [row["group"] + (" (+ derived)" if row.get("derived") else "") for row in rows]
+    drops = np.array([row["f1_class1"]["drop"] for row in rows])
+    intervals = [row["f1_class1"]["interval"] for row in rows]
+    errors = None
+    if all(interval is not None for interval in intervals):
+        low, high = np.array(intervals).T
+        errors = np.vstack([np.maximum(drops - low, 0), np.maximum(high - drops, 0)])
     figure = new_figure((6.0, 1.2 + 0.28 * len(rows)), layout="constrained")
     axis = figure.subplots()
     y = np.arange(len(rows))[::-1]
-    axis.barh(y, means, xerr=errors, color="tab:blue", alpha=0.7, capsize=3)
+    axis.barh(y, drops, xerr=errors, color="tab:blue", alpha=0.7, capsize=3)
     axis.axvline(0, color="black", linewidth=0.8)
     axis.set_yticks(y, names, fontsize="small")
-    axis.set_xlabel("drop of f1_class1 when permuted (95 % interval over tiles)")
-    axis.set_title(f"permutation importance by {grouping} (baseline f1_class1 {baseline:.3f})",
-                   fontsize="medium")  # fmt: skip
+    what = "95 % interval over tiles" if errors is not None else "too few tiles for an interval"
+    axis.set_xlabel(f"drop of f1_class1 when permuted ({what})")
+    flag = f" {label}" if label else ""
+    axis.set_title(f"permutation importance by {grouping} (baseline f1_class1 {baseline:.3f}"
+                   f"{flag})", fontsize="medium")  # fmt: skip
     return finish_figure(figure, save_to)

@@ -37,21 +37,23 @@ def epoch_metrics(metrics_csv: Path) -> dict[str, list[tuple[int, float]]]:
 
 
 def plot_learning_curves(
-    runs: Mapping[str, Path], title: str, save_to: Path | str | None = None
-) -> Figure:
-    """Loss and class-1 F1 per epoch of each run (`label → metrics.csv`)."""
+    runs: Mapping[str, Path], title: str, save_to: Path | str | None = None,
+    val_label: str = "val",
+) -> Figure:  # fmt: skip
+    """Loss and class-1 F1 per epoch of each run (`label → metrics.csv`); `val_label` names
+    what the validation curve was computed on (a cross-validation's `inner val` split)."""
     figure = new_figure((9.0, 3.4), layout="constrained")
     axes = figure.subplots(1, len(CURVES), squeeze=False)[0]
     for index, (label, path) in enumerate(runs.items()):
         series = epoch_metrics(path)
         colour = f"C{index % 10}"
         for axis, curve in zip(axes, CURVES, strict=True):
-            for stage, style in (("train", "-"), ("val", "--")):
+            for stage, style, name in (("train", "-", "train"), ("val", "--", val_label)):
                 points = series.get(f"{stage}_{curve}", [])
                 if points:
                     epochs, values = zip(*points, strict=True)
                     axis.plot(epochs, values, style, color=colour, marker=".",
-                              label=f"{label} {stage}")  # fmt: skip
+                              label=f"{label} {name}")  # fmt: skip
     for axis, curve in zip(axes, CURVES, strict=True):
         axis.set_xlabel("epoch")
         axis.set_ylabel(curve)
