@@ -40,7 +40,13 @@ def parse_arguments(argv: Sequence[str] | None = None) -> tuple[CVConfig, ESDCon
     cv_fields = {f.name for f in dataclasses.fields(CVConfig)}
     cv = construct(parser, CVConfig, {k: v for k, v in values.items() if k in cv_fields})
     training = {k: v for k, v in values.items() if k not in cv_fields}
-    return cv, construct(parser, ESDConfig, {**training, "model_type": cv.model_type[0]})
+    base = construct(parser, ESDConfig, {**training, "model_type": cv.model_type[0]})
+    for model in cv.model_type:  # each model's own options, checked before any work
+        try:
+            cv.model_config(base, model)
+        except ValueError as error:
+            parser.exit(2, f"{parser.prog}: error: {error}\n")
+    return cv, base
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,8 +1,9 @@
-"""One self-contained HTML report: `python -m scripts.report RUN_OR_CV_DIR`.
+"""One self-contained HTML report: `python -m scripts.report DIR [DIR …] [--out FILE.html]`.
 
-RUN_OR_CV_DIR is a cross-validation's folder (`scripts.cross_validate`) or an evaluation's
-results folder (`scripts.evaluate`); the page (`report.html` inside it) embeds every picture
-and opens from disk with no network.
+Each DIR is a cross-validation's folder (`scripts.cross_validate`), one model's folder in
+it, or an evaluation's results folder (`scripts.evaluate`). The page (`report.html` inside
+the one folder, or `--out`) embeds every picture and opens from disk with no network; its
+leaderboard is also written as Markdown and LaTeX beside it.
 """
 
 from __future__ import annotations
@@ -17,24 +18,41 @@ if __package__ in (None, ""):  # run as `python scripts/NAME.py`, not `python -m
 
 
 def build_report_parser() -> argparse.ArgumentParser:
-    """The command line: one folder."""
+    """The command line: one or more folders, and where the page goes."""
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("folder", type=Path, help="a cross-validation or evaluation folder")
+    parser.add_argument(
+        "folders", type=Path, nargs="+",
+        help="cross-validation folders (or one model's folder in one) and evaluation folders",
+    )  # fmt: skip
+    parser.add_argument(
+        "--out", type=Path, default=None,
+        help="the page to write (default: FOLDER/report.html for one folder; needed for several)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--bootstrap_resamples",
+        type=int,
+        default=1000,
+        help="resamples of the paired differences between the folders' runs",
+    )
+    parser.add_argument("--bootstrap_seed", type=int, default=0, help="their seed")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Write the report and print where it is."""
-    folder = build_report_parser().parse_args(argv).folder
+    arguments = build_report_parser().parse_args(argv)
     from src.evaluation.cv_record import CVRecordError
     from src.evaluation.html_report import write_report
 
     try:
-        target = write_report(folder)
-    except (CVRecordError, OSError, KeyError) as error:
+        target = write_report(arguments.folders, arguments.out, arguments.bootstrap_resamples,
+                              arguments.bootstrap_seed)  # fmt: skip
+    except (CVRecordError, OSError, KeyError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
-    print(f"wrote {target} ({target.stat().st_size} bytes)")
+    stem = target.with_suffix("")
+    print(f"wrote {target} ({target.stat().st_size} bytes), {stem}_leaderboard.md and "
+          f"{stem}_leaderboard.tex")  # fmt: skip
     return 0
 
 

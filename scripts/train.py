@@ -10,6 +10,7 @@ if __package__ in (None, ""):  # run as `python scripts/NAME.py`, not `python -m
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from src.cli import build_parser, construct, parse_values
+from src.held_out import OPTIMISTIC
 from src.progress import set_progress
 from src.training.config import ESDConfig
 
@@ -84,22 +85,29 @@ def format_results(results: dict[str, Any]) -> str:
             f"run {results['run_name']}: --fast_dev_run ran one training and one validation "
             f"batch; no checkpoint, log or status was written"
         )
-    score = results["best_model_score"]
+    score, best_epoch = results["best_model_score"], results.get("best_epoch")
+    last_epoch = results.get("last_epoch")
     lines = [
         f"run {results['run_name']}",
-        f"  best checkpoint: {results['best_model_path']}"
-        + ("" if score is None else f" ({score:.4f})"),
-        f"  last checkpoint: {results['last_model_path']}",
+        f"  best checkpoint: {results['best_model_path'] or 'none (no validation)'}"
+        + ("" if score is None else f" (epoch {best_epoch}, {results['monitor']} {score:.4f})"),
+        f"  last checkpoint: {results['last_model_path']} (epoch {last_epoch})",
     ]
+    labels = {
+        "val": f"val, last epoch ({last_epoch}), {OPTIMISTIC}: these tiles chose the best "
+        f"epoch and when to stop",
+        "test": f"test, {results.get('test_checkpoint', 'best')} checkpoint, held out",
+    }
     for stage in ("val", "test"):
         shown = [f"{m} {results[f'{stage}_{m}']:.4f}" for m in SUMMARY_METRICS
                  if f"{stage}_{m}" in results]  # fmt: skip
         if shown:
-            lines.append(f"  {stage}: " + "  ".join(shown))
+            lines.append(f"  {labels[stage]}:")
+            lines.append(f"    {stage}: " + "  ".join(shown))
             per_class = [results.get(f"{stage}_f1_class{k}") for k in range(1, 5)]
             if None not in per_class:
                 lines.append(
-                    f"  {stage} F1 of classes 1-4: " + " ".join(f"{v:.4f}" for v in per_class)
+                    f"    {stage} F1 of classes 1-4: " + " ".join(f"{v:.4f}" for v in per_class)
                 )
     if results.get("metrics_csv"):
         lines.append(f"  every metric, per epoch: {results['metrics_csv']}")

@@ -117,7 +117,10 @@ def test_training_output_is_short(synthetic_raw, tmp_path):
     for noise in ("LeafSpec", "litlogger", "already configured", "No positive samples",
                   "val_metrics", "anonymous"):  # fmt: skip
         assert noise not in text, noise
-    assert re.search(r"val: f1_class1 \d\.\d{4}  acc_overall \d\.\d{4}", result.stdout)
+    assert re.search(
+        r"val, last epoch \(1\), OPTIMISTIC.*\n    val: f1_class1 \d\.\d{4}  acc_overall \d\.\d{4}",
+        result.stdout,
+    )
     hparams = yaml.safe_load((tmp_path / "logs" / "UNet" / "short" / "hparams.yaml").read_text())
     run_config = hparams["run_config"]
     assert {

@@ -343,12 +343,26 @@ def test_report_opens_in_headless_chromium_with_every_model_and_the_gallery(abla
     # 12 tile pictures (the full model's: ablations draw none) and each model's curves
     assert loaded.group(1) == loaded.group(2) and int(loaded.group(2)) >= 12 + 7
     leaderboard = dom[dom.index('<table id="leaderboard"') :].split("</table>")[0]
-    for model in ablation["models"]:
-        assert f"<td>{model['name']}</td>" in leaderboard
-    gallery = dom[dom.index('id="gallery"') :]
+    names = re.findall(r"<tr><td>([^<]+)</td>", leaderboard)
+    assert names == [f"{root.name}/{m['name']}" for m in ablation["models"]]  # pooled OOF order
+    oof = [m["out_of_fold"]["f1_class1"] for m in ablation["models"]]
+    assert oof == sorted(oof, reverse=True)
+    assert leaderboard.count("[") >= 4 * len(names)  # every headline score with its interval
+    assert 'href="#run-0"' in dom  # a contents list
+    gallery = dom[dom.index('id="gallery-run-0"') :]
     assert gallery.count('class="tile"') == 12
     scores = [float(s) for s in re.findall(r'data-f1class1="([0-9.]+)"', gallery)]
     assert scores == sorted(scores)  # worst first
+    # a summary figure sized for a page, whatever the number of variants (7 here)
+    from PIL import Image
+
+    assert Image.open(root / "summary.png").size[0] <= 1300
+    # the leaderboard for a paper: every class's F1 with its interval, in Markdown and LaTeX
+    markdown = (root / "report_leaderboard.md").read_text()
+    assert all(f"f1_class{k}" in markdown.splitlines()[0] for k in range(1, 5))
+    assert markdown.count("\n") == 2 + len(names)
+    latex = (root / "report_leaderboard.tex").read_text()
+    assert latex.count(r"\makecell") >= 4 * len(names) and r"\bottomrule" in latex
 
 
 def test_compare_command_pairs_the_models_of_a_cross_validation(ablation, capsys, tmp_path):
@@ -441,9 +455,9 @@ def test_date_ablation_leaves_out_one_date_of_one_sensor_at_a_time(synthetic_pro
     from src.cross_validation.variants import model_variants
 
     manifest = Manifest.load(synthetic_processed)
-    bands = {"sentinel1": None, "viirs": ["2020-08-08", "2020-08-11"]}
-    base = tiny(synthetic_processed, Path("unused"), bands=bands)
-    variants = model_variants(["UNet"], "dates", base, manifest)
+    bands = {"sentinel1": None, "viirs": None}  # nine dates and their maximum
+    base = tiny(synthetic_processed, Path("unused"), bands=bands, model_type="UNet")
+    variants = model_variants({"UNet": base}, "dates", base, manifest)
     selected = [manifest.channels[k] for k in manifest.select_channels(bands)]
     groups = sorted({name.rsplit("/", 1)[0] for name in selected})
     assert [v.name for v in variants] == ["UNet"] + [
@@ -453,11 +467,17 @@ def test_date_ablation_leaves_out_one_date_of_one_sensor_at_a_time(synthetic_pro
         assert variant.reference == "UNet" and variant.config.model_type == "UNet"
         kept = [manifest.channels[k] for k in manifest.select_channels(variant.config.bands)]
         left_out = sorted(set(selected) - set(kept))
-        assert len({name.rsplit("/", 1)[0] for name in left_out}) == 1  # one sensor's date
         assert kept == [name for name in selected if name not in left_out]  # order kept
+        if variant.name == "UNet-without-viirs-max":
+            assert left_out == ["viirs/max/DNB"]
+            continue
+        derived = [name for name in left_out if name == "viirs/max/DNB"]
+        dates = {name.rsplit("/", 1)[0] for name in left_out if name not in derived}
+        assert len(dates) == 1  # one sensor's date, and what is computed from it:
+        assert bool(derived) == (variant.name.startswith("UNet-without-viirs-2020"))
     with pytest.raises(ValueError, match="at least two sensors"):
-        model_variants(["UNet"], "sensors", tiny(synthetic_processed, Path("unused"),
-                                                  bands={"viirs": None}), manifest)  # fmt: skip
+        only_viirs = tiny(synthetic_processed, Path("unused"), bands={"viirs": None})
+        model_variants({"UNet": only_viirs}, "sensors", only_viirs, manifest)
 
 
 def selected_order(selected: list[str]):

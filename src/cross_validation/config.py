@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from src.cli import check_field_types, config_field
 from src.cross_validation.variants import Ablation
 from src.evaluation.config import TTAMode
 from src.models.registry import MODEL_TYPES
+from src.training.config import ESDConfig
 
 Selection = Literal["inner", "last", "outer"]
 OPTIMISTIC = "outer"
@@ -41,6 +43,11 @@ class CVConfig:
         metadata={
             "help": f"model type(s) to cross-validate, one leaderboard: {', '.join(MODEL_TYPES)}"
         },
+    )
+    model_options: dict[str, Any] | None = config_field(
+        None,
+        "training options of one model type only, e.g. '{Galileo: {pretrained: true, "
+        "weights_path: models/galileo-nano}}' beside a UNet (flags apply to every model)",
     )
     selection: Selection = config_field(
         "inner",
@@ -99,8 +106,38 @@ class CVConfig:
             )
         if len(set(self.model_type)) != len(self.model_type):
             problems.append(f"model_type repeats a model: {' '.join(self.model_type)}")
+        problems += self._model_option_problems()
         if problems:
             raise ValueError("; ".join(problems))
+
+    def _model_option_problems(self) -> list[str]:
+        """What is wrong with `model_options`: models not cross-validated, unknown options."""
+        problems = []
+        known = {f.name for f in dataclasses.fields(ESDConfig)} - {"model_type", "resume"}
+        for model, options in (self.model_options or {}).items():
+            if model not in self.model_type:
+                problems.append(
+                    f"model_options names {model}, which is not among --model_type "
+                    f"{' '.join(self.model_type)}"
+                )
+            elif not isinstance(options, dict):
+                problems.append(f"model_options of {model} must be a mapping, got {options!r}")
+            else:
+                unknown = sorted(set(options) - known)
+                if unknown:
+                    problems.append(
+                        f"model_options of {model}: unknown option(s) {', '.join(unknown)}"
+                    )
+        return problems
+
+    def model_config(self, base: ESDConfig, model_type: str) -> ESDConfig:
+        """The training options of `model_type`: every flag, then its own `model_options`
+        (ValueError naming the model when they do not fit it)."""
+        options = (self.model_options or {}).get(model_type, {})
+        try:
+            return dataclasses.replace(base, model_type=model_type, **options)
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"{model_type}: {error}") from None
 
     def protocol(self) -> dict[str, object]:
         """The options of this cross-validation that determine its scores."""

@@ -370,7 +370,8 @@ def _cross_validate(
     shares = class1_shares(processed, manifest, labelled)
     units = plan_units(shares, cv, seed)
     folds = [unit.heldout for unit in units]
-    variants = model_variants(cv.model_type, cv.ablate, base, manifest)
+    configs = {model: cv.model_config(base, model) for model in cv.model_type}
+    variants = model_variants(configs, cv.ablate, base, manifest)
     configuration = {
         "models": {
             variant.name: _model_identity(cv, variant.config, manifest.fingerprint)

@@ -15,6 +15,7 @@ import numpy as np
 from src.atomic import atomic_path, write_json
 from src.cross_validation.config import SELECTION_LABELS, CVConfig
 from src.cross_validation.variants import Variant
+from src.evaluation.bootstrap import INTERVAL_SCORES
 from src.evaluation.comparison import compare_pair, cv_scored_run, format_pairs, holm
 from src.evaluation.cv_record import HYPERPARAMETERS_CHOSEN, SUMMARY_FILE
 from src.held_out import OPTIMISTIC, Ledger, Scoring
@@ -59,7 +60,7 @@ def model_summary(variant: Variant, results: list[dict[str, Any]], oof: dict[str
         "folds": results,
         "mean": {k: float(v.mean()) for k, v in values.items()},
         "std": {k: float(v.std(ddof=1)) for k, v in values.items()},
-        "out_of_fold": {k: oof["overall"][k] for k in SCORES},
+        "out_of_fold": {k: oof["overall"][k] for k in INTERVAL_SCORES},
         "out_of_fold_interval": oof.get("overall_interval") or None,
         "bootstrap": oof.get("bootstrap"),
         "out_of_fold_tiles": oof["tiles"],

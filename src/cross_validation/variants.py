@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from src.esd_data.manifest import Manifest
-from src.esd_data.sensors import group_channels
+from src.esd_data.sensors import derived_followers, group_channels
 from src.training.config import ESDConfig
 
 Ablation = Literal["none", "sensors", "dates"]
@@ -48,20 +48,22 @@ def _ablations(channels: list[str], ablate: Ablation) -> list[tuple[str, list[st
         return without + alone
     groups = group_channels(channels, "date")
     return [
-        (f"without-{group.replace('/', '-')}", [c for c in channels if c not in members])
+        (f"without-{group.replace('/', '-')}",
+         [c for c in channels if c not in members + derived_followers(members, channels)])
         for group, members in groups.items()
-    ]
+    ]  # fmt: skip
 
 
 def model_variants(
-    model_types: list[str], ablate: Ablation, base: ESDConfig, manifest: Manifest
+    model_configs: dict[str, ESDConfig], ablate: Ablation, base: ESDConfig, manifest: Manifest
 ) -> list[Variant]:
-    """Each model type's full configuration and, with `ablate`, its ablations (duplicates of
-    a channel set already listed, and empty ones, left out). ValueError when the selected
-    channels have a single group to ablate."""
+    """Each model type's full configuration (`model_configs`: model type → its training
+    options) and, with `ablate`, its ablations (duplicates of a channel set already listed,
+    and empty ones, left out); a date left out takes the derived channels computed from it
+    (`viirs/max/DNB`) with it. ValueError when the selected channels have a single group to
+    ablate."""
     variants = []
-    for model_type in model_types:
-        full = dataclasses.replace(base, model_type=model_type)
+    for model_type, full in model_configs.items():
         variants.append(Variant(model_type, full))
         if ablate == "none":
             continue

@@ -30,8 +30,10 @@ from src.esd_data.sensors import N_CLASSES
 
 CONFIDENCE = 0.95
 DEFAULT_RESAMPLES = 1000
-INTERVAL_SCORES = ("f1_class1", "accuracy", "iou_macro", "f1_macro")
-"""The scores given an interval wherever scores are reported."""
+INTERVAL_SCORES = (
+    "f1_class1", "accuracy", "iou_macro", "f1_macro", "f1_class2", "f1_class3", "f1_class4",
+)  # fmt: skip
+"""The scores given an interval: the four headline scores, then the other classes' F1."""
 MIN_INTERVAL_TILES = 8
 """Fewer scored tiles than this get no interval (their bootstrap cannot cover; see module)."""
 METHODS = {
@@ -66,6 +68,7 @@ def scores_of_confusion(matrices: np.ndarray) -> dict[str, np.ndarray]:
             "accuracy": true_positive.sum(axis=-1) / total,
             "iou_macro": iou.sum(axis=-1) / count,
             "f1_macro": f1.sum(axis=-1) / count,
+            **{f"f1_class{k + 1}": f1[..., k] for k in range(1, N_CLASSES)},
         }
 
 
@@ -128,9 +131,10 @@ def _too_few(tiles: int) -> str | None:
     return None
 
 
-def _class1_f1(total: np.ndarray, values: np.ndarray) -> np.ndarray:
-    """Class-1 F1 values with NaN where the summed truth (total[..., 4, 4]) has no class 1."""
-    return np.where(total[..., 0, :].sum(axis=-1) > 0, values, np.nan)
+def _class_f1(total: np.ndarray, values: np.ndarray, label: int = 1) -> np.ndarray:
+    """Class `label`'s F1 values with NaN where the summed truth (total[..., 4, 4]) has no
+    cell of the class: its F1 is undefined there, and the resample is left out."""
+    return np.where(total[..., label - 1, :].sum(axis=-1) > 0, values, np.nan)
 
 
 def bootstrap_intervals(
@@ -138,21 +142,23 @@ def bootstrap_intervals(
     method: str = DEFAULT_METHOD,
 ) -> dict[str, list[float]]:  # fmt: skip
     """Score → [low, high]: the 95 % interval over tiles of each of `INTERVAL_SCORES`
-    ({} below `MIN_INTERVAL_TILES` tiles; no `f1_class1` when no tile holds class 1)."""
+    ({} below `MIN_INTERVAL_TILES` tiles; no `f1_classK` when no tile holds class K)."""
     confusions = np.asarray(confusions)
     if _too_few(len(confusions)):
         return {}
 
     def statistic(total: np.ndarray) -> np.ndarray:
         scores = scores_of_confusion(total)
-        scores["f1_class1"] = _class1_f1(total, scores["f1_class1"])
+        for label in range(1, N_CLASSES + 1):
+            key = f"f1_class{label}"
+            scores[key] = _class_f1(total, scores[key], label)
         return np.stack([scores[k] for k in INTERVAL_SCORES])
 
     bounds = _intervals(confusions, statistic, resamples, seed, method)
     return {
         k: [float(bounds[i, 0]), float(bounds[i, 1])]
         for i, k in enumerate(INTERVAL_SCORES)
-        if np.isfinite(bounds[i]).all()  # no f1_class1 when no tile holds class 1
+        if np.isfinite(bounds[i]).all()  # no f1_classK when no tile holds class K
     }
 
 
@@ -207,8 +213,8 @@ def paired_difference(
     def statistic(total: np.ndarray) -> np.ndarray:  # (..., 2, 4, 4): both runs' sums
         values = scores_of_confusion(total)[score]
         change = values[..., 0] - values[..., 1]
-        if score == "f1_class1":
-            change = _class1_f1(total[..., 0, :, :], change)
+        if score.startswith("f1_class"):
+            change = _class_f1(total[..., 0, :, :], change, int(score[-1]))
         return change[np.newaxis]
 
     both = np.stack([first, second], axis=1)  # (n, 2, 4, 4): tiles resampled together

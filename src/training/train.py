@@ -365,8 +365,11 @@ def _fit(config: ESDConfig, trainer: L.Trainer, data: ESDDataModule, test: bool,
             else float(best.best_model_score),
             fast_dev_run=config.fast_dev_run,
         )
+        results.update(last_epoch=trainer.current_epoch - 1, best_epoch=_epoch_of(best),
+                       monitor=config.monitor)  # fmt: skip
         if test and data.manifest.split["test"] and not config.fast_dev_run:
             ckpt = results["best_model_path"] or results["last_model_path"] or None
+            results["test_checkpoint"] = "best" if results["best_model_path"] else "last"
             results.update(_numbers(trainer.test(module, datamodule=data, ckpt_path=ckpt)[0]))
         status = "finished"
     except BaseException as error:
@@ -389,6 +392,13 @@ def _fit(config: ESDConfig, trainer: L.Trainer, data: ESDDataModule, test: bool,
         _finish_wandb(exit_code=0 if status == "finished" else 1)
     record(status)
     return results
+
+
+def _epoch_of(best: ModelCheckpoint | None) -> int | None:
+    """The epoch of the best checkpoint (its file name, `best-<epoch>-<score>.ckpt`)."""
+    if best is None or not best.best_model_path:
+        return None
+    return int(Path(best.best_model_path).name.split("-")[1])
 
 
 def _resume_hint(last: Path, epochs_completed: int) -> str:
