@@ -87,3 +87,12 @@ def one_torch_thread(monkeypatch: pytest.MonkeyPatch):
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def ablation(synthetic_processed: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """`tests.shared_runs.ablation_run` on the shared synthetic data, once per session (the
+    paper-results and held-out-matrix tests read it)."""
+    from tests.shared_runs import ablation_run
+
+    return ablation_run(synthetic_processed, tmp_path_factory.mktemp("ablation"))

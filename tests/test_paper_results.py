@@ -21,6 +21,7 @@ from scripts.report import main as report_main
 from src.cross_validation.config import CVConfig
 from src.cross_validation.run import cross_validate
 from src.esd_data.manifest import Manifest
+from src.evaluation import bootstrap
 from src.evaluation.bootstrap import (
     bootstrap_intervals,
     bootstrap_record,
@@ -31,8 +32,8 @@ from src.evaluation.comparison import PairingError, ScoredRun, compare_pair, fol
 from src.evaluation.config import ImportanceConfig
 from src.evaluation.importance import permutation_importance
 from src.evaluation.report import truth_digest
-from src.training.config import ESDConfig
 from src.training.train import train
+from tests.shared_runs import ABLATION_BANDS, CountTrainings, ablation_run, tiny
 from tests.test_honest_numbers import replace_pixels
 
 # One torch thread per process (see conftest): the same results, without OpenMP contention.
@@ -74,31 +75,40 @@ def reference_interval(truths, predictions, resamples, seed):
             (("f1_class1", f1), ("f1_macro", macro), ("accuracy", accuracy))}  # fmt: skip
 
 
-def test_bootstrap_interval_equals_a_numpy_reference_contains_the_estimate_and_narrows():
+def test_bootstrap_interval_equals_a_numpy_reference_contains_the_estimate_and_narrows(
+    monkeypatch,
+):
     truths, predictions = noisy_tiles(12, seed=3)
     for truth in truths[:9]:  # 9 tiles without class 1: many draws have none (left out)
         truth[truth == 1] = 2
     predictions[1][predictions[1] == 4] = 3  # one never predicting class 4
     confusions = [confusion(t, p) for t, p in zip(truths, predictions, strict=True)]
+    # Three tiles hold class 1: too few for its interval (said so), the others get theirs.
+    ours = bootstrap_intervals(confusions, resamples=300, seed=11)
+    record = bootstrap_record(300, 11, confusions)
+    assert "f1_class1" not in ours and "f1_class1 (3 tile(s) hold the class" in record["note"]
+    assert record["tiles"] == 12 and 0 < record["resamples_without_class1"] < 30  # ≈ (9/12)¹²
+    monkeypatch.setattr(bootstrap, "MIN_CLASS_TILES", 1)  # the resampling itself, checked
     ours = bootstrap_intervals(confusions, resamples=300, seed=11)
     reference = reference_interval(truths, predictions, 300, 11)
     for score, interval in reference.items():
         np.testing.assert_allclose(ours[score], interval, rtol=0, atol=1e-12)
-    record = bootstrap_record(300, 11, confusions)
-    assert record["tiles"] == 12 and 0 < record["resamples_without_class1"] < 30  # ≈ (9/12)¹²
     t = np.concatenate([x.ravel() for x in truths])
     p = np.concatenate([x.ravel() for x in predictions])
     point = f1_score(t == 1, p == 1)
     assert ours["f1_class1"][0] < point < ours["f1_class1"][1]
-    # A perfect model, class 1 in 2 of 12 tiles: a draw without class 1 is not scored 0.
+    # A perfect model, class 1 in 2 of 12 tiles: a draw without class 1 is left out, not
+    # scored 0 (which gave [0.0, 1.0]); by default no interval is printed for so few.
     perfect = [confusion(t, t) for t in truths[:10] + truths[-2:]]
     assert bootstrap_intervals(perfect, resamples=300, seed=0)["f1_class1"] == [1.0, 1.0]
+    monkeypatch.undo()
+    assert "f1_class1" not in bootstrap_intervals(perfect, resamples=300, seed=0)
     # Too few tiles: no interval, and the record says why.
     assert bootstrap_intervals(confusions[:2], 300, 0) == {}
     assert "2 tile(s) are fewer than" in bootstrap_record(300, 0, confusions[:2])["note"]
     assert paired_difference(perfect[:2], perfect[:2], 300, 0)["interval"] is None
     widths = []
-    for n_tiles in (8, 32, 128):
+    for n_tiles in (12, 32, 128):
         truths, predictions = noisy_tiles(n_tiles, seed=5)
         matrices = [confusion(a, b) for a, b in zip(truths, predictions, strict=True)]
         low, high = bootstrap_intervals(matrices, resamples=500, seed=0)["f1_class1"]
@@ -107,7 +117,7 @@ def test_bootstrap_interval_equals_a_numpy_reference_contains_the_estimate_and_n
 
 
 def test_paired_difference_of_a_model_with_itself_a_constant_predictor_and_other_tiles():
-    truths, predictions = noisy_tiles(10, seed=1, accuracy=0.8)
+    truths, predictions = noisy_tiles(12, seed=1, accuracy=0.8)
     model = np.array([confusion(t, p) for t, p in zip(truths, predictions, strict=True)])
     constant = np.array([confusion(t, np.full_like(t, 2)) for t in truths])  # never class 1
     same = paired_difference(model, model.copy(), resamples=200, seed=0)
@@ -115,25 +125,25 @@ def test_paired_difference_of_a_model_with_itself_a_constant_predictor_and_other
     better = paired_difference(model, constant, resamples=200, seed=0)
     assert better["interval"][0] > 0 and not better["includes_zero"]
     assert better["interval"][0] <= better["difference"] <= better["interval"][1]
-    tiles = [f"Tile{k}" for k in range(1, 11)]
+    tiles = [f"Tile{k}" for k in range(1, 13)]
     digests = [truth_digest(t) for t in truths]
     first = ScoredRun("a", tiles, model, digests)
     # The same tiles listed in another order pair tile by tile, not position by position.
     shuffled = ScoredRun("b", tiles[::-1], model[::-1], digests[::-1])
     assert compare_pair(first, shuffled, 100, 0)["interval"] == [0.0, 0.0]
     other_tiles = ScoredRun("c", [*tiles[:-1], "Tile99"], model, digests)
-    with pytest.raises(PairingError, match=r"not scored on the same tiles.*Tile10.*Tile99"):
+    with pytest.raises(PairingError, match=r"not scored on the same tiles.*Tile12.*Tile99"):
         compare_pair(first, other_tiles, 100, 0)
     # A transposed truth has the same class counts (and the same predictions' counts): it is
     # still other ground truth.
     transposed = [truth_digest(truths[0].T), *digests[1:]]
     with pytest.raises(PairingError, match=r"other ground truth.*Tile1"):
         compare_pair(first, ScoredRun("d", tiles, model, transposed), 100, 0)
-    folds = [tiles[:5], tiles[5:]]
-    a = ScoredRun("a", tiles, model, digests, folds, [0.8, 0.7], [5, 5])
-    b = ScoredRun("b", tiles, model, digests, [tiles[::2], tiles[1::2]], [0.8, 0.6], [5, 5])
-    with pytest.raises(PairingError, match="other folds"):
-        compare_pair(a, b, 100, 0)
+    folds = [tiles[:6], tiles[6:]]
+    a = ScoredRun("a", tiles, model, digests, folds, [0.8, 0.7], [6, 6])
+    b = ScoredRun("b", tiles, model, digests, [tiles[::2], tiles[1::2]], [0.8, 0.6], [6, 6])
+    other_folds = compare_pair(a, b, 100, 0)  # the tiles pair; the folds do not
+    assert other_folds["folds"] is None and "other folds" in other_folds["folds_note"]
 
 
 def test_per_fold_difference_uses_the_corrected_t_test():
@@ -176,16 +186,6 @@ class ReadOnlySentinel1(L.Callback):
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
         self._project(module)
-
-
-def tiny(processed: Path, tmp_path: Path, **overrides) -> ESDConfig:
-    values = {
-        "raw_dir": None, "processed_dir": processed, "model_type": "SegmentationCNN",
-        "embedding_size": 8, "depth": 1, "max_epochs": 4, "num_workers": 0,
-        "wandb_mode": "disabled", "learning_rate": 0.05, "checkpoint_dir": tmp_path / "ckpt",
-        "log_dir": tmp_path / "logs", "scheduler": "none",
-    }  # fmt: skip
-    return ESDConfig(**{**values, **overrides})
 
 
 @pytest.mark.slow
@@ -241,32 +241,6 @@ def test_importance_of_a_one_sensor_model_and_never_of_training_tiles(
 
 # --------------------------------------------------------------------------------------------
 # ablation by retraining, paired on the same folds
-
-
-class CountTrainings(L.Callback):
-    def __init__(self) -> None:
-        self.count = 0
-
-    def on_train_start(self, trainer, module):
-        self.count += 1
-
-
-ABLATION_BANDS = {"sentinel1": None, "sentinel2": ["B04", "B08"], "viirs": None}
-
-
-def ablation_run(processed: Path, out: Path, callbacks=None) -> dict:
-    config = tiny(processed, out, bands=ABLATION_BANDS, embedding_size=8, max_epochs=10,
-                  batch_size=32)  # fmt: skip
-    cv = CVConfig(folds=2, model_type=["SegmentationCNN"], ablate="sensors", selection="last",
-                  output_dir=out / "cv", bootstrap_resamples=300)  # fmt: skip
-    return cross_validate(cv, config, log=lambda _: None, extra_callbacks=callbacks)
-
-
-@pytest.fixture(scope="module")
-def ablation(synthetic_processed, tmp_path_factory) -> dict:
-    """A 2-fold cross-validation of SegmentationCNN on Sentinel-1, Sentinel-2 and VIIRS, with
-    every sensor left out and every sensor alone (7 variants, 14 trainings)."""
-    return ablation_run(synthetic_processed, tmp_path_factory.mktemp("ablation"))
 
 
 @pytest.mark.slow

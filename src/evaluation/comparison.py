@@ -103,20 +103,20 @@ def _check_pairable(first: ScoredRun, second: ScoredRun) -> None:
             f"truth ({', '.join(other[:5])}: other label grids; other data?): they cannot be "
             f"paired"
         )
-    if first.fold_tiles is not None and second.fold_tiles is not None:
-        folds_first = [sorted(fold) for fold in first.fold_tiles]
-        folds_second = [sorted(fold) for fold in second.fold_tiles]
-        if folds_first != folds_second:
-            raise PairingError(
-                f"{first.name} and {second.name} were cross-validated on other folds: their "
-                f"per-fold scores cannot be paired (use the same --folds and seed)"
-            )
+
+
+def same_folds(first: ScoredRun, second: ScoredRun) -> bool:
+    """Whether both are cross-validations of the same folds (same tiles held out, in the same
+    order of trainings), whose per-fold scores pair."""
+    if first.fold_tiles is None or second.fold_tiles is None:
+        return False
+    return [sorted(f) for f in first.fold_tiles] == [sorted(f) for f in second.fold_tiles]
 
 
 def fold_difference(first: ScoredRun, second: ScoredRun) -> dict[str, Any] | None:
-    """Per-fold class-1 F1 differences: mean, std and the corrected t-test (None without
-    folds on both sides)."""
-    if first.fold_scores is None or second.fold_scores is None:
+    """Per-fold class-1 F1 differences: mean, std and the corrected t-test (None unless both
+    were cross-validated on the same folds)."""
+    if first.fold_scores is None or second.fold_scores is None or not same_folds(first, second):
         return None
     differences = np.array(first.fold_scores) - np.array(second.fold_scores)
     count = len(differences)
@@ -138,16 +138,20 @@ def fold_difference(first: ScoredRun, second: ScoredRun) -> dict[str, Any] | Non
 
 def compare_pair(first: ScoredRun, second: ScoredRun, resamples: int, seed: int) -> dict[str, Any]:
     """`first` − `second`: pooled class-1 F1 difference with its paired interval over tiles,
-    and the per-fold differences when both are cross-validations (`verdict` is set for the
-    whole family by `holm`). PairingError when they scored other tiles, truth or folds."""
+    and the per-fold differences when both are cross-validations of the same folds (`verdict`
+    is set for the whole family by `holm`). PairingError when they scored other tiles or
+    truth."""
     _check_pairable(first, second)
     tiles = first.tiles
     paired = paired_difference(first.aligned(tiles), second.aligned(tiles), resamples, seed)
-    return {
+    pair = {
         "first": first.name, "second": second.name, **paired,
         "interval_kind": TILE_INTERVAL, "folds": fold_difference(first, second),
         "optimistic": first.optimistic or second.optimistic,
     }  # fmt: skip
+    if first.fold_tiles is not None and second.fold_tiles is not None and pair["folds"] is None:
+        pair["folds_note"] = "cross-validated on other folds: no fold-level test"
+    return pair
 
 
 def holm(pairs: list[dict[str, Any]]) -> list[dict[str, Any]]:

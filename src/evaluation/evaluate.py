@@ -132,7 +132,7 @@ def processed_tiles(config: EvalConfig, models: Models) -> TileSource:
     identities = models.identities
     identity = identities[0]
     split = config.scored_split
-    plan = models.cv_plan
+    plan = models.cv_plan if config.cv_dir is not None else None  # a fold ensemble
     default_dir = plan["processed_dir"] if plan is not None else identity.processed_dir
     processed_dir = config.processed_dir or Path(default_dir)
     manifest = Manifest.load(processed_dir)

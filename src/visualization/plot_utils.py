@@ -13,6 +13,7 @@ import math
 from collections.abc import Sequence
 from pathlib import Path
 
+import matplotlib
 import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -49,7 +50,8 @@ def save_figure(figure: Figure, save_to: Path | str, dpi: float | None = None) -
     """
     target = Path(save_to)
     file_format = target.suffix.lstrip(".").lower() or "png"
-    with atomic_path(target) as temporary:
+    # SVG text stays text: searchable, and editable in a paper's figure editor
+    with atomic_path(target) as temporary, matplotlib.rc_context({"svg.fonttype": "none"}):
         figure.savefig(temporary, format=file_format, dpi=dpi or figure.dpi)
     return target
 
