@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import re
 import shutil
@@ -28,7 +29,15 @@ from src.evaluation.bootstrap import (
     confusion,
     paired_difference,
 )
-from src.evaluation.comparison import PairingError, ScoredRun, compare_pair, fold_difference
+from src.evaluation.comparison import (
+    PairingError,
+    ScoredRun,
+    compare_pair,
+    compare_runs,
+    fold_difference,
+    format_pairs,
+    holm,
+)
 from src.evaluation.config import ImportanceConfig
 from src.evaluation.importance import permutation_importance
 from src.evaluation.report import truth_digest
@@ -163,6 +172,65 @@ def test_per_fold_difference_uses_the_corrected_t_test():
     assert result["p_value"] == pytest.approx(2 * stats.t.sf(t, 4))
     assert result["p_value"] > stats.ttest_rel(first.fold_scores, second.fold_scores).pvalue
     assert fold_difference(first, first)["p_value"] == 1.0
+
+
+def test_verdicts_need_the_fold_test_holm_corrected_not_the_tile_bootstrap():
+    truths, predictions = noisy_tiles(12, seed=2, accuracy=0.9)
+    digests = [truth_digest(t) for t in truths]
+    tiles = [f"Tile{k}" for k in range(1, 13)]
+    good = np.array([confusion(t, p) for t, p in zip(truths, predictions, strict=True)])
+    worse = np.array([confusion(t, np.where(t == 1, 2, p)) for t, p in
+                      zip(truths, predictions, strict=True)])  # fmt: skip
+    folds = [tiles[k::3] for k in range(3)]
+    # The tiles say "good" clearly (given these models), but the folds were noisy: retraining
+    # moved the difference around 0 (as a seed change alone does).
+    a = ScoredRun("a", tiles, good, digests, folds, [0.80, 0.70, 0.78], [8] * 3)
+    b = ScoredRun("b", tiles, worse, digests, folds, [0.74, 0.76, 0.75], [8] * 3)
+    (pair,) = compare_runs([a, b], 300, 0)
+    assert pair["interval"][0] > 0  # the tile bootstrap alone would call it
+    assert "no difference shown" in pair["verdict"] and "better" not in pair["verdict"]
+    assert "given these trained models" in format_pairs([pair])
+    # Without folds (two evaluations): no verdict, whatever the tiles say.
+    (pair,) = compare_runs([ScoredRun("a", tiles, good, digests),
+                            ScoredRun("b", tiles, worse, digests)], 300, 0)  # fmt: skip
+    assert pair["verdict"].startswith("no verdict") and "--seeds" in pair["verdict"]
+    # Holm over one leaderboard's pairs: p = 0.01, 0.03, 0.04 → 0.03, 0.06, 0.06.
+    pairs = [{"first": f"x{k}", "second": "y", "difference": 0.1, "interval": [0.05, 0.15],
+              "includes_zero": False, "tiles": 12,
+              "folds": {"p_value": p, "mean": 0.1, "differences": [0.1] * 3}}
+             for k, p in enumerate((0.04, 0.01, 0.03))]  # fmt: skip
+    holm(pairs)
+    assert [p["folds"]["p_holm"] for p in pairs] == pytest.approx([0.06, 0.03, 0.06])
+    assert ["better" in p["verdict"] for p in pairs] == [False, True, False]
+
+
+@pytest.mark.slow
+def test_seeds_train_the_same_folds_again_and_a_seed_change_alone_is_no_verdict(
+    synthetic_processed, tmp_path, capsys
+):
+    options = {"folds": 2, "model_type": ["SegmentationCNN"], "selection": "last",
+               "tile_pictures": "none", "bootstrap_resamples": 200}  # fmt: skip
+    config = tiny(synthetic_processed, tmp_path, max_epochs=2, split_seed=0)
+    seeded = cross_validate(CVConfig(seeds=2, output_dir=tmp_path / "s", **options), config,
+                            log=lambda _: None)  # fmt: skip
+    plan = seeded["plan"]
+    assert "-2seeds-" in Path(seeded["root"]).name and plan["seeds"] == [0, 1]
+    assert [u["seed"] for u in plan["units"]] == [0, 0, 1, 1]
+    assert plan["folds"][:2] == plan["folds"][2:]  # the same folds, trained again
+    (model,) = seeded["models"]
+    trained = [f["configuration"]["training"]["seed"] for f in model["folds"]]
+    assert trained == [0, 0, 1, 1] and len(model["out_of_fold_repeats"]) == 2
+    assert all(np.sum(t["confusion_matrix"]) == 2 * 256 for t in model["out_of_fold_tiles"])
+    # Two cross-validations of one configuration on the same folds, only --seed differs:
+    runs = [
+        cross_validate(CVConfig(output_dir=tmp_path / f"seed{seed}", **options),
+                       dataclasses.replace(config, seed=seed), log=lambda _: None)
+        for seed in (0, 1)
+    ]  # fmt: skip
+    assert runs[0]["plan"]["folds"] == runs[1]["plan"]["folds"]
+    capsys.readouterr()
+    assert compare_main(["--runs", runs[0]["root"], runs[1]["root"]]) == 0
+    assert " is better" not in capsys.readouterr().out
 
 
 # --------------------------------------------------------------------------------------------
