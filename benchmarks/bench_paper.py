@@ -51,14 +51,14 @@ def main() -> None:
         ),
     )
     print(format_importance(importance))
-    report = write_report(root)
+    report = write_report([root])
     print(f"report of the 5-fold CV: {report.stat().st_size} bytes")
     three = CVConfig(folds=3, model_type=["UNet"], selection="last", ablate="sensors",
                      output_dir=work / "cv")  # fmt: skip
     ablation = timed("--ablate sensors, 3 folds (9 variants)",
                      lambda: cross_validate(three, base, log=quiet))  # fmt: skip
     print(format_pairs(ablation["pairs"]))
-    report = write_report(Path(ablation["root"]))
+    report = write_report([Path(ablation["root"])])
     print(f"report of the ablation: {report.stat().st_size} bytes")
     print(f"(work folder: {work})")
 

@@ -163,7 +163,7 @@ def evaluation_args(producer: Producer, split: str | None, out: Path, charts: bo
         else ["--model_path", *map(str, producer.checkpoints)]
     )
     options = ["--results_dir", str(out), "--accelerator", "cpu", "--bootstrap_resamples", "50",
-               *(["--fig_format", "svg"] if charts else ["--tile_pictures", "false"])]  # fmt: skip
+               *(["--fig_format", "svg"] if charts else ["--no-tile_pictures"])]  # fmt: skip
     return [*models, *(["--split", split] if split else []), *options]
 
 

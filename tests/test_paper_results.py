@@ -344,8 +344,10 @@ def test_ablation_trains_every_variant_on_the_same_folds_resumes_and_pairs_with_
     for model in summary["models"]:
         low, high = model["out_of_fold_interval"]["f1_class1"]
         assert low <= model["out_of_fold"]["f1_class1"] <= high
-    for model in summary["models"]:  # every fold's learning curve, one figure per model
-        assert (root / model["name"] / "learning_curves.png").stat().st_size > 0
+    for model in summary["models"]:  # the full model's figures; a variant's only with `all`
+        drawn = model["reference"] is None
+        for figure in ("learning_curves.png", "oof/confusion_matrix.png", "oof/roc_curves.png"):
+            assert (root / model["name"] / figure).is_file() == drawn, (model["name"], figure)
     # --tile_pictures full (the default): pictures of the full model's tiles, not of ablations
     for model, drawn in (("SegmentationCNN", True), ("SegmentationCNN-without-viirs", False)):
         tiles = root / model / "fold_0" / "predictions" / "tiles"
@@ -382,8 +384,9 @@ def test_report_opens_in_headless_chromium_with_every_model_and_the_gallery(abla
     dom = completed.stdout
     loaded = re.search(r'data-images-loaded="(\d+)/(\d+)"', dom)
     assert loaded is not None, completed.stderr[-2000:]
-    # 12 tile pictures (the full model's: ablations draw none) and each model's curves
-    assert loaded.group(1) == loaded.group(2) and int(loaded.group(2)) >= 12 + 7
+    # 12 tile pictures, the summary, the full model's curves, confusion matrix and ROC curves
+    # (the 6 variants draw none: a page of their figures was 20 000 px tall)
+    assert loaded.group(1) == loaded.group(2) and int(loaded.group(2)) == 12 + 1 + 3
     leaderboard = dom[dom.index('<table id="leaderboard"') :].split("</table>")[0]
     names = re.findall(r"<tr><td>([^<]+)</td>", leaderboard)
     assert names == [f"{root.name}/{m['name']}" for m in ablation["models"]]  # pooled OOF order
@@ -467,6 +470,9 @@ def test_repeated_k_fold_draws_new_folds_per_repeat_pools_the_out_of_fold_and_re
         written = json.loads((Path(run["root"]) / "SegmentationCNN" / "oof" / f"repeat_{r}"
                               / "metrics.json").read_text())  # fmt: skip
         assert written["overall"]["accuracy"] == model["out_of_fold_repeats"][r]["accuracy"]
+    oof = Path(run["root"]) / "SegmentationCNN" / "oof"  # pooled figures, not per partition
+    for figure in ("confusion_matrix.png", "roc_curves.png"):
+        assert (oof / figure).is_file() and not (oof / "repeat_0" / figure).exists()
 
 
 def test_learning_curves_read_the_epoch_rows_of_lightnings_metrics_csv(tmp_path):

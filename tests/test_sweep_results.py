@@ -537,7 +537,8 @@ def test_write_results_prints_and_writes_everything(tmp_path):
     )
     assert messages[0].splitlines()[1].startswith("1     1      COMPLETE")  # best first
     assert messages[1:] == [
-        f"best: trial-1 with {METRIC} = 0.6123",
+        f"best: trial-1 with {METRIC} = 0.6123 OPTIMISTIC (the value chose it among the "
+        f"trials: score it on held-out tiles)",
         f"table: {out / TABLE_FILE}",
         f"best_config: {out / BEST_CONFIG_FILE}",
         f"plot: {out / PLOT_FILE}",
@@ -573,7 +574,7 @@ def test_best_record_number_when_unnamed(tmp_path):
     ]
     messages: list[str] = []
     write_results(tmp_path, records, spec, "s", log=messages.append)
-    assert f"best: 9 with {METRIC} = 0.25" in messages
+    assert any(m.startswith(f"best: 9 with {METRIC} = 0.25 OPTIMISTIC") for m in messages)
     assert math.isclose(yaml.safe_load((tmp_path / BEST_CONFIG_FILE).read_text())["seed"], 1)
 
 

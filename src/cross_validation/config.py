@@ -70,7 +70,9 @@ class CVConfig:
     tile_pictures: Literal["all", "full", "none"] = config_field(
         "full",
         "pictures of each fold's held-out tiles: for every model (all), for the full models "
-        "but not their ablation variants (full), or none (TIFFs and scores are always written)",
+        "but not their ablation variants (full), or none (TIFFs and scores are always "
+        "written); an ablation variant's learning curves, confusion matrix and ROC curves are "
+        "drawn with all only",
     )
     ablate: Ablation = config_field(
         "none",

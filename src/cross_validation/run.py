@@ -233,9 +233,11 @@ def _out_of_fold(
     manifest: Manifest,
     processed_dir: Path,
     cv: CVConfig,
+    figures: bool = True,
 ) -> dict[str, Any]:
     """Gather the held-out predictions of one set of folds into `oof` and score them together
-    (with per-tile confusion matrices and intervals over tiles); returns its metrics."""
+    (with per-tile confusion matrices and intervals over tiles), drawing its confusion matrix
+    and ROC curves when `figures`; returns its metrics."""
     predictions, per_tile = [], []
     for result in results:
         tiles = model_dir / f"fold_{result['fold']}" / "predictions" / "tiles"
@@ -255,28 +257,33 @@ def _out_of_fold(
             per_tile.append({"tile": tile, "fold": result["fold"], **tile_scores(prediction)})
     info = {"out_of_fold": True, "folds": len(results), "selection": results[0]["selection"]}
     return write_run_outputs(
-        oof, predictions, per_tile, info, cv.bootstrap_resamples, cv.bootstrap_seed
+        oof, predictions, per_tile, info, cv.bootstrap_resamples, cv.bootstrap_seed, figures
     )
 
 
-def _repeated_out_of_fold(model_dir: Path, results: list[dict[str, Any]], manifest: Manifest,
-                          processed_dir: Path, cv: CVConfig) -> dict[str, Any]:  # fmt: skip
+def _repeated_out_of_fold(
+    model_dir: Path, results: list[dict[str, Any]], manifest: Manifest, processed_dir: Path,
+    cv: CVConfig, figures: bool,
+) -> dict[str, Any]:  # fmt: skip
     """The out-of-fold metrics: of `oof/` for one partition; with repetitions or seeds, each
-    partition's in `oof/repeat_<r>[_seed_<s>]/` and, returned, their pooling: each tile's
-    confusion matrix summed over the partitions (every tile predicted once in each), scored
-    and bootstrapped over tiles like one out-of-fold set, with its confusion matrix and ROC
-    curves (of every partition's probabilities) drawn in `oof/`."""
+    partition's in `oof/repeat_<r>[_seed_<s>]/` (without figures) and, returned, their
+    pooling: each tile's confusion matrix summed over the partitions (every tile predicted
+    once in each), scored and bootstrapped over tiles like one out-of-fold set. With
+    `figures`, the confusion matrix and ROC curves (of every partition's probabilities) are
+    drawn in `oof/`."""
     if cv.repeats * cv.seeds == 1:
-        return _out_of_fold(model_dir / "oof", model_dir, results, manifest, processed_dir, cv)
+        return _out_of_fold(model_dir / "oof", model_dir, results, manifest, processed_dir, cv,
+                            figures)  # fmt: skip
     sets = {
         oof_set_name(r, s, cv): results[(r * cv.seeds + s) * cv.folds :][: cv.folds]
         for r in range(cv.repeats)
         for s in range(cv.seeds)
     }
     partitions = [
-        _out_of_fold(model_dir / "oof" / name, model_dir, members, manifest, processed_dir, cv)
+        _out_of_fold(model_dir / "oof" / name, model_dir, members, manifest, processed_dir, cv,
+                     figures=False)
         for name, members in sets.items()
-    ]
+    ]  # fmt: skip
     pooled: dict[str, dict[str, Any]] = {}
     for metrics in partitions:
         for entry in metrics["tiles"]:
@@ -294,7 +301,9 @@ def _repeated_out_of_fold(model_dir: Path, results: list[dict[str, Any]], manife
                       "confusion_matrix": entry["confusion_matrix"].tolist()})  # fmt: skip
     matrices = np.array([t["confusion_matrix"] for t in tiles])
     overall = scores_of_confusion(matrices.sum(axis=0))
-    _pooled_figures(model_dir / "oof", list(sets), matrices.sum(axis=0), manifest, processed_dir)
+    if figures:
+        _pooled_figures(model_dir / "oof", list(sets), matrices.sum(axis=0), manifest,
+                        processed_dir)  # fmt: skip
     record = bootstrap_record(cv.bootstrap_resamples, cv.bootstrap_seed, matrices)
     return {
         "overall": {k: float(v) for k, v in overall.items()},
@@ -423,14 +432,17 @@ def _cross_validate(
                     f"f1_class1 {scores[-1]:.4f}; so far {np.mean(scores):.4f} ± "
                     f"{np.std(scores, ddof=1) if len(scores) > 1 else 0:.4f}"
                 )
-            oof = _repeated_out_of_fold(model_dir, results, manifest, processed, cv)
+            # an ablation variant's figures are drawn where pictures are looked at (`all`)
+            figures = cv.tile_pictures == "all" or variant.reference is None
+            oof = _repeated_out_of_fold(model_dir, results, manifest, processed, cv, figures)
             curves = {f"fold {r['fold']}": _metrics_csv(model_dir, r["fold"]) for r in results}
-            plot_learning_curves(
-                {k: v for k, v in curves.items() if v is not None},
-                f"{model}: learning curves of the {len(results)} folds",
-                model_dir / "learning_curves.png",
-                val_label=VAL_LABELS[cv.selection],
-            )
+            if figures:
+                plot_learning_curves(
+                    {k: v for k, v in curves.items() if v is not None},
+                    f"{model}: learning curves of the {len(results)} folds",
+                    model_dir / "learning_curves.png",
+                    val_label=VAL_LABELS[cv.selection],
+                )
             summaries.append(model_summary(variant, results, oof, cv.selection, plan))
     summaries.sort(key=headline_order)
     pairs = pair_models(summaries, cv)

@@ -26,6 +26,7 @@ from matplotlib.ticker import MaxNLocator
 
 from src.atomic import atomic_path
 from src.cli import plain
+from src.held_out import OPTIMISTIC
 from src.sweeps.spec import RUN_FIELDS, Parameter, SweepSpec
 from src.sweeps.study import ERROR, INTERRUPTED, RETRY_OF, SURPLUS, not_counted
 from src.training.config import ESDConfig
@@ -352,7 +353,10 @@ def write_results(
     else:
         written["best_config"] = output_dir / BEST_CONFIG_FILE
         write_best_config(written["best_config"], best, spec, study)
-        log(f"best: {best.run_name or best.number} with {spec.metric} = {best.value:.4g}")
+        log(
+            f"best: {best.run_name or best.number} with {spec.metric} = {best.value:.4g} "
+            f"{OPTIMISTIC} (the value chose it among the trials: score it on held-out tiles)"
+        )
         if best.test_scores:
             log(
                 "its checkpoint on the test tiles (held out, used by no choice): "
