@@ -31,8 +31,11 @@ lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
+# Two workers, one test file each at a time (module fixtures stay in one process), torch on one
+# thread per process: the suite's tiny trainings run side by side instead of spinning OpenMP
+# threads against each other.
 test: lint
-	$(PY) -m pytest
+	OMP_NUM_THREADS=1 $(PY) -m pytest -n 2 --dist loadfile
 
 clean-demo:
 	rm -rf $(DEMO)
