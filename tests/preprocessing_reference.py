@@ -44,6 +44,25 @@ def ref_fill(data: np.ndarray) -> np.ndarray:
     return out
 
 
+NO_DATA_VALUES = {"sentinel2": 0.0, "landsat8": 0.0, "viirs": 65535.0}
+"""DATA.md's no-data values; Sentinel-1's no data is every non-positive backscatter."""
+
+
+def ref_no_data(sensor: str, plane: np.ndarray) -> np.ndarray:
+    """A raw raster as measured: its product's no-data pixels (and NaN/inf) replaced by the
+    median of the others (rounded for the integer products), float64."""
+    out = np.array(plane, dtype=np.float64)
+    bad = ~np.isfinite(out)
+    if sensor == "sentinel1":
+        bad |= out <= 0
+    else:
+        bad |= out == NO_DATA_VALUES[sensor]
+    if bad.any():
+        fill = np.median(out[~bad]) if (~bad).any() else 0.0
+        out[bad] = fill if sensor in ("sentinel1", "landsat8") else np.round(fill)
+    return out
+
+
 def ref_sentinel1(data: np.ndarray, c: PreprocessConfig) -> np.ndarray:
     x = np.log10(np.maximum(ref_fill(data), c.s1_log_floor))
     out = np.empty_like(x)

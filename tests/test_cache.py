@@ -151,10 +151,13 @@ def test_non_finite_pixels_are_filled_and_reported(synthetic_copy, tmp_path):
     values[:4, :4] = np.nan
     values[20, 30] = -np.inf
     tifffile.imwrite(raster, values)
-    with pytest.warns(NoDataWarning, match=r"Tile2/LC08_L1TP_2020-08-14_B4\.tif: 17 non-finite"):
+    with pytest.warns(NoDataWarning, match=r"no data filled .*Landsat 8 L1 \(NaN/inf\)") as caught:
         prepare_dataset(synthetic_copy, tmp_path, workers=2)
+    assert len([w for w in caught if issubclass(w.category, NoDataWarning)]) == 1  # one line
     stored = np.load(tmp_path / "tiles" / "Tile2.npy")
     assert np.isfinite(stored).all()
+    record = json.loads((tmp_path / "tiles" / "Tile2.json").read_text())["no_data"]
+    assert record["Tile2/LC08_L1TP_2020-08-14_B4.tif"]["non_finite"] == 17
     assert read_tile(synthetic_copy / "Train" / "Tile1").ground_truth.shape == (16, 16)
 
 

@@ -54,6 +54,11 @@ TILES_FOLDER = "tiles"
 STORAGE_DTYPE = np.float16
 
 
+class PreprocessWarning(UserWarning):
+    """Something preprocessing changed in a tile's values (values capped to the cache's
+    float16 range), named with the file."""
+
+
 class PrepareError(RuntimeError):
     """Raw data that cannot be prepared; the message lists every problem of every tile."""
 
@@ -94,7 +99,7 @@ class TileStats:
             m2 = m2 + part.m2 + delta**2 * count * part.count / total
             count = total
         std = np.sqrt(m2 / count)
-        return mean, np.where(std > 1e-8, std, 1.0)
+        return mean, np.where(std <= 1e-8, 1.0, std)  # a NaN stays NaN: training refuses it
 
 
 @dataclass(frozen=True)
@@ -182,6 +187,17 @@ def _channel_moments(stack: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return means, m2
 
 
+def _check_finite(stored: np.ndarray, channels: list[str], tile_dir: Path) -> None:
+    """TileError naming the channels that preprocessing left non-finite (nothing non-finite
+    is ever cached: a model would train on it)."""
+    finite = torch.from_numpy(stored).isfinite().flatten(1).all(dim=1).numpy()
+    if not finite.all():
+        raise TileError(tile_dir, [
+            (channels[k], "not finite after preprocessing (NaN or inf in the cache)")
+            for k in np.flatnonzero(~finite)
+        ])  # fmt: skip
+
+
 def process_tile(
     inventory: TileInventory, processed_dir: Path, preprocessing: PreprocessConfig, fingerprint: str
 ) -> tuple[dict, list[str]]:
@@ -192,6 +208,7 @@ def process_tile(
         warnings.simplefilter("always")
         raw = read_inventory(inventory)
         stored, channels = preprocess_tile(raw, preprocessing, dtype=STORAGE_DTYPE)
+    _check_finite(stored, channels, tile_dir)
     labels_grid = raw.ground_truth
     del raw  # free the raw rasters before writing
     means, m2 = _channel_moments(stored)
@@ -213,8 +230,14 @@ def process_tile(
         "m2": m2.tolist(),
         "seconds": round(time.perf_counter() - start, 3),
     }
+    no_data = [w.message for w in caught if isinstance(w.message, NoDataWarning)]
+    if no_data:
+        record["no_data"] = {
+            w.file: {"fill": w.fill, "non_finite": w.non_finite, "product": w.product}
+            for w in no_data
+        }
     write_json(record_path, record)
-    return record, [str(w.message) for w in caught]
+    return record, [str(w.message) for w in caught if not isinstance(w.message, NoDataWarning)]
 
 
 def _check_all(tile_dirs: list[Path]) -> dict[Path, TileInventory]:
@@ -286,10 +309,37 @@ def _run_tiles(
             record, messages = result
             records[tile_dir.name] = record
             for message in messages:
-                warnings.warn(message, NoDataWarning, stacklevel=3)
+                warnings.warn(message, PreprocessWarning, stacklevel=3)
     if errors:
         raise PrepareError("\n".join(errors))
+    summary = no_data_summary(records)
+    if summary:
+        warnings.warn(summary, NoDataWarning, stacklevel=3)
     return records
+
+
+def no_data_summary(records: dict[str, dict]) -> str:
+    """One line over the tiles just prepared: the no-data pixels filled, by product, with the
+    files holding the most ('' when there were none); per file in each tile's record."""
+    per_file = {
+        file: counts
+        for record in records.values()
+        for file, counts in record.get("no_data", {}).items()
+    }
+    if not per_file:
+        return ""
+    by_product: dict[str, int] = {}
+    for counts in per_file.values():
+        label = counts["product"] + (" (NaN/inf)" if counts["non_finite"] else "")
+        by_product[label] = by_product.get(label, 0) + counts["fill"] + counts["non_finite"]
+    worst = sorted(per_file, key=lambda f: -(per_file[f]["fill"] + per_file[f]["non_finite"]))
+    tiles = len({file.split("/")[0] for file in per_file})
+    return (
+        f"no data filled with each raster's median in {len(per_file)} file(s) of {tiles} "
+        f"tile(s): "
+        + ", ".join(f"{count} pixel(s) of {what}" for what, count in by_product.items())
+        + f" (most in {', '.join(worst[:3])}; every file in tiles/<tile>.json, 'no_data')"
+    )
 
 
 def prepare_dataset(

@@ -34,6 +34,7 @@ indices the stack is exactly the 99 channels of the recipe.
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
@@ -320,6 +321,19 @@ def preprocess_viirs(stack: SensorStack, config: PreprocessConfig, out: np.ndarr
 FLOAT16_MAX = float(np.finfo(np.float16).max)
 
 
+def cap_to_cache(stack: SensorStack, x: np.ndarray) -> np.ndarray:
+    """`x` (date, band, H, W) capped at the float16 cache's maximum (65 504, above which it
+    would store inf), with a warning per file counting the capped pixels."""
+    above = (x > FLOAT16_MAX).sum(axis=(-2, -1))
+    for t, b in zip(*np.nonzero(above), strict=True):
+        warnings.warn(
+            f"{stack.files[t][b]}: {above[t, b]} pixel(s) above {FLOAT16_MAX:.0f}, the "
+            f"float16 cache's maximum, stored as {FLOAT16_MAX:.0f}",
+            stacklevel=3,
+        )
+    return np.minimum(x, FLOAT16_MAX, dtype=np.float32)
+
+
 def physical_sentinel1(stack: SensorStack, config: PreprocessConfig, out: np.ndarray) -> None:
     """Backscatter in dB: 10·log10 of the filled backscatter floored at `s1_log_floor`."""
     floored = np.maximum(fill_non_finite(stack.data), config.s1_log_floor, dtype=np.float32)
@@ -335,12 +349,13 @@ def _physical_optical(stack: SensorStack, config: PreprocessConfig, out: np.ndar
     if indices:
         store_spectral_indices(data, stack.bands, stack.sensor, indices, per_date[:, bands:],
                                to_unit=False)  # fmt: skip
-    _store(per_date[:, :bands], np.minimum(data, FLOAT16_MAX, dtype=np.float32))
+    _store(per_date[:, :bands], cap_to_cache(stack, data))
 
 
 def physical_viirs(stack: SensorStack, config: PreprocessConfig, out: np.ndarray) -> None:
-    """Radiance as stored; then, optionally, its maximum over the dates."""
-    x = fill_non_finite(stack.data).astype(np.float32)
+    """Radiance as stored (capped at the float16 maximum); then, optionally, its maximum over
+    the dates."""
+    x = cap_to_cache(stack, fill_non_finite(stack.data).astype(np.float32))
     dates = len(stack.dates) * len(stack.bands)
     if config.viirs_max_projection:
         _store(out[dates:], x.max(axis=0))

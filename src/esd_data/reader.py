@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import tifffile
 
+from src.esd_data.nodata import NO_DATA, fill_no_data
 from src.esd_data.sensors import (
     GROUND_TRUTH_FILE,
     LABEL_GRID,
@@ -49,7 +50,13 @@ class _RasterError(Exception):
 
 
 class NoDataWarning(UserWarning):
-    """A raster holds non-finite (NaN or infinite) pixels, which are treated as no-data."""
+    """A raster holds no-data pixels (its product's fill value, or NaN/inf), which are filled:
+    `file` (tile/file name), `fill` and `non_finite` (how many of each), `product`."""
+
+    def __init__(self, message: str, file: str = "", fill: int = 0, non_finite: int = 0,
+                 product: str = "") -> None:  # fmt: skip
+        super().__init__(message)
+        self.file, self.fill, self.non_finite, self.product = file, fill, non_finite, product
 
 
 @dataclass(frozen=True)
@@ -230,17 +237,25 @@ def inspect_tile(tile_dir: Path, require_labels: bool = True) -> TileInventory:
     return TileInventory(tile_dir, (shape[0], shape[1]), files, dates, labels)
 
 
-def _warn_non_finite(stack: np.ndarray, files: tuple[tuple[str, ...], ...], tile: Path) -> None:
-    if stack.dtype.kind != "f":
-        return
-    bad = (~np.isfinite(stack)).sum(axis=(-2, -1))
-    for t, b in zip(*np.nonzero(bad), strict=True):
-        warnings.warn(
-            f"{tile.name}/{files[t][b]}: {bad[t, b]} non-finite pixel(s) (NaN/inf) treated "
-            f"as no-data and filled during preprocessing",
-            NoDataWarning,
-            stacklevel=3,
+def _fill_no_data(
+    sensor: str, stack: np.ndarray, files: tuple[tuple[str, ...], ...], tile: Path
+) -> None:
+    """Fill the stack's no-data pixels (`src.esd_data.nodata`), warning once per file with
+    how many there were and why."""
+    counts = fill_no_data(sensor, stack)
+    rule = NO_DATA[sensor]
+    for t, b in zip(*np.nonzero(counts.sum(axis=0)), strict=True):
+        fill, non_finite = (int(c) for c in counts[:, t, b])
+        reasons = [
+            *([f"{fill} hold {rule.describe()}"] if fill else []),
+            *([f"{non_finite} are not finite"] if non_finite else []),
+        ]
+        name = f"{tile.name}/{files[t][b]}"
+        message = (
+            f"{name}: {fill + non_finite} of {stack[t, b].size} pixels treated as no data "
+            f"({'; '.join(reasons)}) and filled with the median of the others"
         )
+        warnings.warn(NoDataWarning(message, name, fill, non_finite, rule.product), stacklevel=3)
 
 
 def read_tile(tile_dir: Path, require_labels: bool = True) -> RawTile:
@@ -265,7 +280,7 @@ def read_inventory(inventory: TileInventory) -> RawTile:
                     raise TileError(
                         tile_dir, [(name, f"pixel data unreadable ({error})")]
                     ) from error
-        _warn_non_finite(data, grid, tile_dir)
+        _fill_no_data(spec.name, data, grid, tile_dir)
         stacks[spec.name] = SensorStack(
             spec.name, data, inventory.dates[spec.name], spec.bands, grid
         )

@@ -20,7 +20,7 @@ from src.evaluation.restitch import restitch_logits
 from src.evaluation.tta import averaged_probabilities
 from src.progress import progress_disabled
 from src.training.checkpoints import CheckpointError
-from src.training.module import ESDSegmentation
+from src.training.module import ESDSegmentation, NonFiniteError
 
 BEST_PATTERN = "*/*/best-*.ckpt"
 
@@ -168,6 +168,18 @@ def check_ensemble(hparams: Sequence[Mapping[str, Any]], tile_size_gt: int | Non
             )
 
 
+def check_finite_input(batch: torch.Tensor, channels: list[str], tile: str, where: Path) -> None:
+    """NonFiniteError naming the tile and channels when stored inputs are NaN or infinite."""
+    bad = (~torch.isfinite(batch)).flatten(2).any(dim=2).any(dim=0)
+    if bad.any():
+        names = [channels[k] for k in torch.nonzero(bad).flatten().tolist()]
+        raise NonFiniteError(
+            f"{tile} of {where} holds non-finite values in {', '.join(names[:5])}"
+            f"{' …' if len(names) > 5 else ''}: prepare it again with this version (it caps "
+            f"or fills such pixels); refusing to predict from them"
+        )
+
+
 def predict_tiles(
     predictors: Sequence[Predictor],
     processed_dir: Path,
@@ -204,6 +216,7 @@ def predict_tiles(
         with torch.no_grad():
             for start in range(0, windows, batch_size):
                 batch = torch.stack([item["X"] for item in items[start : start + batch_size]])
+                check_finite_input(batch, predictors[0].channels, tile, processed_dir)
                 batch = batch.to(device)
                 # Normalised once per model: a per-channel normalisation commutes with the views.
                 total = sum(

@@ -23,6 +23,12 @@ OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
 }
 RNG_STATE_KEY = "esd_rng_states"
 DATA_IDENTITY_KEY = "esd_data_identity"
+
+
+class NonFiniteError(ValueError):
+    """A loss (or input) that is NaN or infinite: the run stops rather than train on it."""
+
+
 STAGES = ("train", "val", "test")
 
 
@@ -81,9 +87,11 @@ class ESDSegmentation(L.LightningModule):
         """Logits (B, 4, t, t) for images (B, C, t·cell_px, t·cell_px)."""
         return self.model(x)
 
-    def _step(self, batch: dict[str, Any], stage: str) -> torch.Tensor:
+    def _step(self, batch: dict[str, Any], stage: str, batch_idx: int = -1) -> torch.Tensor:
         logits = self(batch["X"])
         loss = self.loss(logits, batch["y"])
+        if not torch.isfinite(loss):
+            raise NonFiniteError(self._non_finite(batch, stage, batch_idx, loss))
         self.epoch_loss[f"{stage}_loss"].update(loss.detach(), weight=batch["X"].shape[0])
         getattr(self, f"{stage}_metrics").update(logits.detach().softmax(dim=1), batch["y"])
         return loss
@@ -113,14 +121,33 @@ class ESDSegmentation(L.LightningModule):
     def on_test_epoch_end(self) -> None:
         self._log_epoch_metrics("test")
 
+    def _non_finite(self, batch: dict[str, Any], stage: str, batch_idx: int,
+                    loss: torch.Tensor) -> str:  # fmt: skip
+        """One line: where the non-finite loss came from (epoch, batch, tiles, channels)."""
+        bad = (~torch.isfinite(batch["X"])).flatten(2).any(dim=2).any(dim=0)
+        channels = [self.hparams.channels[k] for k in torch.nonzero(bad).flatten().tolist()]
+        tiles = sorted(set(batch.get("tile", [])))
+        where = (
+            f"the input channels {', '.join(channels[:5])}"
+            + (f" and {len(channels) - 5} more" if len(channels) > 5 else "")
+            + " are not finite: prepare the data again with this version"
+            if channels
+            else "every input is finite, so the model diverged: lower --learning_rate"
+        )
+        return (
+            f"the {stage} loss is {loss.item()} at epoch {self.current_epoch}, batch "
+            f"{batch_idx} (tiles {', '.join(tiles) or 'unknown'}): {where}; stopped before "
+            f"training on it"
+        )
+
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
-        return self._step(batch, "train")
+        return self._step(batch, "train", batch_idx)
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        self._step(batch, "val")
+        self._step(batch, "val", batch_idx)
 
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        self._step(batch, "test")
+        self._step(batch, "test", batch_idx)
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
         """Logits (B, 4, t, t) with the subtiles' tile, row and column."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime as dt
+import math
 import os
 import secrets
 import sys
@@ -43,7 +44,7 @@ from src.training.checkpoint_io import AtomicCheckpointIO
 from src.training.checkpoints import check_weights_fit, data_identity, read_checkpoint
 from src.training.config import GALILEO_RECIPE, ESDConfig
 from src.training.loggers import build_loggers
-from src.training.module import ESDSegmentation
+from src.training.module import ESDSegmentation, NonFiniteError
 from src.training.quiet import quiet_third_party
 from src.training.resume import MAY_CHANGE, check_same_data, saved_run_config
 from src.training.run_folder import claim_run, read_status, run_log_dir, write_status
@@ -353,6 +354,7 @@ def _fit(config: ESDConfig, trainer: L.Trainer, data: ESDDataModule, test: bool,
 
     record("running")
     try:
+        check_statistics(DataIdentity.from_dict(module.data_identity), config.processed_dir)
         trainer.fit(module, datamodule=data, ckpt_path=config.resume)
         results: dict[str, Any] = _numbers(trainer.callback_metrics)
         results.update(
@@ -399,6 +401,23 @@ def _epoch_of(best: ModelCheckpoint | None) -> int | None:
     if best is None or not best.best_model_path:
         return None
     return int(Path(best.best_model_path).name.split("-")[1])
+
+
+def check_statistics(identity: DataIdentity, processed_dir: Path) -> None:
+    """NonFiniteError naming the channels whose training mean or std is not finite (pixels a
+    cache written before this version let through), before the first step."""
+    mean, std = identity.normalisation()
+    bad = [
+        f"{name} (mean {m:g}, std {s:g})"
+        for name, m, s in zip(identity.channels, mean, std, strict=True)
+        if not (math.isfinite(m) and math.isfinite(s))
+    ]
+    if bad:
+        raise NonFiniteError(
+            f"the training statistics of {len(bad)} channel(s) of {processed_dir} are not "
+            f"finite: {', '.join(bad[:3])}{' …' if len(bad) > 3 else ''}; prepare the folder "
+            f"again with this version (it caps or fills such pixels, and says where)"
+        )
 
 
 def _resume_hint(last: Path, epochs_completed: int) -> str:

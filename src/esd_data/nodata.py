@@ -1,0 +1,74 @@
+"""No-data by product: which raw values are fills, not measurements, and how they are treated.
+
+Every product of the contest marks missing pixels with a value of its own (DATA.md):
+
+| sensor | product | no-data | why |
+|---|---|---|---|
+| sentinel2 | Sentinel-2 L2A, uint16 reflectance × 10 000 | 0 | the L2A no-data value |
+| landsat8 | Landsat 8 L1TP, float32 holding uint16 DNs | 0 | fill outside the scene footprint |
+| viirs | VIIRS VNP46A1 DNB, uint16 | 65 535 | the Black Marble fill value |
+| sentinel1 | Sentinel-1 GRD, float32 linear backscatter | ≤ 0 | no return; its log is −inf/NaN |
+
+and any non-finite value (NaN, ±inf) of a float raster. Such pixels are no data in both
+recipes: `fill_no_data` replaces each by the median of the valid pixels of its (date, band)
+plane (0 when the plane has none), as non-finite pixels always were, and returns how many it
+replaced per raster, which the reader reports per file. Saturated values (a Landsat 8 DN of
+65 535, a bright Sentinel-2 pixel) are measurements and are kept.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class NoData:
+    """A product's no-data rule: a fill value, or every non-positive value."""
+
+    product: str
+    value: float | None = None
+    non_positive: bool = False
+
+    def mask(self, plane: np.ndarray) -> np.ndarray:
+        """The no-data pixels of one raster (non-finite ones included)."""
+        bad = ~np.isfinite(plane) if plane.dtype.kind == "f" else np.zeros(plane.shape, bool)
+        if self.value is not None:
+            bad |= plane == self.value
+        if self.non_positive:
+            bad |= plane <= 0
+        return bad
+
+    def describe(self) -> str:
+        what = "non-positive" if self.non_positive else f"{self.value:g}"
+        return f"the {self.product} no-data value ({what})"
+
+
+NO_DATA = {
+    "sentinel2": NoData("Sentinel-2 L2A", value=0),
+    "landsat8": NoData("Landsat 8 L1", value=0),
+    "viirs": NoData("VNP46A1", value=65535),
+    "sentinel1": NoData("Sentinel-1 GRD", non_positive=True),
+}
+"""Each sensor's no-data rule (see the module's table)."""
+
+
+def fill_no_data(sensor: str, data: np.ndarray) -> np.ndarray:
+    """Replace, in place, the no-data pixels of a (date, band, H, W) stack by the median of
+    the valid pixels of their plane (0 without any; rounded for an integer raster); return
+    the (date, band) counts of pixels replaced, by kind: (no-data value, non-finite)."""
+    rule = NO_DATA[sensor]
+    counts = np.zeros((2, *data.shape[:2]), dtype=np.int64)
+    for index in np.ndindex(*data.shape[:2]):
+        plane = data[index]
+        bad = rule.mask(plane)
+        if not bad.any():
+            continue
+        non_finite = ~np.isfinite(plane) if plane.dtype.kind == "f" else np.zeros_like(bad)
+        counts[1][index] = int(non_finite.sum())
+        counts[0][index] = int(bad.sum()) - counts[1][index]
+        valid = plane[~bad]
+        fill = float(np.median(valid)) if valid.size else 0.0
+        plane[bad] = np.round(fill) if plane.dtype.kind in "ui" else fill
+    return counts
