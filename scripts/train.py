@@ -12,7 +12,7 @@ if __package__ in (None, ""):  # run as `python scripts/NAME.py`, not `python -m
 from src.cli import build_parser, construct, parse_values
 from src.held_out import OPTIMISTIC
 from src.progress import set_progress
-from src.training.config import ESDConfig
+from src.training.config import ESDConfig, validation_problem
 
 __all__ = ["ESDConfig", "main", "train"]
 
@@ -30,7 +30,11 @@ def parse_arguments(argv: list[str] | None = None) -> ESDConfig:
     parser = build_parser(ESDConfig)
     values = parse_values(parser, ESDConfig, argv)
     if values.get("resume") is None:
-        return construct(parser, ESDConfig, values)
+        config = construct(parser, ESDConfig, values)
+        problem = validation_problem(config)
+        if problem:
+            parser.exit(2, f"{parser.prog}: error: {problem}\n")
+        return config
     from src.training.checkpoints import CheckpointError
     from src.training.resume import resumed_config
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import fcntl
 import json
 from collections.abc import Iterator
@@ -180,15 +181,37 @@ def read_manifest_for(
         return None
 
 
+READ_ONLY = (errno.EROFS, errno.EACCES, errno.EPERM)
+"""Why a lock file cannot be created in a folder that can still be read."""
+_REPORTED_READ_ONLY: set[Path] = set()
+
+
 @contextlib.contextmanager
 def preparation_lock(processed_dir: Path, shared: bool = False, log: Any = print) -> Iterator[None]:
     """Hold a lock on `processed_dir`: exclusive to change it (other processes wait), shared
     to read it (any number of readers; a change waits until they are done). A process that
-    has to wait says so in one line."""
+    has to wait says so in one line. A read-only folder (a data set shared on a cluster) is
+    read without a lock, which nothing could change anyway, and says so in one line; changing
+    one is a one-line error."""
     folder = Path(processed_dir)
-    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        handle = (folder / LOCK_FILE).open("a")
+    except OSError as error:
+        if error.errno not in READ_ONLY or not folder.is_dir():
+            raise
+        if not shared:
+            raise ValueError(
+                f"{folder} is read-only ({error.strerror}): it cannot be prepared or changed "
+                f"there; pass a writable --processed_dir"
+            ) from None
+        if folder.resolve() not in _REPORTED_READ_ONLY:  # once per folder and process
+            _REPORTED_READ_ONLY.add(folder.resolve())
+            log(f"{folder} is read-only: used as it is, without a lock (nothing can change it)")
+        yield
+        return
     mode = fcntl.LOCK_SH if shared else fcntl.LOCK_EX
-    with (folder / LOCK_FILE).open("a") as handle:
+    with handle:
         try:
             fcntl.flock(handle, mode | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -232,15 +255,28 @@ def prepare_requested(
     Logs one line when explicit options change a prepared folder.
     `verify` is how cached tiles are checked before reuse ("sample" or "full", every pixel).
     """
-    check_writable(processed_dir, "the processed cache")
-    with preparation_lock(processed_dir, shared=True, log=log):  # the usual case: a cache hit
-        summary = _prepare(raw_dir, processed_dir, request, workers, verify, reuse_only=True)
-    if summary is not None:
-        return summary
-    with preparation_lock(processed_dir, log=log):
-        summary = _prepare(raw_dir, processed_dir, request, workers, verify, log=log)
+    existed = Path(processed_dir).exists()
+    try:
+        with preparation_lock(processed_dir, shared=True, log=log):  # usually a cache hit
+            summary = _prepare(raw_dir, processed_dir, request, workers, verify, reuse_only=True)
+        if summary is not None:
+            return summary
+        check_writable(processed_dir, "processed cache")
+        with preparation_lock(processed_dir, log=log):
+            summary = _prepare(raw_dir, processed_dir, request, workers, verify, log=log)
+    except BaseException:
+        if not existed:  # a failed first preparation leaves no folder that looks prepared
+            remove_if_only_lock(Path(processed_dir))
+        raise
     assert summary is not None
     return summary
+
+
+def remove_if_only_lock(folder: Path) -> None:
+    """Remove `folder` when it holds nothing but the preparation lock (or nothing)."""
+    if folder.is_dir() and all(p.name == LOCK_FILE for p in folder.iterdir()):
+        (folder / LOCK_FILE).unlink(missing_ok=True)
+        folder.rmdir()
 
 
 def _prepare(

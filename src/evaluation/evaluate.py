@@ -446,7 +446,7 @@ def check_results_dir(
     written with) exactly `key` (which this one then replaces): never another result, never
     someone's other files."""
     if not results_dir.is_dir() or not any(results_dir.iterdir()):
-        check_writable(results_dir.parent, f"the {what}'s results")
+        check_writable(results_dir.parent, f"{what}'s results")
         return
     try:
         previous = json.loads((results_dir / record).read_text()).get("evaluation_key")
@@ -461,4 +461,4 @@ def check_results_dir(
             f"{results_dir} holds another {what} ({', '.join(changed) or 'an older esd'} "
             f"differ): choose another --results_dir, or delete it to replace it"
         )
-    check_writable(results_dir.parent, f"the {what}'s results")
+    check_writable(results_dir.parent, f"{what}'s results")

@@ -306,3 +306,15 @@ class ESDConfig(FigureOptions):
         if values.get("weights_path") is not None:
             values["weights_path"] = str(values["weights_path"])  # plain types in checkpoints
         return values
+
+
+def validation_problem(config: ESDConfig) -> str | None:
+    """Why a training run of `config` could not validate, known from its options alone: a
+    re-split with `val_fraction` 0 leaves no validation tiles (None when it can)."""
+    if config.val_fraction == 0 and config.limit_val_batches != 0 and config.raw_dir is not None:
+        return (
+            "--val_fraction 0 leaves no validation tiles, but the run validates: add "
+            "--limit_val_batches 0 to train a fixed budget (its last.ckpt is the model), or "
+            "give --val_fraction above 0"
+        )
+    return None

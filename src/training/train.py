@@ -42,7 +42,7 @@ from src.hardware import check_accelerator
 from src.progress import show_progress
 from src.training.checkpoint_io import AtomicCheckpointIO
 from src.training.checkpoints import check_weights_fit, data_identity, read_checkpoint
-from src.training.config import GALILEO_RECIPE, ESDConfig
+from src.training.config import GALILEO_RECIPE, ESDConfig, validation_problem
 from src.training.loggers import build_loggers
 from src.training.module import ESDSegmentation, NonFiniteError
 from src.training.quiet import quiet_third_party
@@ -274,6 +274,9 @@ def train(
     (`RunFolderError`); Ctrl-C or SIGTERM raises `TrainingInterrupted` after `status.json`
     says `interrupted`.
     """
+    problem = validation_problem(config)
+    if problem:  # before the data are touched: a re-split would change the folder
+        raise ValueError(problem)
     L.seed_everything(config.seed, workers=True, verbose=False)
     resumed_epoch = None
     if config.resume is not None:
