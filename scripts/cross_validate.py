@@ -18,7 +18,7 @@ if __package__ in (None, ""):  # run as `python scripts/NAME.py`, not `python -m
 from src.cli import add_config_arguments, build_parser, construct, parse_values
 from src.cross_validation.config import CVConfig
 from src.progress import set_progress
-from src.training.config import ESDConfig
+from src.training.config import ESDConfig, weights_checked_later
 
 SHARED = frozenset({"model_type", "resume"})
 """ESDConfig fields this command sets itself: the model types are CVConfig's, folds start anew."""
@@ -40,12 +40,15 @@ def parse_arguments(argv: Sequence[str] | None = None) -> tuple[CVConfig, ESDCon
     cv_fields = {f.name for f in dataclasses.fields(CVConfig)}
     cv = construct(parser, CVConfig, {k: v for k, v in values.items() if k in cv_fields})
     training = {k: v for k, v in values.items() if k not in cv_fields}
-    base = construct(parser, ESDConfig, {**training, "model_type": cv.model_type[0]})
-    for model in cv.model_type:  # each model's own options, checked before any work
-        try:
-            cv.model_config(base, model)
-        except ValueError as error:
-            parser.exit(2, f"{parser.prog}: error: {error}\n")
+    # Pretrained weights are checked where a fold starts from them: a cross-validation that
+    # completes an interrupted run reads the copy it made, the original may be gone.
+    with weights_checked_later():
+        base = construct(parser, ESDConfig, {**training, "model_type": cv.model_type[0]})
+        for model in cv.model_type:  # each model's own options, checked before any work
+            try:
+                cv.model_config(base, model)
+            except ValueError as error:
+                parser.exit(2, f"{parser.prog}: error: {error}\n")
     return cv, base
 
 

@@ -379,6 +379,11 @@ def test_galileo_trains_frozen_and_unfrozen_and_evaluates_without_its_weights(
     assert torch.equal(trained["1"][f"model.encoder.{key}"], release[key])
     assert not torch.allclose(trained["0"][f"model.encoder.{key}"], release[key])
     shutil.rmtree(weights)
+    # the weights are in the checkpoint: the run resumes without its weights folder
+    last = tmp_path / "0/checkpoints/Galileo/cli/last.ckpt"
+    code, _, err = train_main(tmp_path / "0", "--resume", str(last), "--max_epochs", "2")
+    assert code == 0, err[-3000:]
+    assert torch.load(last, weights_only=True)["epoch"] == 1  # it went on to a second epoch
     results = tmp_path / "evaluation"
     assert (
         evaluate_main(
@@ -410,3 +415,45 @@ def test_galileo_trains_frozen_and_unfrozen_and_evaluates_without_its_weights(
         "2",
     )
     assert code != 0 and "recipe: physical" in err
+
+
+class StopAfterFoldError(Exception):
+    pass
+
+
+@pytest.mark.slow
+def test_an_interrupted_galileo_cross_validation_completes_without_its_weights_folder(
+    galileo_dir, physical_processed, tmp_path, capsys
+):
+    from scripts.cross_validate import main as cross_validate_main
+    from src.cross_validation import run as cv_run
+
+    weights = _weights_copy(galileo_dir, tmp_path / "weights")
+    release = to_encoder_state(read_state_dict(weights / "encoder.pt"))
+    argv = [
+        "--model_type", "Galileo", "--folds", "2", "--selection", "last", "--raw_dir", "none",
+        "--processed_dir", str(physical_processed), "--output_dir", str(tmp_path / "cv"),
+        "--tile_size_gt", "2", "--galileo_resolution_m", "250", "--galileo_patch_size", "2",
+        "--limit_train_batches", "2", "--max_epochs", "1", "--num_workers", "0",
+        "--wandb_mode", "disabled", "--tile_pictures", "none", "--freeze_backbone", "1",
+        "--pretrained", "--weights_path", str(weights),
+    ]  # fmt: skip
+
+    def stop(model, fold, result):
+        raise StopAfterFoldError
+
+    original = cv_run.cross_validate
+    with pytest.raises(StopAfterFoldError):  # interrupted once fold 0 is done
+        cv_run.cross_validate = lambda cv, base, **kw: original(cv, base, on_fold=stop)
+        try:
+            from scripts import cross_validate as command
+
+            command.main(argv)
+        finally:
+            cv_run.cross_validate = original
+    shutil.rmtree(weights)  # the folder is gone; the CV kept a copy of what its folds start from
+    assert cross_validate_main(argv) == 0, capsys.readouterr().err[-2000:]
+    (fold_1,) = (tmp_path / "cv").glob("*/Galileo/fold_1/checkpoints/Galileo/fold_1/last.ckpt")
+    state = torch.load(fold_1, weights_only=True)["state_dict"]
+    key = "blocks.3.attn.qkv.weight"
+    assert torch.equal(state[f"model.encoder.{key}"], release[key])  # from the release, frozen

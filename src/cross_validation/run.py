@@ -58,7 +58,7 @@ from src.evaluation.cv_record import (
 from src.evaluation.evaluate import evaluate
 from src.evaluation.evaluator import TilePrediction
 from src.evaluation.report import CLASS_TITLES, tile_scores, write_run_outputs
-from src.training.config import ESDConfig
+from src.training.config import ESDConfig, weights_checked_later
 from src.training.result_config import config_hash, differences, result_config
 from src.training.train import build_datamodule, train
 from src.visualization.evaluation_plots import plot_confusion_matrix, plot_roc_curves
@@ -174,6 +174,7 @@ def _run_fold(
     if not last.is_file():  # a fold that stopped before its first epoch: start it afresh
         for folder in ("logs", "checkpoints"):
             shutil.rmtree(fold_dir / folder, ignore_errors=True)
+        base = pretrained_copy(base, fold_dir.parent.parent)
     config = dataclasses.replace(
         base,
         raw_dir=None,
@@ -224,6 +225,44 @@ def _run_fold(
     }
     write_json(fold_dir / FOLD_RESULT_FILE, result)
     return result
+
+
+PRETRAINED_FOLDER = "pretrained"
+"""Where a cross-validation keeps a copy of the pretrained weights its folds start from."""
+
+
+def pretrained_copy(config: ESDConfig, root: Path) -> ESDConfig:
+    """`config` reading its pretrained weights from the cross-validation's own copy
+    (`root/pretrained/<model type>/`), made from `weights_path` the first time: the folds
+    that start later, in this call or in one that completes an interrupted run, need the
+    original file or folder no more. ValueError naming both when neither is there."""
+    if not config.pretrained:
+        return config
+    copy = root / PRETRAINED_FOLDER / config.model_type
+    problems = config.weights_problems()
+    if not problems:
+        source = Path(config.weights_path) if config.weights_path is not None else None
+        if source is None:  # FCN-ResNet101 from the torch hub cache
+            from src.models.fcn_resnet_transfer import resolve_weights_file
+
+            source = resolve_weights_file(None)
+        target = copy / source.name
+        if not target.exists():
+            temporary = copy / f".{source.name}.partial"
+            shutil.rmtree(temporary, ignore_errors=True)
+            copy.mkdir(parents=True, exist_ok=True)
+            if source.is_dir():
+                shutil.copytree(source, temporary)
+            else:
+                shutil.copyfile(source, temporary)
+            temporary.rename(target)
+    found = sorted(p for p in copy.glob("*") if not p.name.startswith(".")) if copy.is_dir() else []
+    if not found:
+        raise ValueError(
+            f"{config.model_type} starts from pretrained weights, and neither --weights_path "
+            f"nor this cross-validation's copy ({copy}) holds them: {'; '.join(problems)}"
+        )
+    return dataclasses.replace(config, weights_path=found[0])
 
 
 def _out_of_fold(
@@ -358,7 +397,8 @@ def cross_validate(
     OPTIMISTIC. ConfigurationMismatchError when the named folder holds results of another
     configuration.
     """
-    with figure_output(base):
+    # the pretrained weights are checked where a fold starts from them (`pretrained_copy`)
+    with figure_output(base), weights_checked_later():
         return _cross_validate(cv, base, log, extra_callbacks, on_fold, hyperparameters_chosen_by)
 
 
@@ -407,6 +447,8 @@ def _cross_validate(
     if chosen_by is not None:
         plan[HYPERPARAMETERS_CHOSEN] = chosen_by
     _fold_plan(root, plan, default_name)
+    for config in configs.values():  # weights to start from: the CV keeps a copy of them
+        pretrained_copy(config, root)
     log(f"cross-validation {root}: selection {cv.selection}; configuration {digest[:12]}")
     # The shared cache stays as it is while its folds train (a preparation waits).
     with preparation_lock(processed, shared=True):

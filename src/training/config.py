@@ -6,6 +6,9 @@ training itself is assembled in `src.training.train`.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -241,13 +244,6 @@ class ESDConfig(FigureOptions):
         problems = []
         if self.pretrained and "pretrained" not in model_hparams(self.model_type):
             problems.append(f"{self.model_type} loads no pretrained weights: drop --pretrained")
-        if self.model_type == "FCNResnetTransfer" and self.pretrained:
-            from src.models.fcn_resnet_transfer import resolve_weights_file
-
-            try:
-                resolve_weights_file(self.weights_path)
-            except FileNotFoundError as error:
-                problems.append(str(error))
         if self.model_type == "SMP":
             from src.models.smp_model import check_smp_encoder, smp_arch_name
 
@@ -256,28 +252,46 @@ class ESDConfig(FigureOptions):
                 check_smp_encoder(self.smp_encoder)
             except ValueError as error:
                 problems.append(str(error))
-            if self.pretrained and (self.weights_path is None or not self.weights_path.is_file()):
-                given = self.weights_path or "none given"
-                problems.append(
-                    f"--pretrained SMP reads the encoder's weights from --weights_path, a local "
-                    f"file (nothing is downloaded): {given} is not a file"
-                )
         if self.model_type == "Galileo":
             problems += self._galileo_problems()
+        if self.resume is None and not _WEIGHTS_CHECKED_LATER.get():
+            problems += self.weights_problems()
         if self.model_type == "TemporalFusion" and not 0.0 <= self.tf_dropout < 1.0:
             problems.append(f"tf_dropout must be in [0, 1), got {self.tf_dropout}")
         return problems
 
-    def _galileo_problems(self) -> list[str]:
-        """Galileo's weights folder and recipe, checked before any data is prepared."""
-        from src.models.galileo_weights import check_weights_folder
-
+    def weights_problems(self) -> list[str]:
+        """What is wrong with the pretrained weights file or folder a new run starts from
+        (none for a resumed run: its weights are in its checkpoint)."""
+        if not self.pretrained:
+            return []
         problems = []
-        if self.pretrained:
+        if self.model_type == "FCNResnetTransfer":
+            from src.models.fcn_resnet_transfer import resolve_weights_file
+
+            try:
+                resolve_weights_file(self.weights_path)
+            except FileNotFoundError as error:
+                problems.append(str(error))
+        if self.model_type == "SMP" and (
+            self.weights_path is None or not self.weights_path.is_file()
+        ):
+            problems.append(
+                f"--pretrained SMP reads the encoder's weights from --weights_path, a local "
+                f"file (nothing is downloaded): {self.weights_path or 'none given'} is not a file"
+            )
+        if self.model_type == "Galileo":
+            from src.models.galileo_weights import check_weights_folder
+
             try:
                 check_weights_folder(self.weights_path)
             except ValueError as error:
                 problems.append(str(error))
+        return problems
+
+    def _galileo_problems(self) -> list[str]:
+        """Galileo's recipe and exit layer, checked before any data is prepared."""
+        problems = []
         recipe = (self.preprocessing or {}).get("recipe")
         if recipe is not None and recipe != GALILEO_RECIPE:
             problems.append(
@@ -306,6 +320,24 @@ class ESDConfig(FigureOptions):
         if values.get("weights_path") is not None:
             values["weights_path"] = str(values["weights_path"])  # plain types in checkpoints
         return values
+
+
+_WEIGHTS_CHECKED_LATER: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "weights_checked_later", default=False
+)
+
+
+@contextlib.contextmanager
+def weights_checked_later() -> Iterator[None]:
+    """Within the block, ESDConfig leaves the pretrained weights to `weights_problems`, called
+    where they are used: a cross-validation needs them only for the folds it starts anew (a
+    finished fold needs none, a stopped one resumes from its checkpoint, and the rest start
+    from the copy it keeps)."""
+    token = _WEIGHTS_CHECKED_LATER.set(True)
+    try:
+        yield
+    finally:
+        _WEIGHTS_CHECKED_LATER.reset(token)
 
 
 def validation_problem(config: ESDConfig) -> str | None:

@@ -39,6 +39,7 @@ from src.esd_data.identity import DataIdentity
 from src.esd_data.manifest import Manifest
 from src.esd_data.preparation import preparation_lock
 from src.hardware import check_accelerator
+from src.models.registry import without_pretrained_loading
 from src.progress import show_progress
 from src.training.checkpoint_io import AtomicCheckpointIO
 from src.training.checkpoints import check_weights_fit, data_identity, read_checkpoint
@@ -127,7 +128,10 @@ def build_module(config: ESDConfig, data: ESDDataModule) -> ESDSegmentation:
         channels=identity.channels,
         cell_px=manifest.cell_px,
         tile_size_gt=config.tile_size_gt,
-        model_hparams=config.model_hparams(),
+        # a resumed run's weights come from its checkpoint, not from a weights file or folder
+        model_hparams=config.model_hparams()
+        if config.resume is None
+        else without_pretrained_loading(config.model_hparams()),
         loss=config.loss,
         class_weights=data.inverse_class_frequencies() if config.class_weighting else None,
         ce_weight=config.ce_weight,
