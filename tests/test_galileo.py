@@ -457,3 +457,13 @@ def test_an_interrupted_galileo_cross_validation_completes_without_its_weights_f
     state = torch.load(fold_1, weights_only=True)["state_dict"]
     key = "blocks.3.attn.qkv.weight"
     assert torch.equal(state[f"model.encoder.{key}"], release[key])  # from the release, frozen
+
+
+def test_an_older_timm_is_one_line_naming_the_installed_version(monkeypatch):
+    from src.models import checks
+    from src.training.config import ESDConfig
+
+    assert checks.timm_problem() is None  # the installed one is new enough
+    monkeypatch.setattr(checks.metadata, "version", lambda name: "1.0.25")
+    with pytest.raises(ValueError, match=r"timm 1\.0\.26 or newer \(installed: 1\.0\.25\)"):
+        ESDConfig(model_type="Galileo")

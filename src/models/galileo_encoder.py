@@ -29,6 +29,12 @@ import math
 from dataclasses import dataclass
 
 import torch
+
+from src.models.checks import timm_problem
+
+if timm_problem():  # before importing names an older timm lacks
+    raise ImportError(timm_problem())
+
 from timm.layers.patch_embed import PatchEmbedResamplerFixedOrigSize
 from timm.models.vision_transformer import Block
 from torch import nn

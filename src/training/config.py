@@ -290,8 +290,10 @@ class ESDConfig(FigureOptions):
         return problems
 
     def _galileo_problems(self) -> list[str]:
-        """Galileo's recipe and exit layer, checked before any data is prepared."""
-        problems = []
+        """Galileo's timm, recipe and exit layer, checked before any data is prepared."""
+        from src.models.checks import timm_problem
+
+        problems = [problem] if (problem := timm_problem()) else []
         recipe = (self.preprocessing or {}).get("recipe")
         if recipe is not None and recipe != GALILEO_RECIPE:
             problems.append(
