@@ -40,6 +40,9 @@ def build_report_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Write the report and print where it is."""
+    from src.cli import one_line_warnings
+
+    one_line_warnings()
     arguments = build_report_parser().parse_args(argv)
     from src.evaluation.cv_record import CVRecordError
     from src.evaluation.html_report import write_report

@@ -15,6 +15,7 @@ import difflib
 import sys
 import types
 import typing
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -272,6 +273,22 @@ def load_yaml_config(path: Path, config_cls: type) -> dict[str, Any]:
     return values
 
 
+def one_line_warnings() -> None:
+    """Print esd's own warnings as `warning: <message>`, one line, not as Python's
+    `file:line: Category: message` with the line of code under it (others unchanged)."""
+    default = warnings.formatwarning
+    if getattr(default, "esd", False):
+        return
+
+    def formatted(message, category, filename, lineno, line=None) -> str:
+        if category.__module__.startswith("src."):
+            return f"warning: {message}\n"
+        return default(message, category, filename, lineno, line)
+
+    formatted.esd = True  # type: ignore[attr-defined]
+    warnings.formatwarning = formatted
+
+
 def parse_values(
     parser: argparse.ArgumentParser, config_cls: type, argv: Sequence[str] | None = None
 ) -> dict[str, Any]:
@@ -279,6 +296,7 @@ def parse_values(
 
     Flags given on the command line override the file; options given nowhere are absent.
     """
+    one_line_warnings()
     namespace = vars(parser.parse_args(sys.argv[1:] if argv is None else argv))
     yaml_path = namespace.pop("config")
     values = load_yaml_config(yaml_path, config_cls) if yaml_path else {}

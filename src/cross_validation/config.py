@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from src.cli import check_field_types, config_field
+from src.cli import check_field_types, closest, config_field
 from src.cross_validation.variants import Ablation
 from src.evaluation.config import TTAMode
 from src.models.registry import MODEL_TYPES
@@ -100,7 +100,8 @@ class CVConfig:
         unknown = [m for m in self.model_type if m not in MODEL_TYPES]
         if unknown:
             problems.append(
-                f"unknown model_type {', '.join(unknown)}: use {', '.join(MODEL_TYPES)}"
+                f"unknown model_type {', '.join(u + closest(u, MODEL_TYPES) for u in unknown)}: "
+                f"use {', '.join(MODEL_TYPES)}"
             )
         if self.bootstrap_resamples < 1:
             problems.append(

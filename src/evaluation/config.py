@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from src.cli import check_field_types, config_field
+from src.cli import check_field_types, closest, config_field
 from src.esd_data.subtiles import check_tile_size_gt
 from src.models.registry import MODEL_TYPES
 from src.visualization.figure_output import FigureOptions
@@ -120,7 +120,10 @@ class EvalConfig(FigureOptions):
         if self.batch_size < 1:
             problems.append(f"batch_size must be at least 1, got {self.batch_size}")
         if self.model_type is not None and self.model_type not in MODEL_TYPES:
-            problems.append(f"unknown model_type {self.model_type!r}: use {', '.join(MODEL_TYPES)}")
+            problems.append(
+                f"unknown model_type {self.model_type!r}{closest(self.model_type, MODEL_TYPES)}: "
+                f"use {', '.join(MODEL_TYPES)}"
+            )
         if self.raw_dir is not None and (self.tiles is not None or self.processed_dir is not None):
             problems.append(
                 "--raw_dir predicts a raw folder: it takes no --tiles or --processed_dir"

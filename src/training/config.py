@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from src.cli import check_field_types, config_field
+from src.cli import check_field_types, closest, config_field
 from src.esd_data.manifest import check_band_selection
 from src.esd_data.preparation import PrepareRequest
 from src.esd_data.subtiles import check_tile_size_gt
@@ -190,7 +190,10 @@ class ESDConfig(FigureOptions):
         except ValueError as error:
             problems.append(str(error))
         if self.model_type not in MODEL_TYPES:
-            problems.append(f"unknown model_type {self.model_type!r}: use {', '.join(MODEL_TYPES)}")
+            problems.append(
+                f"unknown model_type {self.model_type!r}{closest(self.model_type, MODEL_TYPES)}: "
+                f"use {', '.join(MODEL_TYPES)}"
+            )
         if self.resume is not None and not self.resume.is_file():
             problems.append(f"resume checkpoint {self.resume} does not exist")
         try:

@@ -22,6 +22,9 @@ WARNINGS_DROPPED = (
     # A run without validation (--limit_val_batches 0, cross-validation's --selection last)
     # keeps its learning rate under the plateau schedule; the README says so, once.
     r".*ReduceLROnPlateau conditioned on metric .* which is not available.*",
+    # esd's run folder holds the run's own status.json when the CSV logger starts (a folder
+    # of another run is refused before, see run_folder.claim_run): nothing would be deleted.
+    r".*Experiment logs directory .* exists and is not empty.*",
 )
 
 
