@@ -42,47 +42,60 @@ def _names(tiles: Iterable[str]) -> str:
 @dataclass(frozen=True)
 class Member:
     """One trained model: the tiles it trained on and the tiles that chose it (each tile name →
-    the hash of its processed pixels), and what they chose (`why`)."""
+    the hash of its processed pixels), what they chose (`why`), and the raw folder its tiles
+    were prepared from (`raw_dir`, where their names identify them)."""
 
     name: str
     trained: Mapping[str, str]
     chose: Mapping[str, str] = field(default_factory=dict)
     why: str = ""
+    raw_dir: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "name": self.name, "trained": dict(self.trained), "chose": dict(self.chose),
-            "why": self.why,
+            "why": self.why, "raw_dir": self.raw_dir,
         }  # fmt: skip
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> Member:
         return cls(values["name"], dict(values["trained"]), dict(values.get("chose", {})),
-                   values.get("why", ""))  # fmt: skip
+                   values.get("why", ""), values.get("raw_dir", ""))  # fmt: skip
 
     def choosing(self, tiles: Mapping[str, str], why: str) -> Member:
         """This member with `tiles` added to the ones that chose it (a sweep's or a
         decision's choice made on them), `why` appended."""
         reason = why if not self.why else f"{self.why}; {why}"
-        return Member(self.name, self.trained, {**self.chose, **tiles}, reason)
+        return Member(self.name, self.trained, {**self.chose, **tiles}, reason, self.raw_dir)
 
 
 @dataclass(frozen=True)
 class Scoring:
-    """A member and the tiles (name → pixel hash) whose scores it contributes to."""
+    """A member and the tiles (name → pixel hash) whose scores it contributes to, prepared
+    from the raw folder `raw_dir`."""
 
     member: Member
     scored: Mapping[str, str]
+    raw_dir: str = ""
+
+    def _matches(self, tiles: Mapping[str, str]) -> dict[str, str]:
+        """Scored tile → the tile of `tiles` it is: the same pixels, or, from the same raw
+        folder, the same name (the same place, even when the code that prepared its pixels
+        changed since)."""
+        by_hash = {digest: name for name, digest in tiles.items()}
+        same_folder = bool(self.raw_dir) and self.raw_dir == self.member.raw_dir
+        found = {t: by_hash[d] for t, d in self.scored.items() if d in by_hash}
+        if same_folder:
+            found |= {t: t for t in self.scored if t in tiles}
+        return found
 
     def trained_on(self) -> dict[str, str]:
-        """Scored tile → the training tile with the same pixels."""
-        by_hash = {digest: name for name, digest in self.member.trained.items()}
-        return {t: by_hash[d] for t, d in self.scored.items() if d in by_hash}
+        """Scored tile → the training tile it is (see `_matches`)."""
+        return self._matches(self.member.trained)
 
     def chosen_on(self) -> dict[str, str]:
-        """Scored tile → the tile with the same pixels that chose the member."""
-        by_hash = {digest: name for name, digest in self.member.chose.items()}
-        return {t: by_hash[d] for t, d in self.scored.items() if d in by_hash}
+        """Scored tile → the tile that chose the member it is (see `_matches`)."""
+        return self._matches(self.member.chose)
 
 
 @dataclass(frozen=True)
@@ -92,9 +105,12 @@ class Ledger:
     parts: tuple[Scoring, ...]
 
     @classmethod
-    def ensemble(cls, members: Iterable[Member], scored: Mapping[str, str]) -> Ledger:
-        """Each member scores every tile (an ensemble averages their probabilities)."""
-        return cls(tuple(Scoring(member, dict(scored)) for member in members))
+    def ensemble(
+        cls, members: Iterable[Member], scored: Mapping[str, str], raw_dir: str = ""
+    ) -> Ledger:
+        """Each member scores every tile (an ensemble averages their probabilities), the
+        tiles prepared from `raw_dir`."""
+        return cls(tuple(Scoring(member, dict(scored), raw_dir) for member in members))
 
     def check(self) -> None:
         """HeldOutError naming the tiles and the member, when a member trained on a scored
@@ -150,7 +166,11 @@ class Ledger:
         the members, what each scored, and the verdict."""
         return {
             "parts": [
-                {"member": part.member.to_dict(), "scored": dict(part.scored)}
+                {
+                    "member": part.member.to_dict(),
+                    "scored": dict(part.scored),
+                    "raw_dir": part.raw_dir,
+                }
                 for part in self.parts
             ],
             "scored": self.scored,
@@ -170,7 +190,7 @@ class Ledger:
     @classmethod
     def from_record(cls, record: Mapping[str, Any]) -> Ledger:
         return cls(tuple(
-            Scoring(Member.from_dict(part["member"]), dict(part["scored"]))
+            Scoring(Member.from_dict(part["member"]), dict(part["scored"]), part.get("raw_dir", ""))
             for part in record["parts"]
         ))  # fmt: skip
 

@@ -303,3 +303,28 @@ def test_pretrained_smp_checkpoint_evaluates_without_the_weights_file(
     weights.unlink()
     metrics = evaluate_quietly(model_path=checkpoint, results_dir=tmp_path / "out")
     assert metrics["model_type"] == "SMP" and "f1_class1" in metrics["overall"]
+
+
+def test_its_own_raw_folder_scores_its_split_known_by_name_whatever_the_pixels(
+    trained, synthetic_raw, tmp_path, monkeypatch
+):
+    from src.esd_data import preprocessing
+    from src.held_out import Ledger, Member
+
+    # Another version of the preprocessing (every value × 0.999): other pixels, other hashes.
+    store = preprocessing._store
+    monkeypatch.setattr(preprocessing, "_store", lambda out, x: store(out, x * 0.999))
+    options = {"cache_dir": tmp_path / "cache", "results_dir": tmp_path / "out"}
+    metrics = evaluate_quietly(model_path=trained, raw_dir=synthetic_raw, prepare_workers=1,
+                               **options)  # fmt: skip
+    identity = read_checkpoint(trained)["esd_data_identity"]
+    assert metrics["tiles_scored"] == identity["split"]["val"]  # not its training tiles
+    # by their names in the folder they were prepared from, not by pixels that changed
+    assert metrics["held_out"]["label"] == "OPTIMISTIC"
+    assert metrics["held_out"]["optimistic_tiles"] == identity["split"]["val"]
+    # the ledger itself: the same names from the member's raw folder are its tiles, the same
+    # names from another folder (the contest's Val/, also Tile1…) are not
+    member = Member("m", {"Tile1": "a"}, raw_dir="/data/Train")
+    assert Ledger.ensemble([member], {"Tile1": "b"}, "/data/Val").trained_tiles() == []
+    assert Ledger.ensemble([member], {"Tile1": "b"}, "/data/Train").trained_tiles() == ["Tile1"]
+    assert Ledger.ensemble([member], {"Tile9": "a"}, "/data/Val").trained_tiles() == ["Tile9"]

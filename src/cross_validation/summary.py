@@ -34,7 +34,7 @@ def oof_ledger(results: list[dict[str, Any]], plan: dict[str, Any]) -> Ledger:
     if chooser:
         every = {t: d for part in parts for t, d in {**part.scored, **part.member.trained}.items()}
         why = f"its hyper-parameters, by {chooser} on these scores"
-        parts = [Scoring(p.member.choosing(every, why), p.scored) for p in parts]
+        parts = [Scoring(p.member.choosing(every, why), p.scored, p.raw_dir) for p in parts]
     return Ledger(tuple(parts))
 
 

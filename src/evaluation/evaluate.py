@@ -64,11 +64,12 @@ class TileSource:
     """The split's name, or the raw folder's name."""
 
     def ledger(self, members: list[Member]) -> Ledger:
-        """Every member scoring every labelled tile (by the hash of its processed pixels;
-        an unlabelled tile is predicted, never scored)."""
+        """Every member scoring every labelled tile (by the hash of its processed pixels and,
+        within the raw folder it was prepared from, its name; an unlabelled tile is predicted,
+        never scored)."""
         records = self.manifest.tiles
         scored = {t: records[t].sha256 for t in self.tiles if records[t].labels is not None}
-        return Ledger.ensemble(members, scored)
+        return Ledger.ensemble(members, scored, str(Path(self.manifest.raw_dir).resolve()))
 
 
 @dataclass(frozen=True)
@@ -247,10 +248,18 @@ def _from_raw(config: EvalConfig, models: Models, log: Callable[[str], None]) ->
         )
     log(f"data: {raw_dir} → {cache_dir}: {summary}")
     manifest = summary.manifest
-    tiles = list(manifest.split["predict"])
+    tiles, label = list(manifest.split["predict"]), raw_dir.name
+    if Path(raw_dir).resolve() == Path(identity.raw_dir).resolve() and models.cv_plan is None:
+        # the checkpoint's own raw folder (its processed one re-prepared since): its own split,
+        # not its training tiles
+        split = config.scored_split
+        tiles, label = [t for t in identity.split.get(split, []) if t in manifest.tiles], split
+        log(f"{raw_dir} is the checkpoint's own raw folder: scoring its {split} tiles from it")
+        if not tiles:
+            raise ValueError(_empty_split_message(split, identity, cache_dir))
     for each in identities:
         check_compatible(each, manifest, cache_dir)
-    return TileSource(cache_dir, manifest, tiles, raw_dir.name)
+    return TileSource(cache_dir, manifest, tiles, label)
 
 
 def _check_raw_cell_size(raw_dir: Path, identities: list[DataIdentity]) -> None:

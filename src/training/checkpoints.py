@@ -62,6 +62,7 @@ def held_out_member(checkpoint: dict[str, Any], path: Path) -> Member:
         f"its epoch, by {hparams.get('monitor', 'the monitored metric')} on its val split"
         if chose
         else "",
+        str(Path(identity.raw_dir).resolve()),
     )
 
 
