@@ -184,8 +184,8 @@ def test_verdicts_need_the_fold_test_holm_corrected_not_the_tile_bootstrap():
     folds = [tiles[k::3] for k in range(3)]
     # The tiles say "good" clearly (given these models), but the folds were noisy: retraining
     # moved the difference around 0 (as a seed change alone does).
-    a = ScoredRun("a", tiles, good, digests, folds, [0.80, 0.70, 0.78], [8] * 3)
-    b = ScoredRun("b", tiles, worse, digests, folds, [0.74, 0.76, 0.75], [8] * 3)
+    a = ScoredRun("a", tiles, good, digests, folds, [0.80, 0.70, 0.78], [8] * 3, seeds=2)
+    b = ScoredRun("b", tiles, worse, digests, folds, [0.74, 0.76, 0.75], [8] * 3, seeds=2)
     (pair,) = compare_runs([a, b], 300, 0)
     assert pair["interval"][0] > 0  # the tile bootstrap alone would call it
     assert "no difference shown" in pair["verdict"] and "better" not in pair["verdict"]
@@ -197,11 +197,14 @@ def test_verdicts_need_the_fold_test_holm_corrected_not_the_tile_bootstrap():
     # Holm over one leaderboard's pairs: p = 0.01, 0.03, 0.04 → 0.03, 0.06, 0.06.
     pairs = [{"first": f"x{k}", "second": "y", "difference": 0.1, "interval": [0.05, 0.15],
               "includes_zero": False, "tiles": 12,
-              "folds": {"p_value": p, "mean": 0.1, "differences": [0.1] * 3}}
+              "folds": {"p_value": p, "mean": 0.1, "differences": [0.1] * 3, "seeds": 2}}
              for k, p in enumerate((0.04, 0.01, 0.03))]  # fmt: skip
     holm(pairs)
     assert [p["folds"]["p_holm"] for p in pairs] == pytest.approx([0.06, 0.03, 0.06])
     assert ["better" in p["verdict"] for p in pairs] == [False, True, False]
+    # one seed per fold: a seed's luck is shared by every fold, so no verdict at any p
+    pairs[1]["folds"]["seeds"] = 1
+    assert holm(pairs)[1]["verdict"].startswith("no verdict: each fold was trained with one seed")
 
 
 @pytest.mark.slow
@@ -230,7 +233,8 @@ def test_seeds_train_the_same_folds_again_and_a_seed_change_alone_is_no_verdict(
     assert runs[0]["plan"]["folds"] == runs[1]["plan"]["folds"]
     capsys.readouterr()
     assert compare_main(["--runs", runs[0]["root"], runs[1]["root"]]) == 0
-    assert " is better" not in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert " is better" not in out and "no verdict: each fold was trained with one seed" in out
 
 
 # --------------------------------------------------------------------------------------------

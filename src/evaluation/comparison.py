@@ -17,9 +17,11 @@ much the score would move on other tiles *given these models*, not whether anoth
 (another seed) would rank them the same; seed-to-seed noise alone can make its interval exclude
 0. So "X is better" needs the evidence that includes retraining: the fold-level test over the
 units that were trained (folds, repetitions and `--seeds`), with its p-values corrected for the
-number of pairs in one leaderboard by Holm's step-down method, below 0.05, and a tile interval
-on the same side of 0. Runs without folds (two evaluations) get the tile interval only,
-labelled as such, and no verdict.
+number of pairs in one leaderboard by Holm's step-down method, below 0.05, a tile interval on
+the same side of 0, and every fold of both runs trained with two seeds or more: with one seed
+per run, that seed's luck is shared by all of its folds and the fold test reads it as a
+difference. Runs without folds (two evaluations) get the tile interval only, labelled as such,
+and no verdict.
 
 Runs whose tiles chose their model (OPTIMISTIC, from their held-out ledger) say so beside every
 score; same ground truth means the same label grids (a digest per tile), not the same counts.
@@ -69,6 +71,8 @@ class ScoredRun:
     """The scored tiles chose a model behind the scores (from its held-out ledger)."""
     partitions: int = 1
     """How many predictions of each tile the counts sum (repeated folds, seeds)."""
+    seeds: int = 1
+    """The fewest training seeds any of its folds was trained with (`--seeds`)."""
 
     @property
     def f1_class1(self) -> float:
@@ -132,7 +136,7 @@ def fold_difference(first: ScoredRun, second: ScoredRun) -> dict[str, Any] | Non
         p = float(2 * stats.t.sf(abs(t), df=count - 1))
     return {
         "differences": differences.tolist(), "mean": mean, "std": std, "t": t, "p_value": p,
-        "test": FOLD_TEST,
+        "test": FOLD_TEST, "seeds": min(first.seeds, second.seeds),
     }  # fmt: skip
 
 
@@ -185,6 +189,12 @@ def verdict(pair: dict[str, Any]) -> str:
             f"(cross-validate both on the same folds, with --seeds, for a verdict)"
         )
     p_holm = folds.get("p_holm", folds["p_value"])
+    if folds.get("seeds", 1) < 2:
+        return (
+            f"no verdict: each fold was trained with one seed, so a seed's luck, shared by every "
+            f"fold, reads as a difference (fold test p = {p_holm:.3f} after Holm; {tiles}); "
+            f"cross-validate both with --seeds 2 or more"
+        )
     same_side = (
         interval is not None
         and not pair["includes_zero"]
@@ -276,7 +286,17 @@ def cv_scored_run(model: dict[str, Any], name: str, where: Path | str) -> Scored
         source=str(where),
         optimistic=bool((model.get("held_out") or {}).get("optimistic")),
         partitions=len(model.get("out_of_fold_repeats") or [None]),
+        seeds=_seeds_per_fold(folds),
     )
+
+
+def _seeds_per_fold(folds: list[dict[str, Any]]) -> int:
+    """The fewest distinct training seeds the same held-out tiles were trained with."""
+    seeds: dict[tuple[str, ...], set[Any]] = {}
+    for fold in folds:
+        seed = (fold.get("configuration") or {}).get("training", {}).get("seed")
+        seeds.setdefault(tuple(sorted(fold["val_tiles"])), set()).add(seed)
+    return min(len(s) for s in seeds.values())
 
 
 METRICS_FILE = "metrics.json"
