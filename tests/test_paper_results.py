@@ -375,6 +375,10 @@ def chromium() -> str:
 @pytest.mark.slow
 def test_report_opens_in_headless_chromium_with_every_model_and_the_gallery(ablation, capsys):
     root = Path(ablation["root"])
+    importance = permutation_importance(
+        ImportanceConfig(cv_dir=root / "SegmentationCNN", grouping=["sensor"], repeats=1,
+                         bootstrap_resamples=100), log=lambda _: None,
+    )  # fmt: skip
     assert report_main([str(root)]) == 0
     page = root / "report.html"
     assert f"wrote {page}" in capsys.readouterr().out
@@ -389,8 +393,8 @@ def test_report_opens_in_headless_chromium_with_every_model_and_the_gallery(abla
     loaded = re.search(r'data-images-loaded="(\d+)/(\d+)"', dom)
     assert loaded is not None, completed.stderr[-2000:]
     # 12 tile pictures, the summary, the full model's curves, confusion matrix and ROC curves
-    # (the 6 variants draw none: a page of their figures was 20 000 px tall)
-    assert loaded.group(1) == loaded.group(2) and int(loaded.group(2)) == 12 + 1 + 3
+    # (the 6 variants draw none: a page of their figures was 20 000 px tall), the importance
+    assert loaded.group(1) == loaded.group(2) and int(loaded.group(2)) == 12 + 1 + 3 + 1
     leaderboard = dom[dom.index('<table id="leaderboard"') :].split("</table>")[0]
     names = re.findall(r"<tr><td>([^<]+)</td>", leaderboard)
     assert names == [f"{root.name}/{m['name']}" for m in ablation["models"]]  # pooled OOF order
@@ -398,6 +402,17 @@ def test_report_opens_in_headless_chromium_with_every_model_and_the_gallery(abla
     assert oof == sorted(oof, reverse=True)
     assert leaderboard.count("[") >= 4 * len(names)  # every headline score with its interval
     assert 'href="#run-0"' in dom  # a contents list
+    # the ablation beside this model's permutation importance, each cost inside its interval
+    table = dom[dom.index('<table id="ablation"') :].split("</table>")[0]
+    rows = re.findall(r"<tr><td>SegmentationCNN</td><td>(\w+)</td><td>([^<]*)</td><td>([^<]*)</td>",
+                      table)  # fmt: skip
+    dropped = {r["group"]: r["f1_class1"]["drop"] for r in importance["groupings"]["sensor"]}
+    assert {sensor for sensor, _, _ in rows} == set(dropped)
+    for sensor, retrained, permuted in rows:
+        for cell in (retrained, permuted):
+            value, low, high = map(float, re.findall(r"[-+]?\d+\.\d+", cell)[:3])
+            assert low <= value <= high, (sensor, cell)
+        assert float(permuted.split()[0]) == pytest.approx(dropped[sensor], abs=5e-5)
     gallery = dom[dom.index('id="gallery-run-0"') :]
     assert gallery.count('class="tile"') == 12
     scores = [float(s) for s in re.findall(r'data-f1class1="([0-9.]+)"', gallery)]

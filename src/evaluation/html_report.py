@@ -275,39 +275,54 @@ def _gallery(entries: list[tuple[dict[str, Any], Path]], ident: str) -> str:
     )
 
 
-def _importance(folder: Path) -> tuple[str, dict[str, dict[str, Any]]]:
-    """The importance charts under `folder` (each titled OPTIMISTIC when it is) and the
-    sensor rows of the importance results found there (sensor → drop record)."""
+def _importance(folder: Path) -> str:
+    """The importance charts under `folder` (each titled OPTIMISTIC when it is)."""
     formats = (".png", ".svg", ".pdf")
     charts = sorted(p for p in folder.rglob("importance_*.*") if p.suffix in formats)
-    by_sensor: dict[str, dict[str, Any]] = {}
-    for result in sorted(folder.rglob("importance.json")):
-        record = read_json(result)
-        for row in record.get("groupings", {}).get("sensor", []):
-            by_sensor[row["group"]] = {**row["f1_class1"], "optimistic": record["optimistic"]}
     if not charts:
-        return "", by_sensor
+        return ""
     return "<h3>Permutation importance</h3>" + "".join(
         f"<p>{html.escape(str(chart.relative_to(folder)))}</p>{_image(chart, chart.stem)}"
         for chart in charts
-    ), by_sensor
+    )
 
 
-def _ablation_table(summary: dict[str, Any], permutation: dict[str, dict[str, Any]]) -> str:
-    """Each left-out sensor's retrained cost beside its permutation cost, one sentence on why
-    they differ."""
+def _permutation_by_sensor(model_dir: Path) -> dict[str, dict[str, Any]]:
+    """Sensor → its permutation drop of class-1 F1, from the newest importance result of
+    this model's folds (`scripts.importance --cv_dir <cv>/<model>`)."""
+    results = sorted(
+        model_dir.glob("importance/*/importance.json"), key=lambda p: p.stat().st_mtime
+    )
+    if not results:
+        return {}
+    record = read_json(results[-1])
+    return {
+        row["group"]: {**row["f1_class1"], "optimistic": record["optimistic"]}
+        for row in record.get("groupings", {}).get("sensor", [])
+    }
+
+
+def _cost(pair: dict[str, Any]) -> str:
+    """What leaving a sensor out cost: the full model minus the variant (the pair is the
+    variant minus the full model), its interval turned round with it."""
+    interval = pair["interval"]
+    turned = None if interval is None else [-interval[1], -interval[0]]
+    return f"{-pair['difference']:+.4f} {_interval(turned)}"
+
+
+def _ablation_table(root: Path, summary: dict[str, Any]) -> str:
+    """Per full model, each left-out sensor's retrained cost beside its permutation cost (the
+    model's own importance), one sentence on why they differ."""
     pairs = {p["first"]: p for p in summary.get("pairs", [])}
     rows = []
     for model in summary["models"]:
         name, reference = model["name"], model.get("reference")
-        if reference is None or "-without-" not in name:
+        if reference is None or not name.startswith(f"{reference}-without-"):
             continue
-        sensor = name.split("-without-")[1]
-        pair = pairs.get(name)
-        permuted = permutation.get(sensor)
+        sensor = name.removeprefix(f"{reference}-without-")
+        permuted = _permutation_by_sensor(root / reference).get(sensor)
         rows.append([
-            sensor,
-            "" if pair is None else f"{-pair['difference']:+.4f} {_interval(pair['interval'])}",
+            reference, sensor, "" if name not in pairs else _cost(pairs[name]),
             "" if permuted is None
             else f"{permuted['drop']:+.4f} {_interval(permuted['interval'])}"
             + _flag(permuted["optimistic"]),
@@ -318,7 +333,12 @@ def _ablation_table(summary: dict[str, Any], permutation: dict[str, dict[str, An
         "<h3>What each sensor is worth: retrained against permuted</h3>"
         f"<p>{ABLATION_VS_PERMUTATION}</p>"
         + _table(
-            ["sensor", "cost of leaving it out (retrained)", "cost of permuting it"],
+            [
+                "model",
+                "sensor",
+                "cost of leaving it out (retrained)",
+                "cost of permuting it (this model)",
+            ],
             rows,
             "ablation",
         )
@@ -379,13 +399,13 @@ def _cv_section(root: Path, only: str | None, anchor: str) -> str:
             + _image(folder / "oof" / "roc_curves.png", "ROC curves")
         )
         gallery += _tile_cards(root, model)
-    importance, permutation = _importance(root if only is None else root / only)
+    importance = _importance(root if only is None else root / only)
     return (
         f'<h2 id="{anchor}">{html.escape(title)}</h2>{warning}<h3>Provenance</h3>{provenance}'
         f"<details><summary>configuration</summary><pre>{configuration}</pre></details>"
         + _image(root / "summary.png", "summary")
         + _pairs_section(pairs)
-        + _ablation_table(summary, permutation)
+        + _ablation_table(root, summary)
         + f"<h3>Folds</h3>{folds}<h3>Learning curves, confusion matrices, ROC (out of fold)</h3>"
         + "".join(figures)
         + importance
@@ -432,7 +452,7 @@ def _evaluation_section(folder: Path, anchor: str) -> str:
         body += f"<p>{html.escape(note)}</p>" if note else ""
     else:
         body += "<p>No labelled tiles: predictions only.</p>"
-    importance, _ = _importance(folder)
+    importance = _importance(folder)
     entries = [(t, folder / "tiles" / f"{t['tile']}.png") for t in metrics.get("tiles", [])]
     return body + importance + _gallery(entries, f"gallery-{anchor}")
 
