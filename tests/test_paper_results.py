@@ -552,3 +552,16 @@ def selected_order(selected: list[str]):
     for k, name in enumerate(selected):
         first.setdefault(name.rsplit("/", 1)[0], k)
     return first.get
+
+
+def test_model_options_apply_to_one_model_and_never_to_what_the_models_share(synthetic_processed):
+    base = tiny(synthetic_processed, Path("unused"))
+    cv = CVConfig(folds=2, model_type=["SegmentationCNN", "UNet"],
+                  model_options={"UNet": {"embedding_size": 4, "n_encoders": 1}})  # fmt: skip
+    unet, cnn = cv.model_config(base, "UNet"), cv.model_config(base, "SegmentationCNN")
+    assert (unet.embedding_size, unet.n_encoders) == (4, 1) and cnn.embedding_size == 8
+    for shared in ({"seed": 7}, {"preprocessing": {"s1_blur_sigma": 3.0}}, {"split_seed": 5}):
+        with pytest.raises(ValueError, match="belong to the whole cross-validation"):
+            CVConfig(folds=2, model_type=["UNet"], model_options={"UNet": shared})
+    with pytest.raises(ValueError, match="not among --model_type"):
+        CVConfig(folds=2, model_type=["UNet"], model_options={"Galileo": {"pretrained": True}})

@@ -117,6 +117,12 @@ class CVConfig:
         """What is wrong with `model_options`: models not cross-validated, unknown options."""
         problems = []
         known = {f.name for f in dataclasses.fields(ESDConfig)} - {"model_type", "resume"}
+        # every model of one cross-validation shares its data, folds, seeds and folders (a
+        # model's own would be ignored, or break the pairing of the models)
+        shared = {
+            "raw_dir", "processed_dir", "preprocessing", "split_seed", "val_fraction",
+            "test_fraction", "seed", "checkpoint_dir", "log_dir", "wandb_run_name", "wandb_id",
+        }  # fmt: skip
         for model, options in (self.model_options or {}).items():
             if model not in self.model_type:
                 problems.append(
@@ -130,6 +136,13 @@ class CVConfig:
                 if unknown:
                     problems.append(
                         f"model_options of {model}: unknown option(s) {', '.join(unknown)}"
+                    )
+                common = sorted(set(options) & shared)
+                if common:
+                    problems.append(
+                        f"model_options of {model}: {', '.join(common)} belong to the whole "
+                        f"cross-validation (its data, folds and seeds are every model's): give "
+                        f"them as flags"
                     )
         return problems
 
