@@ -27,18 +27,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     from src.evaluation.comparison import (
         PairingError,
         compare_runs,
+        distinct_names,
         format_leaderboard,
         format_pairs,
         load_scored_runs,
     )
 
     try:
-        runs = [run for folder in config.runs for run in load_scored_runs(folder)]
+        runs = distinct_names([run for folder in config.runs for run in load_scored_runs(folder)])
         if len(runs) < 2:
             raise PairingError(f"{len(runs)} run(s) given: a comparison needs two or more")
         names = [run.name for run in runs]
         if len(set(names)) != len(names):
-            raise PairingError(f"two runs have the same name ({', '.join(names)})")
+            raise PairingError(f"a folder was given twice ({', '.join(names)})")
         if config.reference is not None and config.reference not in names:
             raise PairingError(f"--reference {config.reference} is none of {', '.join(names)}")
         pairs = compare_runs(

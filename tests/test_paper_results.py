@@ -34,6 +34,7 @@ from src.evaluation.comparison import (
     ScoredRun,
     compare_pair,
     compare_runs,
+    distinct_names,
     fold_difference,
     format_pairs,
     holm,
@@ -194,6 +195,14 @@ def test_verdicts_need_the_fold_test_holm_corrected_not_the_tile_bootstrap():
     (pair,) = compare_runs([ScoredRun("a", tiles, good, digests),
                             ScoredRun("b", tiles, worse, digests)], 300, 0)  # fmt: skip
     assert pair["verdict"].startswith("no verdict") and "--seeds" in pair["verdict"]
+    # two evaluations of one run (with and without TTA) are told apart by their folders
+    twins = distinct_names(
+        [
+            ScoredRun("UNet/r", tiles, good, digests, source="/e/test"),
+            ScoredRun("UNet/r", tiles, worse, digests, source="/e/test-tta-d4"),
+        ]
+    )
+    assert [run.name for run in twins] == ["UNet/r [test]", "UNet/r [test-tta-d4]"]
     # Holm over one leaderboard's pairs: p = 0.01, 0.03, 0.04 → 0.03, 0.06, 0.06.
     pairs = [{"first": f"x{k}", "second": "y", "difference": 0.1, "interval": [0.05, 0.15],
               "includes_zero": False, "tiles": 12,

@@ -29,6 +29,7 @@ score; same ground truth means the same label grids (a digest per tile), not the
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from itertools import combinations
@@ -348,6 +349,20 @@ def load_scored_runs(folder: Path) -> list[ScoredRun]:
         f"cross-validation or one model of it (no {SUMMARY_FILE}): pass folders written by "
         f"scripts.evaluate or scripts.cross_validate"
     )
+
+
+def distinct_names(runs: list[ScoredRun]) -> list[ScoredRun]:
+    """The runs, those whose names collide (two evaluations of one run: with and without
+    TTA, say) named after their folders too."""
+    counts: dict[str, int] = {}
+    for run in runs:
+        counts[run.name] = counts.get(run.name, 0) + 1
+    return [
+        dataclasses.replace(run, name=f"{run.name} [{Path(run.source).name}]")
+        if counts[run.name] > 1
+        else run
+        for run in runs
+    ]
 
 
 def format_leaderboard(runs: list[ScoredRun]) -> str:

@@ -145,7 +145,7 @@ def _rows(folder: Path) -> list[Row]:
     metrics = read_json(folder / METRICS_FILE)
     if "overall" not in metrics:
         return []
-    return [Row(f"{metrics['model_type']}/{metrics['run']}", metrics["overall"],
+    return [Row(f"{metrics['model_type']}/{metrics['run']} [{folder.name}]", metrics["overall"],
                 metrics.get("overall_interval") or {}, len(metrics["tiles_scored"]),
                 bool((metrics.get("held_out") or {}).get("optimistic")), str(folder))]  # fmt: skip
 
