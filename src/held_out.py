@@ -65,7 +65,7 @@ class Member:
     def choosing(self, tiles: Mapping[str, str], why: str) -> Member:
         """This member with `tiles` added to the ones that chose it (a sweep's or a
         decision's choice made on them), `why` appended."""
-        reason = why if not self.why else f"{self.why}; {why}"
+        reason = why if not self.why else self.why if why in self.why else f"{self.why}; {why}"
         return Member(self.name, self.trained, {**self.chose, **tiles}, reason, self.raw_dir)
 
 

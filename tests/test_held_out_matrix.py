@@ -25,6 +25,7 @@ from scripts.compare import main as compare_main
 from scripts.evaluate import main as evaluate_main
 from scripts.importance import main as importance_main
 from scripts.report import main as report_main
+from scripts.train import main as train_main
 from src.cross_validation.config import CVConfig
 from src.cross_validation.run import cross_validate
 from src.esd_data.cache import prepare_dataset
@@ -255,3 +256,44 @@ def test_checkpoint_consumers_refuse_or_label(producers, tmp_path, capsys):
             continue
         assert code == 0, (producer.name, err)
         assert ("OPTIMISTIC" in stdout) == (want == OPTIMISTIC), producer.name
+
+
+@pytest.mark.slow
+def test_a_sweeps_choice_travels_with_its_folds_and_its_best_config(producers, tmp_path, capsys):
+    import shutil
+
+    import yaml
+
+    trial = next(p for p in producers if p.name == "sweep best trial").cv_model
+    fold = next(trial.glob("fold_0/checkpoints/*/fold_0/*.ckpt"))
+    # a fold's checkpoint scored on its own held-out tiles: they chose the trial's settings
+    code, out, err = run_main(evaluate_main, ["--model_path", str(fold), "--split", "test",
+                              "--results_dir", str(tmp_path / "fold"), "--accelerator", "cpu"],
+                              capsys)  # fmt: skip
+    assert code == 0, err
+    assert "OPTIMISTIC" in out and "by the sweep matrix" in out
+    # the sweep's best configuration names the tiles that chose it ...
+    sweep_dir = trial.parents[2].parent
+    best = yaml.safe_load((sweep_dir / "best_config.yaml").read_text())
+    processed = Path(best["processed_dir"])
+    labelled = json.loads((processed / "manifest.json").read_text())["split"]
+    assert sorted(best["chosen_on"]["tiles"]) == sorted(labelled["train"] + labelled["val"])
+    assert "cv_mean_f1_class1" in (sweep_dir / "trials.csv").read_text().splitlines()[0]
+    # ... and a model trained with it, on a folder split anew, scores them OPTIMISTIC
+    split_again = Path(shutil.copytree(processed, tmp_path / "again"))
+    config = tmp_path / "best.yaml"
+    config.write_text(yaml.safe_dump({**best, "processed_dir": str(split_again)}))
+    raw = json.loads((processed / "manifest.json").read_text())["raw_dir"]
+    assert run_main(train_main, ["--config", str(config), "--raw_dir", raw,
+                                 "--split_seed", "9", "--max_epochs", "1", "--checkpoint_dir",
+                                 str(tmp_path / "ck"), "--log_dir", str(tmp_path / "logs"),
+                                 "--wandb_mode", "disabled"], capsys)[0] == 0  # fmt: skip
+    new_test = json.loads((split_again / "manifest.json").read_text())["split"]["test"]
+    was_chosen = set(new_test) & set(best["chosen_on"]["tiles"])
+    assert was_chosen  # the new split's test tiles include tiles the sweep chose on
+    code, out, err = run_main(evaluate_main, ["--checkpoint_dir", str(tmp_path / "ck"),
+                              "--split", "test", "--results_dir", str(tmp_path / "best"),
+                              "--accelerator", "cpu"], capsys)  # fmt: skip
+    assert code == 0, err
+    metrics = json.loads((tmp_path / "best" / "metrics.json").read_text())
+    assert set(metrics["held_out"]["optimistic_tiles"]) == was_chosen

@@ -299,17 +299,19 @@ def test_best_config_values_are_plain_esdconfig_fields_in_field_order():
 def test_best_config_file_has_a_header_and_plain_yaml(tmp_path):
     spec = make_spec()
     path = tmp_path / BEST_CONFIG_FILE
-    write_best_config(path, best_trial(), spec, "mystudy")
+    write_best_config(path, best_trial(), spec, "mystudy", METRIC)
     lines = path.read_text().splitlines()
     assert lines[:2] == [
-        f"# Best trial of sweep mystudy: trial-7 ({METRIC} = 0.876543, goal maximize).",
+        f"# Best trial of sweep mystudy: trial-7 ({METRIC} = 0.876543, goal maximize; "
+        f"OPTIMISTIC: it chose the trial).",
         f"# Retrain with: python -m scripts.train --config {path}",  # the path as given
     ]
     assert yaml.safe_load(path.read_text()) == best_config_values(best_trial())
     assert lines[2] == "processed_dir: données/processed"  # in field order, not sorted
-    write_best_config(path, best_trial(run_name=None), make_spec("minimize"), "other")
+    write_best_config(path, best_trial(run_name=None), make_spec("minimize"), "other", METRIC)
     assert path.read_text().splitlines()[0] == (
-        f"# Best trial of sweep other: 7 ({METRIC} = 0.876543, goal minimize)."
+        f"# Best trial of sweep other: 7 ({METRIC} = 0.876543, goal minimize; OPTIMISTIC: it "
+        f"chose the trial)."
     )
 
 

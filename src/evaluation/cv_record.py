@@ -95,6 +95,17 @@ def read_plan(cv_dir: Path) -> dict[str, Any]:
     return read_json(root / FOLDS_FILE)
 
 
+def enclosing_plan(checkpoint: Path) -> dict[str, Any] | None:
+    """The `folds.json` of the cross-validation a fold's checkpoint belongs to
+    (`<cv>/<model>/fold_<k>/checkpoints/<model type>/fold_<k>/<file>`), None for another."""
+    folder = Path(checkpoint).resolve().parents
+    if len(folder) > 5 and folder[3].name.startswith("fold_"):
+        plan = folder[5] / FOLDS_FILE
+        if plan.is_file():
+            return read_json(plan)
+    return None
+
+
 HYPERPARAMETERS_CHOSEN = "hyperparameters_chosen_by"
 """Key of `folds.json` (and the summary's plan) naming what chose among configurations by
 this cross-validation's scores (a sweep with `--objective cv`): its labelled tiles then chose

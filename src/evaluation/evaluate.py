@@ -28,6 +28,7 @@ from src.evaluation.config import EvalConfig
 from src.evaluation.cv_record import (
     HYPERPARAMETERS_CHOSEN,
     cv_root_and_models,
+    enclosing_plan,
     read_fold_records,
     read_plan,
 )
@@ -89,13 +90,14 @@ class Models:
 
 def read_models(paths: list[Path], why: str, cv_plan: dict[str, Any] | None = None) -> Models:
     """`Models` of these checkpoints; a cross-validation whose scores chose its configuration
-    (a sweep's trial) makes every labelled tile of a fold one that chose the fold's model."""
+    (a sweep's trial: `cv_plan`, or the one a fold's checkpoint lies in) makes every labelled
+    tile of a fold one that chose the fold's model."""
     identities, hparams, epochs, members = [], [], [], []
     for path in paths:
         checkpoint = read_checkpoint(path)
         identity = data_identity(checkpoint, path)
         member = held_out_member(checkpoint, path)
-        chooser = (cv_plan or {}).get(HYPERPARAMETERS_CHOSEN)
+        chooser = (cv_plan or enclosing_plan(path) or {}).get(HYPERPARAMETERS_CHOSEN)
         if chooser:
             labelled = {t for tiles in identity.split.values() for t in tiles}
             member = member.choosing(

@@ -54,6 +54,18 @@ class TrialRecord:
     error: str | None = None
     test_scores: dict[str, float] | None = None
     """The trial's checkpoint on the held-out test tiles (never used to choose it)."""
+    fold_scores: list[float] | None = None
+    """A cross-validated trial's fold scores (`--objective cv`): its value is their mean."""
+
+
+CV_METRIC = "cv_mean_f1_class1"
+"""What a cross-validated trial's value is called in the tables (not its `val_` metric)."""
+
+
+def metric_name(records: list[TrialRecord], spec: SweepSpec) -> str:
+    """The trials' value, named for what it is: the spec's metric, or the mean class-1 F1 of
+    the folds of cross-validated trials."""
+    return CV_METRIC if any(r.fold_scores for r in records) else spec.metric
 
 
 def _finite(value: Any) -> float | None:
@@ -105,6 +117,7 @@ def records_from_study(study: Any, spec: SweepSpec) -> list[TrialRecord]:
                 duration_s=trial.duration.total_seconds() if trial.duration else None,
                 error=error,
                 test_scores=trial.user_attrs.get("test_scores"),
+                fold_scores=trial.user_attrs.get("fold_scores"),
             )
         )
     return records
@@ -187,9 +200,9 @@ def _rows(records: list[TrialRecord], metric: str, names: list[str]) -> list[dic
 
 def format_table(records: list[TrialRecord], spec: SweepSpec) -> str:
     """The trials as an aligned text table, in the order given."""
-    names = list(spec.swept)
-    rows = _rows(records, spec.metric, names)
-    columns = ["rank", "trial", "state", spec.metric, "epochs", "duration_s", *names]
+    names, metric = list(spec.swept), metric_name(records, spec)
+    rows = _rows(records, metric, names)
+    columns = ["rank", "trial", "state", metric, "epochs", "duration_s", *names]
     cells = [[_cell(row[c], 24) for c in columns] for row in rows]
     widths = [max([len(c), *(len(r[i]) for r in cells)]) for i, c in enumerate(columns)]
     lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True))]
@@ -199,9 +212,9 @@ def format_table(records: list[TrialRecord], spec: SweepSpec) -> str:
 
 def write_table(path: Path, records: list[TrialRecord], spec: SweepSpec) -> None:
     """The trials as CSV, in the order given (lists and mappings as JSON)."""
-    names = list(spec.swept)
-    rows = _rows(records, spec.metric, names)
-    columns = ["rank", "trial", "state", spec.metric, "epochs", "duration_s", *names]
+    names, metric = list(spec.swept), metric_name(records, spec)
+    rows = _rows(records, metric, names)
+    columns = ["rank", "trial", "state", metric, "epochs", "duration_s", *names]
     columns += ["run_name", "error"]
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
@@ -212,20 +225,48 @@ def write_table(path: Path, records: list[TrialRecord], spec: SweepSpec) -> None
         temporary.write_text(buffer.getvalue())
 
 
-def best_config_values(record: TrialRecord) -> dict[str, Any]:
-    """The trial's ESDConfig fields as plain YAML types, without where-it-ran fields."""
+def best_config_values(record: TrialRecord, study: str = "") -> dict[str, Any]:
+    """The trial's ESDConfig fields as plain YAML types, without where-it-ran fields, and
+    `chosen_on`: the tiles whose scores chose it among the trials (see `chosen_on`)."""
     fields = [f.name for f in dataclasses.fields(ESDConfig)]
     config = record.config or {}
-    return {
+    values = {
         name: plain(config[name]) for name in fields if name in config and name not in RUN_FIELDS
+    }
+    chooser = chosen_on(record, study)
+    if chooser:
+        values["chosen_on"] = chooser
+    return values
+
+
+def chosen_on(record: TrialRecord, study: str) -> dict[str, Any] | None:
+    """What chose this configuration among the trials, and on which tiles of the processed
+    folder (name → pixel hash): its val tiles (`--objective val`), every labelled tile of
+    the folds (`--objective cv`). A model trained with it scores them OPTIMISTIC (the held-out
+    ledger reads this from its configuration). None when the folder cannot be read."""
+    from src.esd_data.manifest import Manifest
+
+    processed = (record.config or {}).get("processed_dir")
+    try:
+        manifest = Manifest.load(Path(processed))
+    except (OSError, TypeError, ValueError):
+        return None
+    splits = ("train", "val") if record.fold_scores else ("val",)
+    objective = "cv" if record.fold_scores else "val"
+    return {
+        "by": f"the sweep {study} (objective {objective}, trial {record.number})",
+        "tiles": {t: manifest.tiles[t].sha256 for s in splits for t in manifest.split[s]},
+        "raw_dir": str(Path(manifest.raw_dir).resolve()),
     }
 
 
-def write_best_config(path: Path, record: TrialRecord, spec: SweepSpec, study: str) -> None:
+def write_best_config(path: Path, record: TrialRecord, spec: SweepSpec, study: str,
+                      metric: str) -> None:  # fmt: skip
     """The best trial's config as YAML for `python -m scripts.train --config PATH`."""
     header = (
         f"# Best trial of sweep {study}: {record.run_name or record.number} "
-        f"({spec.metric} = {record.value:.6g}, goal {spec.goal}).\n"
+        f"({metric} = {record.value:.6g}, goal {spec.goal}; {OPTIMISTIC}: it chose the "
+        f"trial).\n"
         + (
             "# Held-out test scores of its checkpoint: "
             + ", ".join(f"{k} = {v:.6g}" for k, v in sorted(record.test_scores.items()))
@@ -235,7 +276,7 @@ def write_best_config(path: Path, record: TrialRecord, spec: SweepSpec, study: s
         )
         + f"# Retrain with: python -m scripts.train --config {path}\n"
     )
-    body = yaml.safe_dump(best_config_values(record), sort_keys=False, allow_unicode=True)
+    body = yaml.safe_dump(best_config_values(record, study), sort_keys=False, allow_unicode=True)
     with atomic_path(path) as temporary:
         temporary.write_text(header + body)
 
@@ -352,9 +393,10 @@ def write_results(
         log("no complete trial: no best config")
     else:
         written["best_config"] = output_dir / BEST_CONFIG_FILE
-        write_best_config(written["best_config"], best, spec, study)
+        metric = metric_name(ordered, spec)
+        write_best_config(written["best_config"], best, spec, study, metric)
         log(
-            f"best: {best.run_name or best.number} with {spec.metric} = {best.value:.4g} "
+            f"best: {best.run_name or best.number} with {metric} = {best.value:.4g} "
             f"{OPTIMISTIC} (the value chose it among the trials: score it on held-out tiles)"
         )
         if best.test_scores:

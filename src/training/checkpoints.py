@@ -55,7 +55,7 @@ def held_out_member(checkpoint: dict[str, Any], path: Path) -> Member:
     hashes = identity.tile_hashes
     validated = run.get("limit_val_batches", 1.0) != 0
     chose = identity.split.get("val", []) if validated else []
-    return Member(
+    member = Member(
         str(path),
         {tile: hashes[tile] for tile in identity.split.get("train", [])},
         {tile: hashes[tile] for tile in chose},
@@ -64,6 +64,13 @@ def held_out_member(checkpoint: dict[str, Any], path: Path) -> Member:
         else "",
         str(Path(identity.raw_dir).resolve()),
     )
+    chooser = run.get("chosen_on")  # its settings, chosen by a sweep on these tiles
+    if chooser:
+        tiles = dict(chooser["tiles"])
+        if chooser.get("raw_dir") != member.raw_dir:  # names of another folder: pixels only
+            tiles = {f"{chooser.get('raw_dir')}/{name}": digest for name, digest in tiles.items()}
+        member = member.choosing(tiles, f"its settings, by {chooser['by']}")
+    return member
 
 
 def check_weights_fit(module: torch.nn.Module, checkpoint: dict[str, Any], path: Path) -> None:

@@ -166,6 +166,11 @@ class ESDConfig(FigureOptions):
     checkpoint_dir: Path = config_field(Path("checkpoints"), "checkpoints go to DIR/model/run/")
     log_dir: Path = config_field(Path("logs"), "CSV logs and offline W&B runs go here")
     resume: Path | None = config_field(None, "checkpoint to continue training from")
+    chosen_on: dict[str, Any] | None = config_field(
+        None,
+        "what chose these settings and on which tiles (a sweep writes it into best_config.yaml; "
+        "a model trained with them scores those tiles OPTIMISTIC)",
+    )
     wandb_project: str = config_field("esd", "W&B project")
     wandb_run_name: str | None = config_field(None, "run name (None: <model_type>-<date>-<time>)")
     wandb_mode: WandbMode = config_field(

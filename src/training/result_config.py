@@ -23,7 +23,7 @@ NOT_RESULT = frozenset(
         "test_fraction", "num_workers", "prepare_workers", "data_on_device",
         "device_memory_share", "accelerator", "devices", "strategy", "num_nodes",
         "checkpoint_dir", "log_dir", "resume", "wandb_project", "wandb_run_name",
-        "wandb_mode", "wandb_id", "progress", "fig_format", "dpi",
+        "wandb_mode", "wandb_id", "progress", "fig_format", "dpi", "chosen_on",
     }
 )  # fmt: skip
 """ESDConfig options that do not determine the result (the data options: see the module)."""
