@@ -155,10 +155,11 @@ def processed_tiles(config: EvalConfig, models: Models) -> TileSource:
         raise ValueError(_empty_split_message(split, identity, processed_dir))
     missing = [tile for tile in tiles if tile not in manifest.tiles]
     if missing:
+        asked = "given with --tiles" if config.tiles is not None else f"of the {split} split"
         raise CheckpointError(
-            f"{processed_dir} has no tile(s) {', '.join(missing)} of the checkpoint's "
-            f"{split} split: evaluate with --raw_dir {identity.raw_dir} (prepares them "
-            f"as the checkpoint's data) or pass --processed_dir"
+            f"{processed_dir} has no tile(s) {', '.join(missing)} {asked}: evaluate with "
+            f"--raw_dir {identity.raw_dir} (prepares them as the checkpoint's data) or pass "
+            f"--processed_dir"
         )
     for each in identities:
         known = [tile for tile in tiles if tile in each.tile_hashes]

@@ -183,7 +183,19 @@ def leaderboard_markdown(rows: list[Row]) -> str:
         ]  # fmt: skip
         lines.append(f"| {row.name}{_flag(row.optimistic)} | " + " | ".join(cells)
                      + f" | {row.tiles} |")  # fmt: skip
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines) + "\n" + _no_interval_note(rows)
+
+
+def _no_interval_note(rows: list[Row]) -> str:
+    """A footnote for the scores printed without an interval (too few tiles, or a class too
+    few tiles hold), so a bare number is never read as certain."""
+    bare = [row.name for row in rows if set(TABLE_SCORES) - set(row.intervals)]
+    if not bare:
+        return ""
+    return (
+        f"\nNo 95 % interval where a score stands alone ({', '.join(bare)}): fewer than 12 "
+        f"tiles, or a class held by fewer than 4 of them.\n"
+    )
 
 
 def _latex_escape(text: str) -> str:
@@ -214,6 +226,8 @@ def leaderboard_latex(rows: list[Row]) -> str:
         name = _latex_escape(row.name) + (r" \textsuperscript{\dag}" if row.optimistic else "")
         lines.append(" & ".join([name, *cells, str(row.tiles)]) + r" \\")
     lines += [r"\bottomrule", r"\end{tabular}"]
+    if _no_interval_note(rows):
+        lines.append("% " + _no_interval_note(rows).strip())
     if any(row.optimistic for row in rows):
         lines.append(r"% \dag: OPTIMISTIC, its scored tiles chose the model (epoch or settings)")
     return "\n".join(lines) + "\n"
