@@ -53,6 +53,13 @@ def main(argv: list[str] | None = None) -> int:
             return 1
     results_dir = Path(metrics["results_dir"])
     print(format_table(metrics))
+    from src.evaluation.report import KAGGLE_FILE, check_kaggle_csv
+
+    try:
+        kaggle = check_kaggle_csv(results_dir / KAGGLE_FILE, metrics["tiles_predicted"])
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
     tiles = results_dir / "tiles"
     print(
         f"wrote {len(metrics['tiles'])} tile(s) to {tiles}/ (PNG, prediction and probability TIFF)"
@@ -66,6 +73,7 @@ def main(argv: list[str] | None = None) -> int:
         path = results_dir / name.format(fig=config.fig_format)
         if path.exists():
             print(f"  {path}")
+    print(kaggle)  # the file to submit, named last
     return 0
 
 

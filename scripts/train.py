@@ -79,6 +79,15 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def shown(path: str | Path) -> str:
+    """A path as the user would type it: relative to the current folder when inside it."""
+    path = Path(path)
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
 SUMMARY_METRICS = ("f1_class1", "acc_overall", "iou_macro", "f1_macro", "auroc_macro", "loss")
 
 
@@ -91,11 +100,12 @@ def format_results(results: dict[str, Any]) -> str:
         )
     score, best_epoch = results["best_model_score"], results.get("best_epoch")
     last_epoch = results.get("last_epoch")
+    best = shown(results["best_model_path"]) if results["best_model_path"] else None
     lines = [
         f"run {results['run_name']}",
-        f"  best checkpoint: {results['best_model_path'] or 'none (no validation)'}"
+        f"  best checkpoint: {best or 'none (no validation)'}"
         + ("" if score is None else f" (epoch {best_epoch}, {results['monitor']} {score:.4f})"),
-        f"  last checkpoint: {results['last_model_path']} (epoch {last_epoch})",
+        f"  last checkpoint: {shown(results['last_model_path'])} (epoch {last_epoch})",
     ]
     labels = {
         "val": f"val, last epoch ({last_epoch}), {OPTIMISTIC}: these tiles chose the best "
@@ -103,18 +113,18 @@ def format_results(results: dict[str, Any]) -> str:
         "test": f"test, {results.get('test_checkpoint', 'best')} checkpoint, held out",
     }
     for stage in ("val", "test"):
-        shown = [f"{m} {results[f'{stage}_{m}']:.4f}" for m in SUMMARY_METRICS
+        values = [f"{m} {results[f'{stage}_{m}']:.4f}" for m in SUMMARY_METRICS
                  if f"{stage}_{m}" in results]  # fmt: skip
-        if shown:
+        if values:
             lines.append(f"  {labels[stage]}:")
-            lines.append(f"    {stage}: " + "  ".join(shown))
+            lines.append(f"    {stage}: " + "  ".join(values))
             per_class = [results.get(f"{stage}_f1_class{k}") for k in range(1, 5)]
             if None not in per_class:
                 lines.append(
                     f"    {stage} F1 of classes 1-4: " + " ".join(f"{v:.4f}" for v in per_class)
                 )
     if results.get("metrics_csv"):
-        lines.append(f"  every metric, per epoch: {results['metrics_csv']}")
+        lines.append(f"  every metric, per epoch: {shown(results['metrics_csv'])}")
     return "\n".join(lines)
 
 

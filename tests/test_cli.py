@@ -79,3 +79,12 @@ def test_boolean_fields_get_on_and_off_flags():
     assert parse_config(Toggle, ["--no-fast"]).fast is False
     assert parse_config(Toggle, ["--name", "none"]).name is None
     assert "--no-fast" in parser.format_help()
+
+
+def test_options_known_wrong_from_the_options_alone_are_refused_when_built():
+    from src.training.config import ESDConfig
+
+    with pytest.raises(ValueError, match=r"ltae splits --tf_width among its 4 heads: 30"):
+        ESDConfig(model_type="TemporalFusion", temporal="ltae", tf_width=30)
+    with pytest.raises(ValueError, match=r"'Unet' \(did you mean UNet\?\)"):
+        ESDConfig(model_type="Unet")

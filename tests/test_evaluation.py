@@ -279,3 +279,17 @@ def test_newest_best_checkpoint_across_runs_and_model_types(checkpoint, tmp_path
     assert unet == tmp_path / "UNet/b/best-003-0.5000.ckpt" and "also has" not in why_unet
     with pytest.raises(CheckpointError, match="no FCNResnetTransfer best"):
         newest_best_checkpoint(tmp_path, "FCNResnetTransfer")
+
+
+def test_the_kaggle_file_is_checked_row_by_row(tmp_path):
+    from src.evaluation.report import check_kaggle_csv
+
+    path = tmp_path / "predictions.csv"
+    rows = ["pixelId,predictions"] + [f"{256 * 6 + k},{1 + k % 4}" for k in range(256)]
+    rows += [f"{k},2" for k in range(256)]  # Tile1's cells after Tile7's
+    path.write_text("\n".join(rows) + "\n")
+    line = check_kaggle_csv(path, ["Tile7", "Tile1"])
+    assert "512 rows = 2 tile(s) × 256 cells" in line and "tiles Tile1, Tile7" in line
+    path.write_text("\n".join(rows[:-1]) + "\n")  # a cell missing
+    with pytest.raises(ValueError, match="511 rows for 2 tile"):
+        check_kaggle_csv(path, ["Tile7", "Tile1"])

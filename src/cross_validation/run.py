@@ -183,6 +183,8 @@ def _run_fold(
         log_dir=fold_dir / "logs",
         wandb_run_name=f"fold_{fold}",
         wandb_id=None,
+        # a W&B run per fold only when asked for (--wandb_mode offline or online)
+        wandb_mode="disabled" if base.wandb_mode == "auto" else base.wandb_mode,
         resume=last if last.is_file() else None,
         limit_val_batches=0 if cv.selection == "last" else base.limit_val_batches,
     )
@@ -450,6 +452,8 @@ def _cross_validate(
     for config in configs.values():  # weights to start from: the CV keeps a copy of them
         pretrained_copy(config, root)
     log(f"cross-validation {root}: selection {cv.selection}; configuration {digest[:12]}")
+    if base.wandb_mode == "auto":
+        log("W&B: off for the folds (--wandb_mode offline or online logs each fold as a run)")
     # The shared cache stays as it is while its folds train (a preparation waits).
     with preparation_lock(processed, shared=True):
         summaries = []

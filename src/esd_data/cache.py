@@ -127,7 +127,8 @@ class PrepareSummary:
                 else "; "
             )
             + f"{len(self.manifest.channels)} channels, {self.manifest.tile_shape[0]} px tiles, "
-            f"{self.manifest.cell_px} px per label cell"
+            f"{self.manifest.cell_px} px per label cell, "
+            f"{self.manifest.preprocessing.get('recipe', 'course')} recipe"
         )
 
 

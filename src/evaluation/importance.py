@@ -221,9 +221,9 @@ def _permutation_importance(config: ImportanceConfig, log: Callable[[str], None]
     }  # fmt: skip
     results_dir = config.results_dir or _default_results_dir(config, parts, hparams[0], key)
     check_results_dir(results_dir, key, "importance.json", "importance computation")
-    log(f"permutation importance on {what}: {len(ledger.scored)} tiles")
-    baseline_parts, permuted_parts = [], {}
     work = [(g, name) for g in config.grouping for name in groups[g]]
+    log(f"permuting {len(work)} channel group(s) over {len(ledger.scored)} held-out tiles")
+    baseline_parts, permuted_parts = [], {}
     bar = tqdm(total=len(parts) * (1 + len(work)), desc="importance", unit="pass",
                disable=progress_disabled())  # fmt: skip
     for index, part in enumerate(parts):

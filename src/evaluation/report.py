@@ -66,6 +66,34 @@ def kaggle_rows(predictions: list[TilePrediction]) -> list[tuple[int, int]]:
     return rows
 
 
+KAGGLE_FILE = "predictions.csv"
+
+
+def check_kaggle_csv(path: Path, tiles: list[str]) -> str:
+    """ValueError unless the Kaggle file holds one row per cell of `tiles` (256 each), each
+    pixel id once and labels 1..4; what it holds, in one line."""
+    with Path(path).open(newline="") as handle:
+        rows = list(csv.reader(handle))
+    header, body = rows[0], rows[1:]
+    ids = [int(r[0]) for r in body]
+    wanted = {(tile_number(t) - 1) * LABEL_GRID**2 + k for t in tiles for k in range(LABEL_GRID**2)}
+    problems = []
+    if header != ["pixelId", "predictions"]:
+        problems.append(f"header {header}")
+    if len(body) != len(tiles) * LABEL_GRID**2 or set(ids) != wanted or len(set(ids)) != len(ids):
+        problems.append(f"{len(body)} rows for {len(tiles)} tile(s) of {LABEL_GRID**2} cells")
+    if any(r[1] not in {"1", "2", "3", "4"} for r in body):
+        problems.append("a prediction outside 1..4")
+    if problems:
+        raise ValueError(f"{path} is not a valid Kaggle submission: {'; '.join(problems)}")
+    numbers = sorted(tile_number(t) for t in tiles)
+    return (
+        f"Kaggle submission: {path} ({len(body)} rows = {len(tiles)} tile(s) × "
+        f"{LABEL_GRID**2} cells, pixelId = (tile − 1)·256 + row·16 + col; tiles "
+        f"{', '.join(f'Tile{n}' for n in numbers)})"
+    )
+
+
 def write_tile_outputs(
     results_dir: Path, prediction: TilePrediction, rgb: np.ndarray | None, model: str,
     picture: bool = True, optimistic: bool = False,
@@ -126,7 +154,7 @@ def write_run_outputs(
     `bootstrap`). Figure titles say OPTIMISTIC when `info`'s held-out record does. Without
     `figures`, the confusion matrix and ROC curves are not drawn (the matrix and the AUCs
     are in metrics.json either way)."""
-    with atomic_path(results_dir / "predictions.csv") as temporary, temporary.open("w") as out:
+    with atomic_path(results_dir / KAGGLE_FILE) as temporary, temporary.open("w") as out:
         writer = csv.writer(out)
         writer.writerow(["pixelId", "predictions"])
         writer.writerows(kaggle_rows(predictions))

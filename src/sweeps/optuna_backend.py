@@ -175,6 +175,9 @@ class OptunaRun:
 
 def open_study(spec: SweepSpec, run: OptunaRun, max_epochs: int) -> optuna.Study:
     """Create the study (queueing a grid's points) or load it (same direction and metric)."""
+    # Optuna's own "[I …] Trial 0 finished with value …" lines repeat what the results table
+    # says, in its words (the value of a cross-validated trial is not a val score)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage = open_storage(run.storage, run.heartbeat_s)
     study = optuna.create_study(
         storage=storage,

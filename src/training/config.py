@@ -266,6 +266,15 @@ class ESDConfig(FigureOptions):
             problems += self.weights_problems()
         if self.model_type == "TemporalFusion" and not 0.0 <= self.tf_dropout < 1.0:
             problems.append(f"tf_dropout must be in [0, 1), got {self.tf_dropout}")
+        if self.model_type == "TemporalFusion" and self.temporal == "ltae":
+            from src.models.temporal_fusion import LTAE_HEADS
+
+            if self.tf_width % LTAE_HEADS:
+                problems.append(
+                    f"--temporal ltae splits --tf_width among its {LTAE_HEADS} heads: "
+                    f"{self.tf_width} is not divisible by {LTAE_HEADS} (use e.g. "
+                    f"{self.tf_width - self.tf_width % LTAE_HEADS or LTAE_HEADS})"
+                )
         return problems
 
     def weights_problems(self) -> list[str]:

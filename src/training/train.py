@@ -290,8 +290,8 @@ def train(
     log_folder = run_log_dir(config.log_dir, config.model_type, config.wandb_run_name)
     if resumed_epoch is not None and is_global_zero_process():
         previous = read_status(log_folder).get("status", "unknown")
-        print(f"resuming run {config.wandb_run_name} after epoch {resumed_epoch} (it was "
-              f"{previous})")  # fmt: skip
+        print(f"resuming run {config.wandb_run_name} after {resumed_epoch + 1} completed "
+              f"epoch(s) (it was {previous})")  # fmt: skip
     checkpoint_folder = config.checkpoint_dir / config.model_type / config.wandb_run_name
     owns_folder = is_global_zero_process() and not config.fast_dev_run
     if owns_folder:
