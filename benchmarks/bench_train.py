@@ -1,8 +1,10 @@
 """Training throughput of each model: the Lightning module against a bare PyTorch loop.
 
     python -m benchmarks.bench_train [--steps 6] [--models UNet TemporalFusion Galileo …]
+                                     [--cell_px 50]
 
-Per model: subtiles per second at t=4 (200×200 pixels, 50 px per label cell), 99 channels,
+Per model: subtiles per second at t=4 (200×200 pixels at the contest's 50 px per label cell;
+`--cell_px 10` for the demo's and the tests' synthetic 160-px tiles), 99 channels,
 batch 8, on the CPU, for `ESDSegmentation` under a Lightning Trainer (loss, torchmetrics
 updates, optimiser) and for the same model, batches, loss and optimiser in a plain loop;
 and the peak resident memory of each run (every run is its own process). `Galileo-frozen` is
@@ -27,14 +29,14 @@ from src.models.registry import MODEL_TYPES
 from src.training.losses import SegmentationLoss
 from src.training.module import ESDSegmentation
 
-CHANNELS, CELL_PX, T, BATCH = 99, 50, 4, 8
+CHANNELS, T, BATCH = 99, 4, 8
 WARMUP = 2
 
 
-def batches(count: int) -> list[dict[str, torch.Tensor]]:
-    """Fixed random batches shaped like real t=4 subtiles."""
+def batches(count: int, cell_px: int) -> list[dict[str, torch.Tensor]]:
+    """Fixed random batches shaped like t=4 subtiles of `cell_px` px per label cell."""
     generator = torch.Generator().manual_seed(0)
-    side = T * CELL_PX
+    side = T * cell_px
     return [
         {
             "X": torch.randn(BATCH, CHANNELS, side, side, generator=generator),
@@ -51,12 +53,12 @@ VARIANTS = {"Galileo-frozen": ("Galileo", {"freeze_backbone": 1.0})}
 does not depend on whether the weights are pretrained, so no weights folder is needed)."""
 
 
-def build(name: str) -> ESDSegmentation:
+def build(name: str, cell_px: int) -> ESDSegmentation:
     torch.manual_seed(0)
     model_type, hparams = VARIANTS.get(name, (name, SMALL_HPARAMS.get(name)))
     channels = reference_channel_names()  # TemporalFusion and Galileo read sensors and dates
     return ESDSegmentation(
-        model_type, channels, CELL_PX, T, model_hparams=hparams, scheduler="none"
+        model_type, channels, cell_px, T, model_hparams=hparams, scheduler="none"
     )
 
 
@@ -69,21 +71,21 @@ class _Timer(L.Callback):
             self.start = time.perf_counter()
 
 
-def run_lightning(model_type: str, steps: int) -> float:
-    data = batches(steps + WARMUP)
+def run_lightning(model_type: str, steps: int, cell_px: int) -> float:
+    data = batches(steps + WARMUP, cell_px)
     loader = DataLoader(data, batch_size=None, shuffle=False)
     timer = _Timer()
     trainer = L.Trainer(
         accelerator="cpu", max_steps=steps + WARMUP, logger=False, enable_checkpointing=False,
         enable_progress_bar=False, enable_model_summary=False, callbacks=[timer],
     )  # fmt: skip
-    trainer.fit(build(model_type), train_dataloaders=loader)
+    trainer.fit(build(model_type, cell_px), train_dataloaders=loader)
     return steps * BATCH / (time.perf_counter() - timer.start)
 
 
-def run_bare(model_type: str, steps: int) -> float:
-    data = batches(steps + WARMUP)
-    model = build(model_type).model.train()
+def run_bare(model_type: str, steps: int, cell_px: int) -> float:
+    data = batches(steps + WARMUP, cell_px)
+    model = build(model_type, cell_px).model.train()
     loss_fn = SegmentationLoss("ce")
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-3)
     start = 0.0
@@ -97,12 +99,12 @@ def run_bare(model_type: str, steps: int) -> float:
     return steps * BATCH / (time.perf_counter() - start)
 
 
-def one(model_type: str, mode: str, steps: int) -> None:
+def one(model_type: str, mode: str, steps: int, cell_px: int) -> None:
     """Run one measurement in this process and print it as JSON."""
     torch.set_num_threads(2)
-    rate = (run_lightning if mode == "lightning" else run_bare)(model_type, steps)
+    rate = (run_lightning if mode == "lightning" else run_bare)(model_type, steps, cell_px)
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    parameters = sum(p.numel() for p in build(model_type).model.parameters())
+    parameters = sum(p.numel() for p in build(model_type, cell_px).model.parameters())
     print(json.dumps({"rate": rate, "peak_mib": peak_mib, "parameters": parameters}))
 
 
@@ -110,13 +112,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--models", nargs="+", default=[*MODEL_TYPES, *VARIANTS])
+    parser.add_argument("--cell_px", type=int, default=50, help="pixels per label cell")
     parser.add_argument("--one", nargs=2, metavar=("MODEL", "MODE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
-        one(*args.one, args.steps)
+        one(*args.one, args.steps, args.cell_px)
         return
+    side = T * args.cell_px
     print(
-        f"t={T} ({T * CELL_PX}×{T * CELL_PX} px), {CHANNELS} channels, batch {BATCH}, CPU, "
+        f"t={T} ({side}×{side} px, {args.cell_px} px per cell), {CHANNELS} channels, batch "
+        f"{BATCH}, CPU, "
         f"{args.steps} timed steps after {WARMUP} warm-up steps"
     )
     print(
@@ -128,7 +133,7 @@ def main() -> None:
         for mode in ("bare", "lightning"):
             output = subprocess.run(
                 [sys.executable, "-m", "benchmarks.bench_train", "--steps", str(args.steps),
-                 "--one", model_type, mode],
+                 "--cell_px", str(args.cell_px), "--one", model_type, mode],
                 capture_output=True, text=True, check=True,
             ).stdout  # fmt: skip
             result[mode] = json.loads(output.strip().splitlines()[-1])

@@ -21,6 +21,7 @@ from torchvision.models.segmentation import fcn_resnet101
 
 from src.esd_data.cache import MissingLabelsWarning, prepare_dataset
 from src.esd_data.manifest import Manifest
+from src.esd_data.preparation import RUNS_FILE
 from src.esd_data.preprocessing import PreprocessConfig
 from src.esd_data.synthetic import generate_synthetic_dataset
 from src.evaluation.config import EvalConfig
@@ -54,7 +55,7 @@ def snapshot(folder: Path) -> dict[str, tuple[int, int]]:
     return {
         str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns)
         for p in sorted(folder.rglob("*"))
-        if p.is_file() and p.name != ".prepare.lock"
+        if p.is_file() and p.name not in (".prepare.lock", RUNS_FILE)  # the folder's bookkeeping
     }
 
 
@@ -106,6 +107,8 @@ def test_training_uses_a_custom_prepared_folder_as_it_is(synthetic_copy, tmp_pat
     train(tiny_training(tmp_path / "b", processed, raw_dir=synthetic_copy, val_fraction=0.5))
     out = capsys.readouterr().out
     assert "re-splitting the tiles for split val_fraction=0.5 (was 0.25)" in out
+    # the re-split says that a run was trained on the folder as it was, and how to keep both
+    assert "changes under 1 run(s) trained on it" in out and "another --processed_dir" in out
     manifest = Manifest.load(processed)
     assert manifest.val_fraction == 0.5 and manifest.preprocessing["s1_blur_sigma"] == 2.0
     tiles_now = {k: v for k, v in snapshot(processed).items() if k.startswith("tiles/")}

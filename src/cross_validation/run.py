@@ -45,7 +45,7 @@ from src.cross_validation.summary import (
 from src.cross_validation.variants import Variant, model_variants
 from src.esd_data.folds import assign_folds, class1_shares, fold_manifest, inner_split
 from src.esd_data.manifest import Manifest
-from src.esd_data.preparation import preparation_lock
+from src.esd_data.preparation import preparation_lock, record_run
 from src.esd_data.sensors import CLASS_NAMES
 from src.evaluation.bootstrap import bootstrap_intervals, bootstrap_record, scores_of_confusion
 from src.evaluation.config import EvalConfig
@@ -456,6 +456,7 @@ def _cross_validate(
         log("W&B: off for the folds (--wandb_mode offline or online logs each fold as a run)")
     # The shared cache stays as it is while its folds train (a preparation waits).
     with preparation_lock(processed, shared=True):
+        record_run(processed, root, manifest.fingerprint)
         summaries = []
         for variant in variants:
             model, model_dir = variant.name, root / variant.name

@@ -181,6 +181,38 @@ def read_manifest_for(
         return None
 
 
+RUNS_FILE = "runs.jsonl"
+"""A processed folder's record of the trainings and cross-validations that read it."""
+
+
+def record_run(processed_dir: Path, where: Path, fingerprint: str) -> None:
+    """Append to the folder's `runs.jsonl` that a run (its checkpoints or cross-validation
+    folder `where`) reads the folder as `fingerprint` says; nothing on a read-only folder."""
+    line = json.dumps({"where": str(Path(where).resolve()), "fingerprint": fingerprint})
+    try:
+        with (Path(processed_dir) / RUNS_FILE).open("a") as handle:
+            handle.write(line + "\n")
+    except OSError as error:
+        if error.errno not in READ_ONLY:
+            raise
+
+
+def runs_of(processed_dir: Path, fingerprint: str | None) -> list[dict[str, str]]:
+    """The runs recorded as reading the folder while its manifest had `fingerprint`."""
+    path = Path(processed_dir) / RUNS_FILE
+    if fingerprint is None or not path.is_file():
+        return []
+    runs = []
+    for line in path.read_text().splitlines():
+        try:
+            run = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a torn last line of a killed process
+        if run.get("fingerprint") == fingerprint and run not in runs:
+            runs.append(run)
+    return runs
+
+
 READ_ONLY = (errno.EROFS, errno.EACCES, errno.EPERM)
 """Why a lock file cannot be created in a folder that can still be read."""
 _REPORTED_READ_ONLY: set[Path] = set()
@@ -299,6 +331,14 @@ def _prepare(
         return None
     if change:
         log(f"{processed_dir}: {change}")
+        users = runs_of(processed_dir, getattr(previous, "fingerprint", None))
+        if users:
+            log(
+                f"{processed_dir} changes under {len(users)} run(s) trained on it (e.g. "
+                f"{', '.join(u['where'] for u in users[:3])}): their checkpoints keep their own "
+                f"split and tile hashes, and scripts.evaluate --raw_dir {raw_dir} prepares their "
+                f"tiles again; to keep both folders, prepare into another --processed_dir"
+            )
     return prepare_dataset(
         raw_dir,
         processed_dir,

@@ -37,7 +37,7 @@ from src.esd_data.augmentation import AugmentConfig
 from src.esd_data.datamodule import ESDDataModule
 from src.esd_data.identity import DataIdentity
 from src.esd_data.manifest import Manifest
-from src.esd_data.preparation import preparation_lock
+from src.esd_data.preparation import preparation_lock, record_run
 from src.hardware import check_accelerator
 from src.models.registry import without_pretrained_loading
 from src.progress import show_progress
@@ -320,6 +320,9 @@ def _train_claimed(config: ESDConfig, extra_callbacks: list[L.Callback] | None, 
         manifest = data.manifest  # read once: the folder cannot change while the lock is held
         manifest.check_files(config.processed_dir)
         _check_splits(config, manifest)
+        if owns_folder and manifest.purpose == "training":
+            record_run(config.processed_dir, config.checkpoint_dir / config.model_type
+                       / (config.wandb_run_name or ""), manifest.fingerprint)  # fmt: skip
         return _fit(config, trainer, data, test, log_folder, owns_folder)
 
 
