@@ -262,6 +262,20 @@ def test_dse_channels_become_galileos_normalised_inputs(galileo_dir):
     nir, red = (physical[:, channels.index(f"sentinel2/2020-08-11/{b}")] for b in ("B08", "B04"))
     got = inputs.space_time[:, 2, SPACE_TIME_BANDS.index("NDVI")].double()
     close(got, (nir - red) / (nir + red))
+    # at 100 m (2×2 pixels a token), NDVI is each pixel's, averaged, as in pretraining at 10 m
+    coarse = GalileoSegmentation(
+        channels,
+        4,
+        cell_px=10,
+        input_stats=stats,
+        pretrained=True,
+        weights_path=galileo_dir,
+        patch_size=5,
+        resolution_m=100,
+    )
+    per_pixel = torch.nn.functional.avg_pool2d(((nir - red) / (nir + red))[:, None], 2)[:, 0]
+    got = coarse.encoder_inputs(x).space_time[:, 2, SPACE_TIME_BANDS.index("NDVI")].double()
+    close(got, per_pixel)
     # each sensor's groups are missing at the dates it has no image
     missing = inputs.space_time_mask[0, 0, 0]  # (T, G)
     s2_groups = [GROUPS.index(g) for g in GROUPS[1:]]

@@ -8,7 +8,8 @@ them onto Galileo's inputs (`galileo_encoder`):
 * one time axis: the union of the Sentinel-1, Sentinel-2 and VIIRS dates, in date order, each
   with its month; a sensor's band groups are missing (masked) at the dates it has no image;
 * space-time bands: Sentinel-1 VV, VH (dB); Sentinel-2 B02–B12 without B01 and B09
-  (reflectance × 10 000); NDVI = (B08 − B04) / (B08 + B04) computed from them; a band group
+  (reflectance × 10 000); NDVI = (B08 − B04) / (B08 + B04) computed from them per pixel (as
+  pretraining computed it at 10 m), then averaged to the token resolution; a band group
   with a band outside the selection is missing. The pixels are first averaged to
   `resolution_m` metres (a label cell is 500 m), then cut into patches of `patch_size`;
 * time bands: VIIRS radiance averaged over the input (Galileo takes one value per date); ERA5
@@ -275,14 +276,16 @@ class GalileoSegmentation(nn.Module):
         index = self.space_time_index.clamp(min=0).flatten()
         physical = x.index_select(1, index) * self.input_std[index, None, None]
         physical = physical + self.input_mean[index, None, None]
-        if self.pool > 1:
-            physical = F.avg_pool2d(physical, self.pool)
         physical = physical.view(batch, dates, bands, *physical.shape[-2:])
+        # NDVI of each pixel, as in pretraining (10 m), then averaged with the bands
         nir, red = (physical[:, :, band] for band in self.ndvi_bands)
         total = nir + red
         ndvi = torch.where(total != 0, (nir - red) / torch.where(total != 0, total, 1), 0)
         physical = physical.clone()
         physical[:, :, SPACE_TIME.bands.index("NDVI")] = ndvi.clamp(-1, 1)
+        if self.pool > 1:
+            pooled = F.avg_pool2d(physical.flatten(1, 2), self.pool)
+            physical = pooled.view(batch, dates, bands, *pooled.shape[-2:])
         scale, shift = self.band_scale[..., None, None], self.band_shift[..., None, None]
         space_time = physical * scale + shift
         space_time = space_time * (self.space_time_index >= 0)[..., None, None]
