@@ -1,9 +1,12 @@
 """Write a synthetic DFC2021 Track DSE data set with the contest's layout.
 
     python -m scripts.make_synthetic --out data/synthetic --n_tiles 12 --seed 0 [--tile_px 800]
+        [--unlabelled 24]
 
 writes OUT/Train/Tile1 … TileN, each with the 98 single-band rasters, groundTruth.tif and
-groundTruthRGB.png under the real file names (see src/esd_data/synthetic.py).
+groundTruthRGB.png under the real file names (see src/esd_data/synthetic.py), and after them
+`--unlabelled` tiles of the same distribution without ground truth (they prepare into the
+predict split, as the contest's unlabelled Val/ and Test/ tiles).
 """
 
 from __future__ import annotations
@@ -29,7 +32,10 @@ class SyntheticConfig:
     out: Path | None = config_field(
         None, "output folder (required); tiles are written to OUT/Train/Tile1 … TileN"
     )
-    n_tiles: int = config_field(12, "number of tiles to write (at least 1)")
+    n_tiles: int = config_field(12, "number of labelled tiles to write (at least 1)")
+    unlabelled: int = config_field(
+        0, "tiles without ground truth written after the labelled ones (the predict split)"
+    )
     seed: int = config_field(0, "random seed; the same seed gives byte-identical files")
     tile_px: int = config_field(
         800, f"tile side in pixels, a positive multiple of {LABEL_GRID} (the real tiles: 800)"
@@ -49,6 +55,8 @@ class SyntheticConfig:
             )
         if isinstance(self.n_tiles, bool) or not isinstance(self.n_tiles, int) or self.n_tiles < 1:
             raise ValueError(f"n_tiles must be an integer of at least 1, got {self.n_tiles!r}")
+        if self.unlabelled < 0:
+            raise ValueError(f"unlabelled must be 0 or more, got {self.unlabelled}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -65,12 +73,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{tile_dir}: {n_bytes / 1e6:.1f} MB ({elapsed:.1f} s elapsed)", flush=True)
 
     tiles = generate_synthetic_dataset(
-        config.out, config.n_tiles, config.seed, config.tile_px, progress=report
-    )
+        config.out, config.n_tiles, config.seed, config.tile_px, progress=report,
+        unlabelled=config.unlabelled,
+    )  # fmt: skip
     seconds = time.perf_counter() - start
+    unlabelled = f" ({config.unlabelled} without ground truth)" if config.unlabelled else ""
     print(
-        f"wrote {len(tiles)} tiles of {config.tile_px}×{config.tile_px} px (seed {config.seed}) "
-        f"to {config.out / 'Train'}: {total_bytes / 1e6:.1f} MB in {seconds:.1f} s"
+        f"wrote {len(tiles)} tiles{unlabelled} of {config.tile_px}×{config.tile_px} px (seed "
+        f"{config.seed}) to {config.out / 'Train'}: {total_bytes / 1e6:.1f} MB in {seconds:.1f} s"
     )
     return 0
 

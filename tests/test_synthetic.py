@@ -347,3 +347,42 @@ def test_classes_are_learnable_from_cell_means(tiles: list[Path]) -> None:
     # asks for a clear, learnable signal while leaving room for the nuisances (clouds, dark
     # nights, cells at the blurred settlement and light borders), which keep it from 1.0.
     assert accuracy >= majority + 0.15, f"accuracy {accuracy:.3f}, majority {majority:.3f}"
+
+
+def test_unlabelled_tiles_have_no_ground_truth_and_prepare_into_the_predict_split(
+    tmp_path: Path,
+) -> None:
+    from src.esd_data.cache import MissingLabelsWarning, prepare_dataset
+    from src.esd_data.manifest import Manifest
+
+    result = run_cli("--out", str(tmp_path / "raw"), "--n_tiles", "4", "--unlabelled", "3",
+                     "--seed", "3", "--tile_px", "64")  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "wrote 7 tiles (3 without ground truth)" in result.stdout
+    train = tmp_path / "raw" / "Train"
+    for k in range(1, 8):
+        names = sorted(p.name for p in (train / f"Tile{k}").iterdir())
+        unlabelled = [n for n in EXPECTED_FILES if "groundTruth" not in n]
+        assert names == (EXPECTED_FILES if k <= 4 else unlabelled)
+    # the same distribution: an unlabelled tile's rasters are those the labelled run writes
+    full = generate_synthetic_dataset(tmp_path / "all", 7, 3, 64)[-1]
+    for name in (train / "Tile7").iterdir():
+        assert name.read_bytes() == (full / name.name).read_bytes()
+    with pytest.warns(MissingLabelsWarning, match="Tile5, Tile6, Tile7"):
+        prepare_dataset(tmp_path / "raw", tmp_path / "p", val_fraction=0.25, workers=1)
+    assert Manifest.load(tmp_path / "p").split["predict"] == ["Tile5", "Tile6", "Tile7"]
+    assert (
+        run_cli(
+            "--out",
+            str(tmp_path / "raw"),
+            "--n_tiles",
+            "4",
+            "--unlabelled",
+            "3",
+            "--seed",
+            "3",
+            "--tile_px",
+            "64",
+        ).returncode
+        == 0
+    )  # rewritten, not refused

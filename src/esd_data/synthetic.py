@@ -370,8 +370,11 @@ def expected_file_names() -> list[str]:
 
 
 def is_synthetic_tile(tile_dir: Path) -> bool:
-    """Whether `tile_dir` was written by this generator (its labels TIFF carries the marker)."""
+    """Whether `tile_dir` was written by this generator (its TIFFs carry the marker: the
+    labels', or a raster's for an unlabelled tile)."""
     path = tile_dir / GROUND_TRUTH_FILE
+    if not path.is_file():
+        path = next(iter(sorted(tile_dir.glob("*.tif"))), path)
     if not path.is_file():
         return False
     try:
@@ -435,17 +438,24 @@ def generate_synthetic_dataset(
     seed: int,
     tile_px: int = 800,
     progress: Callable[[Path, int], None] | None = None,
+    unlabelled: int = 0,
 ) -> list[Path]:
-    """Write `out/Train/Tile1 … TileN` and return their folders.
+    """Write `out/Train/Tile1 … TileN` and, after them, `unlabelled` tiles of the same
+    distribution without ground truth (as the contest's Val/ and Test/ tiles: they prepare
+    into the predict split); return their folders.
 
     Tile k depends only on (seed, k, tile_px); `progress(tile_dir, bytes)` runs after each tile.
     """
     if n_tiles < 1:
         raise ValueError(f"n_tiles must be at least 1, got {n_tiles}")
     tile_dirs = []
-    for index in range(1, n_tiles + 1):
+    for index in range(1, n_tiles + unlabelled + 1):
         tile_dir = Path(out) / "Train" / f"Tile{index}"
-        n_bytes = write_tile(tile_dir, make_tile(tile_rng(seed, index), tile_px))
+        arrays = make_tile(tile_rng(seed, index), tile_px)
+        if index > n_tiles:
+            for name in (GROUND_TRUTH_FILE, GROUND_TRUTH_RGB_FILE):
+                del arrays[name]
+        n_bytes = write_tile(tile_dir, arrays)
         tile_dirs.append(tile_dir)
         if progress is not None:
             progress(tile_dir, n_bytes)
