@@ -67,6 +67,12 @@ class EvalConfig(FigureOptions):
     tta: TTAMode = config_field(
         "none", "test-time augmentation: none, flips (4 views) or d4 (8 dihedral views)"
     )
+    decision: Literal["argmax", "class1_threshold"] = config_field(
+        "argmax",
+        "how cells get their label: argmax of the four probabilities, or class1_threshold: "
+        "class 1 where its probability reaches the threshold that maximises class-1 F1 on "
+        "tiles not scored (the checkpoint's val tiles; a --cv_dir's out-of-fold predictions)",
+    )
     batch_size: int = config_field(16, "windows per forward pass")
     tile_pictures: bool = config_field(
         True, "draw each tile's picture (its TIFFs and scores are always written)"

@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from src.atomic import check_writable, replaced_folder
 from src.esd_data.identity import DataIdentity
 from src.esd_data.manifest import Manifest
@@ -34,12 +36,15 @@ from src.evaluation.cv_record import (
 )
 from src.evaluation.evaluator import (
     Predictor,
+    TilePrediction,
     check_compatible,
     check_ensemble,
     newest_best_checkpoint,
     predict_tiles,
 )
 from src.evaluation.report import true_colour_image, write_run_outputs, write_tile_outputs
+from src.evaluation.scores import label_scores
+from src.evaluation.threshold import apply, from_out_of_fold, from_val_tiles
 from src.hardware import resolve_device
 from src.held_out import Ledger, Member
 from src.training.checkpoints import (
@@ -355,6 +360,7 @@ def _evaluate(config: EvalConfig, log: Callable[[str], None], run_figures: bool)
         "tile_size_gt": tile_size_gt,
         "tta": config.tta,
         "bootstrap": [config.bootstrap_resamples, config.bootstrap_seed],
+        **({"decision": config.decision} if config.decision != "argmax" else {}),
     }
     results_dir = config.results_dir or (
         Path("data/predictions") / model_type / run / _output_label(config, source, stride)
@@ -370,6 +376,21 @@ def _evaluate(config: EvalConfig, log: Callable[[str], None], run_figures: bool)
         device,
         config.tta,
     )
+    decision: dict[str, Any] = {}
+    if config.decision == "class1_threshold":
+        chosen = (
+            from_out_of_fold(config.cv_dir, models.cv_plan)
+            if config.cv_dir is not None and models.cv_plan is not None
+            else from_val_tiles(models.members, identities[0].split,
+                                Path(identities[0].processed_dir), predictors, tile_size_gt,
+                                stride, config.batch_size, device, config.tta)
+        )  # fmt: skip
+        labelled = [p for p in predictions if p.truth is not None]
+        decision = {**chosen.record(), "f1_class1_argmax": _f1_class1(labelled)}
+        predictions = apply(predictions, chosen.threshold)
+        ledger = chosen.ledger(ledger)
+        log(f"decision: class 1 where its probability ≥ {chosen.threshold:.4f}, chosen on "
+            f"{chosen.where}")  # fmt: skip
     info = {
         "model_path": [str(p) for p in model_paths]
         if len(model_paths) > 1
@@ -393,6 +414,7 @@ def _evaluate(config: EvalConfig, log: Callable[[str], None], run_figures: bool)
         "tile_size_gt": tile_size_gt,
         "stride_gt": stride or tile_size_gt,
         "held_out": ledger.record(),
+        **({"decision": decision} if decision else {}),
         "evaluation_key": key,
     }
     optimistic = set(ledger.optimistic_tiles())
@@ -413,6 +435,15 @@ def _evaluate(config: EvalConfig, log: Callable[[str], None], run_figures: bool)
             config.bootstrap_seed, figures=run_figures,
         )  # fmt: skip
     return metrics | {"results_dir": str(results_dir)}
+
+
+def _f1_class1(predictions: list[TilePrediction]) -> float | None:
+    """Class-1 F1 of the pooled labelled cells of `predictions` as they are labelled."""
+    if not predictions:
+        return None
+    truth = np.concatenate([p.truth.ravel() for p in predictions])
+    labels = np.concatenate([p.labels.ravel() for p in predictions])
+    return float(label_scores(truth, labels)["f1_class1"])
 
 
 def _model_label(model_type: str, run: str, count: int, config: EvalConfig) -> str:

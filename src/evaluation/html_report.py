@@ -464,6 +464,13 @@ def _evaluation_section(folder: Path, anchor: str) -> str:
         )  # fmt: skip
         note = (metrics.get("bootstrap") or {}).get("note")
         body += f"<p>{html.escape(note)}</p>" if note else ""
+        decision = metrics.get("decision")
+        if decision:
+            body += (
+                f"<p>Decision: class 1 where its probability ≥ {decision['threshold']:.4f}, "
+                f"chosen on {html.escape(decision['chosen_on'])}; class-1 F1 with the arg-max "
+                f"instead: {decision['f1_class1_argmax']:.4f}.</p>"
+            )
     else:
         body += "<p>No labelled tiles: predictions only.</p>"
     importance = _importance(folder)

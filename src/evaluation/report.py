@@ -230,6 +230,14 @@ def format_table(metrics: dict[str, Any]) -> str:
                      f"{record['tiles']} tiles)")  # fmt: skip
     elif record.get("note"):
         lines.append(f"({record['note']})")
+    decision = metrics.get("decision")
+    if decision:
+        argmax = decision["f1_class1_argmax"]
+        lines.append(
+            f"decision: class 1 where its probability ≥ {decision['threshold']:.4f} (chosen on "
+            f"{decision['chosen_on']}): f1_class1 {metrics['overall']['f1_class1']:.4f}; with "
+            f"the arg-max: {argmax:.4f}"
+        )
     if held_out.get("label") == NOT_HELD_OUT:
         lines.append(f"{NOT_HELD_OUT}: the model trained on these tiles (a fit diagnostic)")
     elif held_out.get("optimistic"):
