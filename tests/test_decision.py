@@ -102,3 +102,33 @@ def test_argmax_writes_exactly_what_it_wrote_before(checkpoint, tmp_path):
                 assert a == b
             else:
                 assert path.read_bytes() == twin.read_bytes(), path.name
+
+
+@pytest.mark.slow
+def test_a_cross_validation_chooses_each_folds_threshold_on_the_other_folds(
+    synthetic_processed, tmp_path
+):
+    import tifffile
+
+    from src.cross_validation.config import CVConfig
+    from src.cross_validation.run import cross_validate
+
+    cv = CVConfig(folds=3, model_type=["SegmentationCNN"], selection="last",
+                  decision="class1_threshold", output_dir=tmp_path, tile_pictures="none",
+                  bootstrap_resamples=50)  # fmt: skip
+    run = cross_validate(cv, tiny(synthetic_processed, tmp_path, max_epochs=1), log=lambda _: 0)
+    (model,) = run["models"]
+    manifest = Manifest.load(synthetic_processed)
+    oof = Path(run["root"]) / "SegmentationCNN" / "oof" / "tiles"
+
+    def truth(tile):
+        return np.load(synthetic_processed / manifest.tiles[tile].labels)
+
+    for fold, threshold in zip(model["folds"], model["decision"]["thresholds"], strict=True):
+        others = [t for f in model["folds"] if f is not fold for t in f["val_tiles"]]
+        expected, _ = best_class1_threshold(
+            [tifffile.imread(oof / f"{t}_probabilities.tif") for t in others],
+            [truth(t) for t in others],
+        )
+        assert threshold == expected  # chosen without the fold's own tiles
+    assert model["decision"]["f1_class1"] >= 0 and "other folds" in model["decision"]["chosen_on"]

@@ -80,6 +80,11 @@ class CVConfig:
         "alone (sensors), or without each sensor's date in turn (dates); the leaderboard pairs "
         "every variant with the full model",
     )
+    decision: Literal["argmax", "class1_threshold"] = config_field(
+        "argmax",
+        "also score the out-of-fold predictions under the contest decision: class 1 where its "
+        "probability reaches a threshold, each fold's chosen on the other folds' predictions",
+    )
     bootstrap_resamples: int = config_field(
         1000, "bootstrap resamples of the tiles for the 95 % intervals and paired differences"
     )
@@ -164,4 +169,6 @@ class CVConfig:
             protocol["inner_val_fraction"] = self.inner_val_fraction
         if self.seeds > 1:
             protocol["seeds"] = self.seeds
+        if self.decision != "argmax":
+            protocol["decision"] = self.decision
         return protocol

@@ -47,7 +47,12 @@ from src.esd_data.folds import assign_folds, class1_shares, fold_manifest, inner
 from src.esd_data.manifest import Manifest
 from src.esd_data.preparation import preparation_lock, record_run
 from src.esd_data.sensors import CLASS_NAMES
-from src.evaluation.bootstrap import bootstrap_intervals, bootstrap_record, scores_of_confusion
+from src.evaluation.bootstrap import (
+    bootstrap_intervals,
+    bootstrap_record,
+    confusion,
+    scores_of_confusion,
+)
 from src.evaluation.config import EvalConfig
 from src.evaluation.cv_record import (
     FOLD_RESULT_FILE,
@@ -55,6 +60,7 @@ from src.evaluation.cv_record import (
     HYPERPARAMETERS_CHOSEN,
     read_json,
 )
+from src.evaluation.decision import cross_fitted
 from src.evaluation.evaluate import evaluate
 from src.evaluation.evaluator import TilePrediction
 from src.evaluation.report import CLASS_TITLES, tile_scores, write_run_outputs
@@ -297,9 +303,34 @@ def _out_of_fold(
             predictions.append(prediction)
             per_tile.append({"tile": tile, "fold": result["fold"], **tile_scores(prediction)})
     info = {"out_of_fold": True, "folds": len(results), "selection": results[0]["selection"]}
+    if cv.decision == "class1_threshold":
+        info["decision"] = _threshold_decision(predictions, results, cv)
     return write_run_outputs(
         oof, predictions, per_tile, info, cv.bootstrap_resamples, cv.bootstrap_seed, figures
     )
+
+
+def _threshold_decision(predictions: list[TilePrediction], results: list[dict[str, Any]],
+                        cv: CVConfig) -> dict[str, Any]:  # fmt: skip
+    """The out-of-fold scores under the class-1 threshold decision, each fold's threshold
+    chosen on the other folds' out-of-fold predictions, beside the arg-max's."""
+    probabilities = {p.tile: p.probabilities for p in predictions}
+    truths = {p.tile: p.truth for p in predictions}
+    folds = [list(r["val_tiles"]) for r in results]
+    labels, thresholds = cross_fitted(probabilities, truths, folds)
+    confusions = [confusion(truths[t], labels[t]) for t in probabilities]
+    scores = scores_of_confusion(np.sum(confusions, axis=0))
+    return {
+        "rule": "class1_threshold",
+        "chosen_on": "each fold's threshold on the other folds' out-of-fold predictions",
+        "thresholds": thresholds,
+        "f1_class1": float(scores["f1_class1"]),
+        "interval": bootstrap_intervals(confusions, cv.bootstrap_resamples,
+                                        cv.bootstrap_seed).get("f1_class1"),
+        "f1_class1_argmax": float(scores_of_confusion(
+            np.sum([confusion(p.truth, p.labels) for p in predictions], axis=0))["f1_class1"]),
+        "tile_confusions": {t: c.tolist() for t, c in zip(probabilities, confusions, strict=True)},
+    }  # fmt: skip
 
 
 def _repeated_out_of_fold(
@@ -346,7 +377,9 @@ def _repeated_out_of_fold(
         _pooled_figures(model_dir / "oof", list(sets), matrices.sum(axis=0), manifest,
                         processed_dir)  # fmt: skip
     record = bootstrap_record(cv.bootstrap_resamples, cv.bootstrap_seed, matrices)
+    decisions = [m["decision"] for m in partitions if "decision" in m]
     return {
+        **({"decision": _pooled_decision(decisions, cv)} if decisions else {}),
         "overall": {k: float(v) for k, v in overall.items()},
         "overall_interval": bootstrap_intervals(
             matrices, cv.bootstrap_resamples, cv.bootstrap_seed
@@ -356,6 +389,25 @@ def _repeated_out_of_fold(
         "repeats": [m["overall"] for m in partitions],
         "sets": list(sets),
     }
+
+
+def _pooled_decision(decisions: list[dict[str, Any]], cv: CVConfig) -> dict[str, Any]:
+    """The threshold decision's scores pooled over the partitions (each tile's counts summed),
+    every partition's thresholds kept."""
+    tiles: dict[str, np.ndarray] = {}
+    for decision in decisions:
+        for tile, matrix in decision["tile_confusions"].items():
+            tiles[tile] = tiles.get(tile, 0) + np.array(matrix)
+    argmax = [d["f1_class1_argmax"] for d in decisions]
+    matrices = list(tiles.values())
+    return {
+        **{k: decisions[0][k] for k in ("rule", "chosen_on")},
+        "thresholds": [t for d in decisions for t in d["thresholds"]],
+        "f1_class1": float(scores_of_confusion(np.sum(matrices, axis=0))["f1_class1"]),
+        "interval": bootstrap_intervals(matrices, cv.bootstrap_resamples,
+                                        cv.bootstrap_seed).get("f1_class1"),
+        "f1_class1_argmax_per_partition": argmax,
+    }  # fmt: skip
 
 
 def _pooled_figures(oof: Path, sets: list[str], matrix: np.ndarray, manifest: Manifest,

@@ -38,6 +38,10 @@ def oof_ledger(results: list[dict[str, Any]], plan: dict[str, Any]) -> Ledger:
     return Ledger(tuple(parts))
 
 
+def _without_tiles(decision: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in decision.items() if k != "tile_confusions"}
+
+
 def headline_order(summary: dict[str, Any]) -> float:
     """Sort key of every leaderboard: the pooled out-of-fold class-1 F1, best first."""
     return -summary["out_of_fold"]["f1_class1"]
@@ -65,6 +69,7 @@ def model_summary(variant: Variant, results: list[dict[str, Any]], oof: dict[str
         "bootstrap": oof.get("bootstrap"),
         "out_of_fold_tiles": oof["tiles"],
         "out_of_fold_repeats": oof.get("repeats"),
+        **({"decision": _without_tiles(oof["decision"])} if "decision" in oof else {}),
     }
 
 
@@ -124,6 +129,13 @@ def format_summary(summaries: list[dict[str, Any]], pairs: list[dict[str, Any]])
             f"  {label:<19}" + "".join(f"{summary['out_of_fold'][k]:>12.4f}" for k in SCORES) + flag
         )
         lines.append(_interval_row(summary))
+        decision = summary.get("decision")
+        if decision:
+            lines.append(
+                f"  OOF f1_class1 under the class-1 threshold (each fold's chosen on the other "
+                f"folds): {decision['f1_class1']:.4f}{_interval_text(decision['interval'])}; "
+                f"thresholds {' '.join(f'{t:.3f}' for t in decision['thresholds'])}"
+            )
     if len(summaries) > 1:
         lines.append(
             f"leaderboard (pooled out-of-fold f1_class1 with its 95 % interval over tiles; mean "

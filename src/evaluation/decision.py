@@ -46,3 +46,19 @@ def decide(probabilities: np.ndarray, threshold: float | None) -> np.ndarray:
         return (probabilities.argmax(axis=0) + 1).astype(np.uint8)
     others = probabilities[1:].argmax(axis=0) + 2
     return np.where(probabilities[0] >= threshold, 1, others).astype(np.uint8)
+
+
+def cross_fitted(
+    probabilities: dict[str, np.ndarray], truths: dict[str, np.ndarray], folds: list[list[str]]
+) -> tuple[dict[str, np.ndarray], list[float]]:
+    """Out-of-fold labels under the threshold decision, each fold's tiles labelled with the
+    threshold chosen on the other folds' out-of-fold predictions (never on its own tiles), and
+    each fold's threshold; `folds` is one partition of the tiles of `probabilities`."""
+    labels, thresholds = {}, []
+    for fold in folds:
+        others = [t for t in probabilities if t not in set(fold)]
+        threshold, _ = best_class1_threshold([probabilities[t] for t in others],
+                                             [truths[t] for t in others])  # fmt: skip
+        thresholds.append(threshold)
+        labels.update({t: decide(probabilities[t], threshold) for t in fold})
+    return labels, thresholds
