@@ -481,3 +481,10 @@ def test_an_older_timm_is_one_line_naming_the_installed_version(monkeypatch):
     monkeypatch.setattr(checks.metadata, "version", lambda name: "1.0.25")
     with pytest.raises(ValueError, match=r"timm 1\.0\.26 or newer \(installed: 1\.0\.25\)"):
         ESDConfig(model_type="Galileo")
+    with pytest.raises(ValueError, match=r"installed: 1\.0\.25"):  # not an ImportError
+        ESDConfig(model_type="Galileo", pretrained=True, weights_path=Path("missing"))
+    from src.models import galileo_encoder
+
+    monkeypatch.setattr(galileo_encoder, "TIMM_PROBLEM", checks.timm_problem())
+    with pytest.raises(ValueError, match=r"installed: 1\.0\.25"):  # building one, e.g. to load
+        galileo_encoder.GalileoEncoder()

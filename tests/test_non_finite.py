@@ -13,6 +13,7 @@ import lightning as L
 import numpy as np
 import pytest
 import tifffile
+import torch
 
 from src.esd_data import cache as cache_module
 from src.esd_data import preprocessing as preprocessing_module
@@ -66,11 +67,14 @@ def test_values_beyond_float16_are_capped_with_a_count_and_never_cached_as_inf(
     values = tifffile.imread(raster)
     values[:2, :3] = 70000.0  # beyond float16's 65 504 (a Landsat DN can reach 65 535)
     tifffile.imwrite(raster, values)
-    with pytest.warns(UserWarning, match=r"LC08_L1TP_2020-08-14_B4\.tif: 6 pixel\(s\) above"):
+    with pytest.warns(UserWarning, match=r"6 pixel\(s\) in 1 file\(s\) above 65504.*"
+                      r"Tile2/LC08_L1TP_2020-08-14_B4\.tif"):  # fmt: skip
         prepare_dataset(synthetic_copy, tmp_path / "p", workers=1,
                         preprocessing=PreprocessConfig(recipe="physical"))  # fmt: skip
     stored = np.load(tmp_path / "p" / "tiles" / "Tile2.npy")
     assert np.isfinite(stored).all() and stored.max() == np.float16(65504)
+    record = json.loads((tmp_path / "p" / "tiles" / "Tile2.json").read_text())
+    assert record["capped"] == {"Tile2/LC08_L1TP_2020-08-14_B4.tif": 6}
 
 
 def test_non_finite_training_statistics_stop_the_run_naming_the_channel(
@@ -124,3 +128,35 @@ def test_a_nan_loss_stops_the_run_at_its_epoch_and_batch(synthetic_processed, tm
     record = json.loads(status.read_text())
     assert record["status"] == "failed" and "NonFiniteError" in record["error"]
     assert all(math.isfinite(v) for v in losses(tmp_path / "logs"))  # epoch 0 logged only
+
+
+class InfWeight(L.Callback):
+    """Leaves one weight infinite after the first optimiser step (a step that diverged)."""
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+        with torch.no_grad():
+            next(module.model.parameters()).view(-1)[0] = math.inf
+
+
+def test_a_step_that_leaves_weights_not_finite_stops_before_any_checkpoint(
+    synthetic_processed, tmp_path
+):
+    config = tiny(synthetic_processed, tmp_path, max_epochs=1, limit_val_batches=0)
+    with pytest.raises(NonFiniteError, match=r"weights are not finite after epoch 0, batch 0"):
+        train(config, [InfWeight()], summary=False)
+    assert not list((tmp_path / "ckpt").rglob("*.ckpt"))
+
+
+def test_tiles_cached_under_older_no_data_rules_are_prepared_again(
+    synthetic_raw, tmp_path, monkeypatch
+):
+    from src.esd_data import cache
+
+    processed = tmp_path / "p"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        monkeypatch.setattr(cache, "NO_DATA_RULES", 0)  # as an esd before them cached it
+        prepare_dataset(synthetic_raw, processed, workers=1)
+        monkeypatch.undo()
+        again = prepare_dataset(synthetic_raw, processed, workers=1)
+    assert len(again.rebuilt) == 12 and not again.reused  # not reused with old pixels

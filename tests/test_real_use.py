@@ -11,6 +11,7 @@ from scripts.evaluate import main as evaluate_main
 from scripts.prepare import main as prepare_main
 from scripts.train import main as train_main
 from src.esd_data.cache import prepare_dataset
+from src.esd_data.preparation import PrepareRequest, prepare_requested
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -74,3 +75,33 @@ def test_failed_commands_change_no_data(synthetic_processed, synthetic_raw, tmp_
     empty.mkdir()
     assert prepare_main(["--raw_dir", str(empty), "--processed_dir", str(tmp_path / "p")]) == 1
     assert not (tmp_path / "p").exists()
+
+
+def test_a_tile_refused_in_a_worker_is_one_error_and_leaves_no_folder(synthetic_copy, tmp_path):
+    import numpy as np
+    import tifffile
+
+    from src.esd_data.cache import PrepareError
+
+    raster = synthetic_copy / "Train" / "Tile6" / "L2A_20200811_B03.tif"
+    tifffile.imwrite(raster, tifffile.imread(raster), compression="zlib")
+    with tifffile.TiffFile(raster) as tif:  # headers fine, pixel data unreadable
+        offset, size = tif.pages[0].dataoffsets[0], tif.pages[0].databytecounts[0]
+    with raster.open("r+b") as handle:
+        handle.seek(offset)
+        handle.write(np.zeros(size, np.uint8).tobytes())
+    with pytest.raises(
+        PrepareError, match=r"(?s)Tile6.*L2A_20200811_B03\.tif: pixel data unreadable"
+    ):
+        prepare_requested(synthetic_copy, tmp_path / "p", PrepareRequest(), workers=2,
+                          log=lambda _: None)  # fmt: skip
+    assert not (tmp_path / "p").exists()
+
+
+def test_an_impossible_split_leaves_the_prepared_folder_as_it_was(synthetic_raw, tmp_path):
+    processed = tmp_path / "p"
+    prepare_dataset(synthetic_raw, processed, val_fraction=0.25, workers=1)
+    manifest = (processed / "manifest.json").read_bytes()
+    with pytest.raises(ValueError, match="must be in"):
+        prepare_dataset(synthetic_raw, processed, val_fraction=0.3, test_fraction=0.75, workers=1)
+    assert (processed / "manifest.json").read_bytes() == manifest

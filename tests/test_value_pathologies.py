@@ -110,7 +110,9 @@ def test_every_pathology_prepares_with_counts_and_trains_finite(corpus, tmp_path
     assert "Tile1/L2A_20200816_B03.tif" not in record  # saturated is measured, not no data
     assert "Tile1/LC08_L1TP_2020-07-29_B2.tif" not in record  # constant is measured too
     if recipe == "physical":  # 65 535 does not fit the float16 cache: capped, counted
-        assert any("L2A_20200816_B03.tif: 200 pixel(s) above 65504" in m for m in messages)
+        capped = json.loads((processed / "tiles" / "Tile1.json").read_text())["capped"]
+        assert capped == {"Tile1/L2A_20200816_B03.tif": 200}
+        assert any(m.startswith("200 pixel(s) in 1 file(s) above 65504") for m in messages)
     stored = np.load(processed / "tiles" / "Tile1.npy")
     assert np.isfinite(stored).all()
     manifest = json.loads((processed / "manifest.json").read_text())

@@ -35,7 +35,8 @@ from src.esd_data.manifest import (
     pixel_digest,
     sample_digest,
 )
-from src.esd_data.preprocessing import PreprocessConfig, preprocess_tile
+from src.esd_data.nodata import NO_DATA_RULES
+from src.esd_data.preprocessing import CappedWarning, PreprocessConfig, preprocess_tile
 from src.esd_data.reader import (
     NoDataWarning,
     TileError,
@@ -46,7 +47,7 @@ from src.esd_data.reader import (
     tile_number,
 )
 from src.esd_data.sensors import GROUND_TRUTH_FILE, LABEL_GRID
-from src.esd_data.split import split_tiles
+from src.esd_data.split import check_fractions, split_tiles
 from src.esd_data.subtiles import check_tile_size_gt
 from src.progress import progress_disabled
 
@@ -133,11 +134,12 @@ class PrepareSummary:
 
 
 def tile_fingerprint(tile_dir: Path, preprocessing: PreprocessConfig) -> str:
-    """Hash of the tile's file names, sizes and mtimes, the parameters and the format."""
+    """Hash of the tile's file names, sizes and mtimes, the parameters, the format and the
+    no-data rules (a tile cached under older ones is rebuilt)."""
     entries = sorted(
         (p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in tile_dir.iterdir() if p.is_file()
     )
-    payload = json.dumps([FORMAT_VERSION, preprocessing.to_dict(), entries])
+    payload = json.dumps([FORMAT_VERSION, NO_DATA_RULES, preprocessing.to_dict(), entries])
     return hashlib.sha256(payload.encode()).hexdigest()
 
 
@@ -191,7 +193,7 @@ def _channel_moments(stack: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def _check_finite(stored: np.ndarray, channels: list[str], tile_dir: Path) -> None:
     """TileError naming the channels that preprocessing left non-finite (nothing non-finite
     is ever cached: a model would train on it)."""
-    finite = torch.from_numpy(stored).isfinite().flatten(1).all(dim=1).numpy()
+    finite = np.isfinite(stored).all(axis=(1, 2))
     if not finite.all():
         raise TileError(tile_dir, [
             (channels[k], "not finite after preprocessing (NaN or inf in the cache)")
@@ -231,14 +233,19 @@ def process_tile(
         "m2": m2.tolist(),
         "seconds": round(time.perf_counter() - start, 3),
     }
-    no_data = [w.message for w in caught if isinstance(w.message, NoDataWarning)]
+    messages = [w.message for w in caught]
+    no_data = [m for m in messages if isinstance(m, NoDataWarning)]
     if no_data:
         record["no_data"] = {
             w.file: {"fill": w.fill, "non_finite": w.non_finite, "product": w.product}
             for w in no_data
         }
+    capped = [m for m in messages if isinstance(m, CappedWarning)]
+    if capped:
+        record["capped"] = {f"{tile_dir.name}/{w.file}": w.count for w in capped}
     write_json(record_path, record)
-    return record, [str(w.message) for w in caught if not isinstance(w.message, NoDataWarning)]
+    recorded = (NoDataWarning, CappedWarning)
+    return record, [f"{tile_dir.name}: {m}" for m in messages if not isinstance(m, recorded)]
 
 
 def _check_all(tile_dirs: list[Path]) -> dict[Path, TileInventory]:
@@ -316,6 +323,16 @@ def _run_tiles(
     summary = no_data_summary(records)
     if summary:
         warnings.warn(summary, NoDataWarning, stacklevel=3)
+    capped = {f: n for record in records.values() for f, n in record.get("capped", {}).items()}
+    if capped:
+        worst = sorted(capped, key=lambda f: -capped[f])
+        warnings.warn(
+            f"{sum(capped.values())} pixel(s) in {len(capped)} file(s) above 65504, the float16 "
+            f"cache's maximum, stored as 65504 (most in {', '.join(worst[:3])}; each file's "
+            f"count in tiles/<tile>.json)",
+            PreprocessWarning,
+            stacklevel=3,
+        )
     return records
 
 
@@ -369,6 +386,7 @@ def prepare_dataset(
     start = time.perf_counter()
     preprocessing = preprocessing or PreprocessConfig()
     check_tile_size_gt(tile_size_gt)
+    check_fractions(val_fraction, test_fraction)  # before anything of the folder changes
     raw_dir, processed_dir = Path(raw_dir), Path(processed_dir)
     tile_dirs = find_tile_dirs(raw_dir)
     fingerprints = {d: tile_fingerprint(d, preprocessing) for d in tile_dirs}

@@ -5,7 +5,7 @@ Every product of the contest marks missing pixels with a value of its own (DATA.
 | sensor | product | no-data | why |
 |---|---|---|---|
 | sentinel2 | Sentinel-2 L2A, uint16 reflectance × 10 000 | 0 | the L2A no-data value |
-| landsat8 | Landsat 8 L1TP, float32 holding uint16 DNs | 0 | fill outside the scene footprint |
+| landsat8 | Landsat 8 L1TP, float32 holding uint16 DNs | ≤ 0 | fill outside the footprint (0) |
 | viirs | VIIRS VNP46A1 DNB, uint16 | 65 535 | the Black Marble fill value |
 | sentinel1 | Sentinel-1 GRD, float32 linear backscatter | ≤ 0 | no return; its log is −inf/NaN |
 
@@ -45,9 +45,14 @@ class NoData:
         return f"the {self.product} no-data value ({what})"
 
 
+NO_DATA_RULES = 1
+"""The version of these rules, part of every cached tile's fingerprint: a tile prepared under
+others (or before there were any) is prepared again."""
+
 NO_DATA = {
     "sentinel2": NoData("Sentinel-2 L2A", value=0),
-    "landsat8": NoData("Landsat 8 L1", value=0),
+    # a DN is never negative either: below 0 is no measurement, like the fill value
+    "landsat8": NoData("Landsat 8 L1", non_positive=True),
     "viirs": NoData("VNP46A1", value=65535),
     "sentinel1": NoData("Sentinel-1 GRD", non_positive=True),
 }

@@ -16,6 +16,7 @@ import dataclasses
 import errno
 import fcntl
 import json
+import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -291,24 +292,34 @@ def prepare_requested(
     try:
         with preparation_lock(processed_dir, shared=True, log=log):  # usually a cache hit
             summary = _prepare(raw_dir, processed_dir, request, workers, verify, reuse_only=True)
-        if summary is not None:
-            return summary
-        check_writable(processed_dir, "processed cache")
-        with preparation_lock(processed_dir, log=log):
-            summary = _prepare(raw_dir, processed_dir, request, workers, verify, log=log)
     except BaseException:
-        if not existed:  # a failed first preparation leaves no folder that looks prepared
-            remove_if_only_lock(Path(processed_dir))
+        if not existed:  # nothing was prepared: leave no folder that looks like one
+            remove_unfinished(Path(processed_dir), only_lock=True)
         raise
+    if summary is not None:
+        return summary
+    check_writable(processed_dir, "processed cache")
+    with preparation_lock(processed_dir, log=log):
+        try:
+            summary = _prepare(raw_dir, processed_dir, request, workers, verify, log=log)
+        except BaseException:
+            # a first preparation that fails (under the exclusive lock: nobody else was
+            # writing) leaves no folder behind
+            if not existed:
+                remove_unfinished(Path(processed_dir))
+            raise
     assert summary is not None
     return summary
 
 
-def remove_if_only_lock(folder: Path) -> None:
-    """Remove `folder` when it holds nothing but the preparation lock (or nothing)."""
-    if folder.is_dir() and all(p.name == LOCK_FILE for p in folder.iterdir()):
-        (folder / LOCK_FILE).unlink(missing_ok=True)
-        folder.rmdir()
+def remove_unfinished(folder: Path, only_lock: bool = False) -> None:
+    """Remove a folder this call created and could not finish (it has no manifest: nothing in
+    it was ever trusted); with `only_lock`, only when it holds nothing but the lock."""
+    if not folder.is_dir() or (folder / MANIFEST_FILE).exists():
+        return
+    if only_lock and any(p.name != LOCK_FILE for p in folder.iterdir()):
+        return
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 def _prepare(

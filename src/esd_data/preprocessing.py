@@ -321,16 +321,26 @@ def preprocess_viirs(stack: SensorStack, config: PreprocessConfig, out: np.ndarr
 FLOAT16_MAX = float(np.finfo(np.float16).max)
 
 
+class CappedWarning(UserWarning):
+    """Pixels of a raster (`file`) above what the float16 cache holds, stored as its maximum
+    (`count` of them)."""
+
+    def __init__(self, message: str, file: str = "", count: int = 0) -> None:
+        super().__init__(message)
+        self.file, self.count = file, count
+
+
 def cap_to_cache(stack: SensorStack, x: np.ndarray) -> np.ndarray:
     """`x` (date, band, H, W) capped at the float16 cache's maximum (65 504, above which it
     would store inf), with a warning per file counting the capped pixels."""
     above = (x > FLOAT16_MAX).sum(axis=(-2, -1))
     for t, b in zip(*np.nonzero(above), strict=True):
-        warnings.warn(
-            f"{stack.files[t][b]}: {above[t, b]} pixel(s) above {FLOAT16_MAX:.0f}, the "
-            f"float16 cache's maximum, stored as {FLOAT16_MAX:.0f}",
-            stacklevel=3,
+        file, count = stack.files[t][b], int(above[t, b])
+        message = (
+            f"{file}: {count} pixel(s) above {FLOAT16_MAX:.0f}, the float16 cache's maximum, "
+            f"stored as {FLOAT16_MAX:.0f}"
         )
+        warnings.warn(CappedWarning(message, file, count), stacklevel=3)
     return np.minimum(x, FLOAT16_MAX, dtype=np.float32)
 
 

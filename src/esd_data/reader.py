@@ -44,6 +44,10 @@ class TileError(ValueError):
             + "\nFix or replace these files (re-extract the tile from the contest archive)."
         )
 
+    def __reduce__(self) -> tuple[type, tuple[Path, list[tuple[str, str]]]]:
+        """Rebuilt from its tile and problems when it crosses from a worker process."""
+        return TileError, (self.tile_dir, self.problems)
+
 
 class _RasterError(Exception):
     """A readable TIFF that is not a usable raster (the message says why)."""

@@ -9,6 +9,15 @@ from src.esd_data.reader import tile_number
 SPLITS = ("train", "val", "test")
 
 
+def check_fractions(val_fraction: float, test_fraction: float) -> None:
+    """ValueError unless both fractions are in [0, 1) and leave tiles for training."""
+    if not (0 <= val_fraction < 1 and 0 <= test_fraction < 1 and val_fraction + test_fraction < 1):
+        raise ValueError(
+            f"val_fraction={val_fraction} and test_fraction={test_fraction} must be in [0, 1) "
+            f"and leave tiles for training"
+        )
+
+
 def split_tiles(
     tile_ids: list[str], seed: int, val_fraction: float, test_fraction: float = 0.0
 ) -> dict[str, list[str]]:
@@ -18,11 +27,7 @@ def split_tiles(
     first round(test_fraction·n) go to test, the next round(val_fraction·n) to val (at least
     one when val_fraction > 0 and there are two tiles or more), the rest to train.
     """
-    if not (0 <= val_fraction < 1 and 0 <= test_fraction < 1 and val_fraction + test_fraction < 1):
-        raise ValueError(
-            f"val_fraction={val_fraction} and test_fraction={test_fraction} must be in [0, 1) "
-            f"and leave tiles for training"
-        )
+    check_fractions(val_fraction, test_fraction)
     ordered = sorted(set(tile_ids), key=tile_number)
     n = len(ordered)
     n_test = round(test_fraction * n)

@@ -229,6 +229,11 @@ def predict_tiles(
                     for index, predictor in enumerate(predictors)
                 )
                 probabilities.append((total / len(predictors)).cpu().numpy())
+        if not all(np.isfinite(part).all() for part in probabilities):
+            raise NonFiniteError(
+                f"the model's outputs on {tile} are not finite although its inputs are: the "
+                f"checkpoint's weights are broken (retrain it, e.g. with a lower --learning_rate)"
+            )
         tile_probabilities = restitch_logits(
             np.concatenate(probabilities),
             [item["row"] for item in items],

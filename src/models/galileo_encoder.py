@@ -29,16 +29,17 @@ import math
 from dataclasses import dataclass
 
 import torch
+from torch import nn
+from torch.nn import functional as F
 
 from src.models.checks import timm_problem
 
-if timm_problem():  # before importing names an older timm lacks
-    raise ImportError(timm_problem())
-
-from timm.layers.patch_embed import PatchEmbedResamplerFixedOrigSize
-from timm.models.vision_transformer import Block
-from torch import nn
-from torch.nn import functional as F
+TIMM_PROBLEM = timm_problem()
+"""Why the installed timm cannot run Galileo (None when it can): said, in one line, when an
+encoder is built, never as an import error of this module."""
+if TIMM_PROBLEM is None:  # names an older timm lacks
+    from timm.layers.patch_embed import PatchEmbedResamplerFixedOrigSize
+    from timm.models.vision_transformer import Block
 
 BASE_GSD_M = 10.0
 """Ground size (metres) at which a token's spatial encoding has unit spacing per patch."""
@@ -229,6 +230,8 @@ class GalileoEncoder(nn.Module):
     each block's separate q, k, v maps are timm's one `qkv` (see `galileo_weights`)."""
 
     def __init__(self, architecture: EncoderArchitecture = NANO) -> None:
+        if TIMM_PROBLEM:
+            raise ValueError(TIMM_PROBLEM)
         super().__init__()
         self.architecture = architecture
         size = architecture.embedding_size

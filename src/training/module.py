@@ -143,6 +143,17 @@ class ESDSegmentation(L.LightningModule):
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         return self._step(batch, "train", batch_idx)
 
+    def on_train_batch_end(self, outputs: Any, batch: dict[str, Any], batch_idx: int) -> None:
+        """Stop when the optimiser's step left a weight that is not finite (a finite loss can
+        still give one), before any checkpoint holds it."""
+        trainable = [p for p in self.parameters() if p.requires_grad]
+        if trainable and not torch.stack([p.isfinite().all() for p in trainable]).all():
+            raise NonFiniteError(
+                f"the model's weights are not finite after epoch {self.current_epoch}, batch "
+                f"{batch_idx} (the step diverged): lower --learning_rate; stopped before any "
+                f"checkpoint holds them"
+            )
+
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         self._step(batch, "val", batch_idx)
 

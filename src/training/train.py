@@ -320,9 +320,6 @@ def _train_claimed(config: ESDConfig, extra_callbacks: list[L.Callback] | None, 
         manifest = data.manifest  # read once: the folder cannot change while the lock is held
         manifest.check_files(config.processed_dir)
         _check_splits(config, manifest)
-        if owns_folder and manifest.purpose == "training":
-            record_run(config.processed_dir, config.checkpoint_dir / config.model_type
-                       / (config.wandb_run_name or ""), manifest.fingerprint)  # fmt: skip
         return _fit(config, trainer, data, test, log_folder, owns_folder)
 
 
@@ -384,6 +381,9 @@ def _fit(config: ESDConfig, trainer: L.Trainer, data: ESDDataModule, test: bool,
             results["test_checkpoint"] = "best" if results["best_model_path"] else "last"
             results.update(_numbers(trainer.test(module, datamodule=data, ckpt_path=ckpt)[0]))
         status = "finished"
+        if owns_folder and data.manifest.purpose == "training":  # a run trained on it
+            folder = config.checkpoint_dir / config.model_type / (config.wandb_run_name or "")
+            record_run(config.processed_dir, folder, data.manifest.fingerprint)
     except BaseException as error:
         interrupted = isinstance(error, KeyboardInterrupt) or (
             trainer.state.status == TrainerStatus.INTERRUPTED and not isinstance(error, Exception)
