@@ -22,10 +22,15 @@ completes an interrupted run (resuming a fold that stopped part-way from its `la
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import datetime as dt
+import fcntl
+import os
 import shutil
+import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -500,10 +505,57 @@ def _cross_validate(
     }
     if chosen_by is not None:
         plan[HYPERPARAMETERS_CHOSEN] = chosen_by
+    with cv_lock(root):
+        return _run_plan(cv, base, log, extra_callbacks, on_fold, root, plan, default_name,
+                         configs, variants, units, manifest, processed, shares, seed)  # fmt: skip
+
+
+LOCK_FILE = ".cv.lock"
+"""Held by the process running a cross-validation, beside a record of who it is."""
+
+
+@contextlib.contextmanager
+def cv_lock(root: Path) -> Iterator[None]:
+    """Hold the cross-validation's lock; a second process running the same one is refused in
+    one line before it writes anything (naming the process that runs it)."""
+    root.mkdir(parents=True, exist_ok=True)
+    with (root / LOCK_FILE).open("a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            owner = handle.read().strip() or "another process"
+            raise ValueError(
+                f"cross-validation {root} is being run by {owner}: wait for it to finish, "
+                f"then run the command again to complete or summarise it"
+            ) from None
+        handle.truncate(0)
+        handle.write(f"process {os.getpid()} on {socket.gethostname()} since "
+                     f"{dt.datetime.now():%Y-%m-%d %H:%M:%S}")  # fmt: skip
+        handle.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _run_plan(
+    cv: CVConfig, base: ESDConfig, log: Callable[[str], None],
+    extra_callbacks: list[L.Callback] | None,
+    on_fold: Callable[[str, int, dict[str, Any]], None] | None, root: Path,
+    plan: dict[str, Any], default_name: str, configs: dict[str, ESDConfig],
+    variants: list[Variant], units: list[Unit], manifest: Manifest, processed: Path,
+    shares: dict[str, float], seed: int,
+) -> dict[str, Any]:  # fmt: skip
+    """Record the plan (or check it against the recorded one), then train what is not done,
+    under the cross-validation's lock."""
     _fold_plan(root, plan, default_name)
     for config in configs.values():  # weights to start from: the CV keeps a copy of them
         pretrained_copy(config, root)
-    log(f"cross-validation {root}: selection {cv.selection}; configuration {digest[:12]}")
+    log(
+        f"cross-validation {root}: selection {cv.selection}; configuration "
+        f"{plan['configuration_hash'][:12]}"
+    )
     if base.wandb_mode == "auto":
         log("W&B: off for the folds (--wandb_mode offline or online logs each fold as a run)")
     # The shared cache stays as it is while its folds train (a preparation waits).
