@@ -53,8 +53,20 @@ def parse_arguments(argv: Sequence[str] | None = None) -> tuple[CVConfig, ESDCon
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Parse the options and run (or complete) the cross-validation."""
+    """Parse the options and run (or complete) the cross-validation, in `--workers` processes;
+    or print where one stands (`--status DIR`)."""
     cv, base = parse_arguments(argv)
+    if cv.status is not None:
+        from src.cross_validation.status import format_status
+
+        try:
+            print(format_status(cv.status))
+        except ValueError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 1
+        return 0
+    if cv.workers > 1:
+        return run_workers(list(sys.argv[1:] if argv is None else argv), cv.workers, base)
     set_progress(base.progress)
     from src.cross_validation.run import cross_validate
 
@@ -64,6 +76,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 1
     return 0
+
+
+def run_workers(argv: list[str], workers: int, base: ESDConfig) -> int:
+    """Start `workers` processes of this command (each one worker, on device k of a GPU run)
+    and wait for them; the exit status is the worst of theirs."""
+    import os
+    import subprocess
+
+    processes = []
+    for k in range(workers):
+        environment = dict(os.environ)
+        if base.accelerator in ("gpu", "cuda"):
+            environment["CUDA_VISIBLE_DEVICES"] = str(k)
+        processes.append(subprocess.Popen(
+            # the last --workers wins: each process is one worker
+            [sys.executable, "-m", "scripts.cross_validate", *argv, "--workers", "1"],
+            env=environment,
+        ))  # fmt: skip
+    print(f"started {workers} workers: processes {', '.join(str(p.pid) for p in processes)}")
+    return max(process.wait() for process in processes)
 
 
 if __name__ == "__main__":

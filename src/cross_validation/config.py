@@ -89,10 +89,21 @@ class CVConfig:
         1000, "bootstrap resamples of the tiles for the 95 % intervals and paired differences"
     )
     bootstrap_seed: int = config_field(0, "seed of the bootstrap resamples")
+    workers: int = config_field(
+        1,
+        "processes training the units side by side (each claims one unit at a time; on GPUs, "
+        "one device each: worker k gets device k); the same command started on other machines "
+        "sharing the folder joins them",
+    )
+    status: Path | None = config_field(
+        None, "print where the cross-validation in this folder stands (done, running, failed, "
+        "waiting) and exit",
+    )  # fmt: skip
 
     def __post_init__(self) -> None:
         check_field_types(self)
         self.output_dir = Path(self.output_dir)
+        self.status = None if self.status is None else Path(self.status)
         problems = []
         if self.folds < 2:
             problems.append(f"folds must be at least 2, got {self.folds}")
@@ -100,6 +111,8 @@ class CVConfig:
             problems.append(f"repeats must be at least 1, got {self.repeats}")
         if self.seeds < 1:
             problems.append(f"seeds must be at least 1, got {self.seeds}")
+        if self.workers < 1:
+            problems.append(f"workers must be at least 1, got {self.workers}")
         if not 0.0 < self.inner_val_fraction < 1.0:
             problems.append(f"inner_val_fraction must be in (0, 1), got {self.inner_val_fraction}")
         unknown = [m for m in self.model_type if m not in MODEL_TYPES]

@@ -24,11 +24,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import datetime as dt
 import fcntl
-import os
 import shutil
-import socket
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -39,6 +36,7 @@ import numpy as np
 import tifffile
 
 from src.atomic import write_json
+from src.cross_validation.claims import FAILED_FILE, claimed
 from src.cross_validation.config import CVConfig
 from src.cross_validation.summary import (
     SCORES,
@@ -505,38 +503,8 @@ def _cross_validate(
     }
     if chosen_by is not None:
         plan[HYPERPARAMETERS_CHOSEN] = chosen_by
-    with cv_lock(root):
-        return _run_plan(cv, base, log, extra_callbacks, on_fold, root, plan, default_name,
-                         configs, variants, units, manifest, processed, shares, seed)  # fmt: skip
-
-
-LOCK_FILE = ".cv.lock"
-"""Held by the process running a cross-validation, beside a record of who it is."""
-
-
-@contextlib.contextmanager
-def cv_lock(root: Path) -> Iterator[None]:
-    """Hold the cross-validation's lock; a second process running the same one is refused in
-    one line before it writes anything (naming the process that runs it)."""
-    root.mkdir(parents=True, exist_ok=True)
-    with (root / LOCK_FILE).open("a+") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.seek(0)
-            owner = handle.read().strip() or "another process"
-            raise ValueError(
-                f"cross-validation {root} is being run by {owner}: wait for it to finish, "
-                f"then run the command again to complete or summarise it"
-            ) from None
-        handle.truncate(0)
-        handle.write(f"process {os.getpid()} on {socket.gethostname()} since "
-                     f"{dt.datetime.now():%Y-%m-%d %H:%M:%S}")  # fmt: skip
-        handle.flush()
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    return _run_plan(cv, base, log, extra_callbacks, on_fold, root, plan, default_name, configs,
+                     variants, units, manifest, processed, shares, seed)  # fmt: skip
 
 
 def _run_plan(
@@ -547,11 +515,12 @@ def _run_plan(
     variants: list[Variant], units: list[Unit], manifest: Manifest, processed: Path,
     shares: dict[str, float], seed: int,
 ) -> dict[str, Any]:  # fmt: skip
-    """Record the plan (or check it against the recorded one), then train what is not done,
-    under the cross-validation's lock."""
+    """Record the plan (or check it against the recorded one), train the units no worker has
+    finished or holds (waiting for the ones other workers train), then write the summary."""
     _fold_plan(root, plan, default_name)
-    for config in configs.values():  # weights to start from: the CV keeps a copy of them
-        pretrained_copy(config, root)
+    with _summary_turn(root):  # one worker copies the weights to start from, once
+        for config in configs.values():
+            pretrained_copy(config, root)
     log(
         f"cross-validation {root}: selection {cv.selection}; configuration "
         f"{plan['configuration_hash'][:12]}"
@@ -561,44 +530,92 @@ def _run_plan(
     # The shared cache stays as it is while its folds train (a preparation waits).
     with preparation_lock(processed, shared=True):
         record_run(processed, root, manifest.fingerprint)
+        done = _train_units(cv, base, log, extra_callbacks, on_fold, variants, units, manifest,
+                            processed, shares, seed, root)  # fmt: skip
         summaries = []
         for variant in variants:
-            model, model_dir = variant.name, root / variant.name
-            results: list[dict[str, Any]] = []
-            for unit in units:
-                config = variant.config
-                if cv.seeds > 1:
-                    config = dataclasses.replace(config, seed=base.seed + unit.seed_index)
-                result, finished = _unit(cv, config, variant, unit, manifest, processed, shares,
-                                         seed, model_dir, extra_callbacks)  # fmt: skip
-                results.append(result)
-                if on_fold is not None:
-                    on_fold(model, unit.index, result)
-                scores = [r["scores"]["f1_class1"] for r in results]
-                log(
-                    f"{model} {_unit_label(unit, cv)} (of 0–{len(units) - 1})"
-                    + (" (finished earlier, same configuration)" if finished else "")
-                    + f": {len(result['train_tiles'])} training, {len(unit.heldout)} held-out "
-                    f"tiles ({', '.join(unit.heldout)}), epoch {result['selected_epoch']}: "
-                    f"f1_class1 {scores[-1]:.4f}; so far {np.mean(scores):.4f} ± "
-                    f"{np.std(scores, ddof=1) if len(scores) > 1 else 0:.4f}"
-                )
+            model_dir = root / variant.name
+            results = [done[(variant.name, unit.index)] for unit in units]
             # an ablation variant's figures are drawn where pictures are looked at (`all`)
             figures = cv.tile_pictures == "all" or variant.reference is None
-            oof = _repeated_out_of_fold(model_dir, results, manifest, processed, cv, figures)
-            curves = {f"fold {r['fold']}": _metrics_csv(model_dir, r["fold"]) for r in results}
-            if figures:
-                plot_learning_curves(
-                    {k: v for k, v in curves.items() if v is not None},
-                    f"{model}: learning curves of the {len(results)} folds",
-                    model_dir / "learning_curves.png",
-                    val_label=VAL_LABELS[cv.selection],
-                )
+            with _summary_turn(root):  # one worker at a time writes the shared outputs
+                oof = _repeated_out_of_fold(model_dir, results, manifest, processed, cv, figures)
+                curves = {f"fold {r['fold']}": _metrics_csv(model_dir, r["fold"]) for r in results}
+                if figures:
+                    plot_learning_curves(
+                        {k: v for k, v in curves.items() if v is not None},
+                        f"{variant.name}: learning curves of the {len(results)} folds",
+                        model_dir / "learning_curves.png",
+                        val_label=VAL_LABELS[cv.selection],
+                    )
             summaries.append(model_summary(variant, results, oof, cv.selection, plan))
     summaries.sort(key=headline_order)
     pairs = pair_models(summaries, cv)
-    log(write_summary(root, summaries, pairs, plan, cv))
+    with _summary_turn(root):
+        log(write_summary(root, summaries, pairs, plan, cv))
     return {"plan": plan, "models": summaries, "pairs": pairs, "root": str(root)}
+
+
+WAIT_S = 2.0
+"""How often a worker looks again at the units other workers hold."""
+
+
+def _train_units(
+    cv: CVConfig, base: ESDConfig, log: Callable[[str], None],
+    extra_callbacks: list[L.Callback] | None,
+    on_fold: Callable[[str, int, dict[str, Any]], None] | None, variants: list[Variant],
+    units: list[Unit], manifest: Manifest, processed: Path, shares: dict[str, float],
+    seed: int, root: Path,
+) -> dict[tuple[str, int], dict[str, Any]]:  # fmt: skip
+    """Every unit's result: read back when finished, trained when this worker claims it, and
+    waited for while another worker holds it (a worker that dies loses its claim, and its unit
+    is taken up and resumed here)."""
+    pending = [(variant, unit) for variant in variants for unit in units]
+    done: dict[tuple[str, int], dict[str, Any]] = {}
+    waiting_said = False
+    while pending:
+        held = []
+        for variant, unit in pending:
+            config = variant.config
+            if cv.seeds > 1:
+                config = dataclasses.replace(config, seed=base.seed + unit.seed_index)
+            outcome = _unit(cv, config, variant, unit, manifest, processed, shares, seed,
+                            root / variant.name, extra_callbacks)  # fmt: skip
+            if outcome is None:
+                held.append((variant, unit))
+                continue
+            result, finished = outcome
+            done[(variant.name, unit.index)] = result
+            if on_fold is not None:
+                on_fold(variant.name, unit.index, result)
+            scores = [r["scores"]["f1_class1"] for (name, _), r in done.items()
+                      if name == variant.name]  # fmt: skip
+            log(
+                f"{variant.name} {_unit_label(unit, cv)} (of 0–{len(units) - 1})"
+                + (" (finished earlier, same configuration)" if finished else "")
+                + f": {len(result['train_tiles'])} training, {len(unit.heldout)} held-out "
+                f"tiles ({', '.join(unit.heldout)}), epoch {result['selected_epoch']}: "
+                f"f1_class1 {scores[-1]:.4f}; so far {np.mean(scores):.4f} ± "
+                f"{np.std(scores, ddof=1) if len(scores) > 1 else 0:.4f}"
+            )
+        if held and len(held) == len(pending):
+            if not waiting_said:
+                log(f"waiting for {len(held)} unit(s) other workers are training")
+                waiting_said = True
+            time.sleep(WAIT_S)
+        pending = held
+    return done
+
+
+@contextlib.contextmanager
+def _summary_turn(root: Path) -> Iterator[None]:
+    """Hold the cross-validation's summary lock (workers write the shared outputs in turn)."""
+    with (root / ".summary.lock").open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 VAL_LABELS = {"inner": "inner val", "outer": "held-out val", "last": "val"}
@@ -613,23 +630,41 @@ def _unit_label(unit: Unit, cv: CVConfig) -> str:
     return label
 
 
+UnitOutcome = tuple[dict[str, Any], bool] | None
+
+
 def _unit(cv: CVConfig, config: ESDConfig, variant: Variant, unit: Unit, manifest: Manifest,
           processed: Path, shares: dict[str, float], seed: int, model_dir: Path,
-          extra_callbacks: list[L.Callback] | None) -> tuple[dict[str, Any], bool]:  # fmt: skip
-    """The unit's result: trained and evaluated now, or read back when a previous call
-    finished it with the same configuration; and whether it was read back."""
+          extra_callbacks: list[L.Callback] | None) -> UnitOutcome:  # fmt: skip
+    """The unit's result: trained and evaluated now (resumed from its last.ckpt when a worker
+    stopped part-way), or read back when a worker finished it with the same configuration;
+    and whether it was read back. None while another worker holds its claim."""
     fold_dir = model_dir / f"fold_{unit.index}"
     # repeated k-fold: repetition r splits (and chooses inner tiles) with seed + r
     view, scored = _fold_view(cv, manifest, processed, shares, unit.heldout, seed + unit.repeat)
     identity = _model_identity(cv, config, view.fingerprint)
     done = fold_dir / FOLD_RESULT_FILE
-    if done.is_file():
+
+    def finished() -> dict[str, Any]:
         result = read_json(done)
         wanted = {"configuration": identity, "configuration_hash": config_hash(identity)}
         _check_same(done, result, wanted, f"delete {fold_dir} to train the fold again")
-        return result, True
-    pictures = cv.tile_pictures == "all" or (
-        cv.tile_pictures == "full" and variant.reference is None
-    )
-    plan = FoldPlan(unit.index, view, scored, identity)
-    return _run_fold(config, cv, plan, fold_dir, extra_callbacks, pictures), False
+        return result
+
+    if done.is_file():
+        return finished(), True
+    with claimed(fold_dir) as mine:
+        if not mine:
+            return None
+        if done.is_file():  # finished by another worker since we looked
+            return finished(), True
+        (fold_dir / FAILED_FILE).unlink(missing_ok=True)
+        pictures = cv.tile_pictures == "all" or (
+            cv.tile_pictures == "full" and variant.reference is None
+        )
+        plan = FoldPlan(unit.index, view, scored, identity)
+        try:
+            return _run_fold(config, cv, plan, fold_dir, extra_callbacks, pictures), False
+        except Exception as error:  # said by --status; the next worker tries it again
+            (fold_dir / FAILED_FILE).write_text(f"{type(error).__name__}: {error}\n")
+            raise
