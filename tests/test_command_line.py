@@ -164,6 +164,7 @@ LONG_SWEEP = {
         "embedding_size": {"value": 4},
         "n_encoders": {"value": 1},
         "max_epochs": {"value": 200},
+        "patience": {"value": 200},  # no early stop: a trial cannot end before the signal
         "num_workers": {"value": 2},
     },
 }

@@ -277,16 +277,3 @@ def test_ensemble_of_models_reading_other_channels_is_refused(two_checkpoints, t
     with pytest.raises(CheckpointError, match="same channels"):
         evaluate(EvalConfig(model_path=[first, other], results_dir=tmp_path, accelerator="cpu"),
                  log=lambda _: None)  # fmt: skip
-
-
-def test_a_second_process_on_a_running_cross_validation_is_refused_before_it_writes(
-    synthetic_processed, tmp_path
-):
-    from src.cross_validation.run import cv_lock
-
-    options = {"folds": 2, "model_type": ["SegmentationCNN"], "name": "cv",
-               "output_dir": tmp_path, "tile_pictures": "none"}  # fmt: skip
-    running = r"cv is being run by process \d+ on .* since"
-    with cv_lock(tmp_path / "cv"), pytest.raises(ValueError, match=running):  # the first one
-        cross_validate(CVConfig(**options), tiny(synthetic_processed), log=lambda _: None)
-    assert sorted(p.name for p in (tmp_path / "cv").iterdir()) == [".cv.lock"]  # nothing else
