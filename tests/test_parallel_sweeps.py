@@ -144,6 +144,7 @@ def test_cross_validated_objective_is_the_mean_of_its_folds(
         folds = trial.user_attrs["fold_scores"]
         assert len(folds) == 2 and trial.value == pytest.approx(sum(folds) / 2)
         assert sorted(trial.intermediate_values) == [1, 2]  # reported after each fold
+        assert trial.user_attrs["epochs"] >= 1  # the folds' median epoch, not empty
 
 
 # --------------------------------------------------------------------------------------------

@@ -356,7 +356,7 @@ def no_data_summary(records: dict[str, dict]) -> str:
         f"no data filled with each raster's median in {len(per_file)} file(s) of {tiles} "
         f"tile(s): "
         + ", ".join(f"{count} pixel(s) of {what}" for what, count in by_product.items())
-        + f" (most in {', '.join(worst[:3])}; every file in tiles/<tile>.json, 'no_data')"
+        + f" (most in {', '.join(worst[:3])}; each file's count in tiles/<tile>.json)"
     )
 
 

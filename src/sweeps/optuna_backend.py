@@ -391,7 +391,8 @@ def _cross_validated(
         cv, config, log=lambda _: None, extra_callbacks=[callback], on_fold=after_fold,
         hyperparameters_chosen_by=f"the sweep {trial.study.study_name}",
     )  # fmt: skip
-    trial.set_user_attr("epochs", None)
+    epochs = [fold["selected_epoch"] + 1 for fold in summary["models"][0]["folds"]]
+    trial.set_user_attr("epochs", round(float(np.median(epochs))))  # the folds' median
     return float(summary["models"][0]["mean"]["f1_class1"])
 
 
