@@ -4,7 +4,8 @@
 
 A 3-fold cross-validation (`--selection last`, the same folds for every model) of Galileo
 from random weights beside UNet, then of Galileo from the pretrained nano encoder in DIR
-(`config.json`, `encoder.pt`, `normalization.json`); the wall time of each, the leaderboard
+(`config.json`, `encoder.pt`, `normalization.json`) on monthly composites (the default) and on
+the acquisition dates (`galileo_time="acquisition"`); the wall time of each, the leaderboard
 with 95 % intervals over tiles and the paired differences (bootstrap over tiles, per-fold
 differences with the corrected t-test) of every pair.
 """
@@ -47,6 +48,11 @@ def main() -> None:
     for name, models, options in (
         ("random", ["Galileo", "UNet"], {}),
         ("pretrained", ["Galileo"], {"pretrained": True, "weights_path": args.weights}),
+        (
+            "pretrained-acquisition",
+            ["Galileo"],
+            {"pretrained": True, "weights_path": args.weights, "galileo_time": "acquisition"},
+        ),
     ):
         config = dataclasses.replace(base, model_type=models[0], **options)
         cv = CVConfig(folds=3, model_type=models, selection="last", name=name,

@@ -25,6 +25,7 @@ from src.models.galileo_encoder import GalileoEncoder, GalileoInputs
 from src.models.galileo_weights import load_pretrained_encoder, to_encoder_state
 from src.models.pretrained import read_state_dict
 from src.training.config import ESDConfig
+from src.training.resume import saved_run_config
 from tests.test_train_cli import train_main  # noqa: F401 (the fixture, shared)
 
 GALILEO_VARIABLE = "ESD_GALILEO_DIR"
@@ -241,6 +242,7 @@ def test_dse_channels_become_galileos_normalised_inputs(galileo_dir):
         weights_path=galileo_dir,
         patch_size=5,
         resolution_m=50,
+        time="acquisition",
     )
     inputs = model.encoder_inputs(x)
     norm = json.loads((galileo_dir / "normalization.json").read_text())
@@ -272,6 +274,7 @@ def test_dse_channels_become_galileos_normalised_inputs(galileo_dir):
         weights_path=galileo_dir,
         patch_size=5,
         resolution_m=100,
+        time="acquisition",
     )
     per_pixel = torch.nn.functional.avg_pool2d(((nir - red) / (nir + red))[:, None], 2)[:, 0]
     got = coarse.encoder_inputs(x).space_time[:, 2, SPACE_TIME_BANDS.index("NDVI")].double()
@@ -298,6 +301,69 @@ def test_dse_channels_become_galileos_normalised_inputs(galileo_dir):
         changed = x.clone()
         changed[:, channels.index("sentinel2/2020-08-11/B05")] += 3
         assert not torch.allclose(model(changed), model(x))
+
+
+def test_monthly_time_averages_each_sensors_images_of_a_month(galileo_dir):
+    """Two months: Sentinel-1 once in each, Sentinel-2 twice in August (never in July), VIIRS
+    once in each; the encoder sees one step per month, each sensor's images of it averaged."""
+    s2 = ["B02", "B03", "B04", "B08"]
+    channels = [
+        "viirs/2020-07-30/DNB",
+        "viirs/2020-08-04/DNB",
+        *(f"sentinel1/{d}/{b}" for d in ("2020-07-23", "2020-08-04") for b in ("VV", "VH")),
+        *(f"sentinel2/{d}/{b}" for d in ("2020-08-11", "2020-08-16") for b in s2),
+    ]
+    physical, x, stats = _standardised(channels, torch.Generator().manual_seed(3))
+    model = GalileoSegmentation(
+        channels, 4, cell_px=10, input_stats=stats, pretrained=True, weights_path=galileo_dir,
+        patch_size=5, resolution_m=50, time="monthly",
+    )  # fmt: skip
+    inputs = model.encoder_inputs(x)
+    norm = json.loads((galileo_dir / "normalization.json").read_text())
+    assert inputs.months[0].tolist() == [6, 7] and inputs.space_time.shape[1] == 2
+
+    def normalised(values: torch.Tensor, band: str) -> torch.Tensor:
+        i = SPACE_TIME_BANDS.index(band)
+        mean, std = norm["13"]["mean"][i], norm["13"]["std"][i]
+        return (values - (mean - 2 * std)) / (4 * std)
+
+    def image(name: str) -> torch.Tensor:
+        return physical[:, channels.index(name)]
+
+    for t, date in enumerate(("2020-07-23", "2020-08-04")):
+        got = inputs.space_time[:, t, SPACE_TIME_BANDS.index("VH")].double()
+        close(got, normalised(image(f"sentinel1/{date}/VH"), "VH"))
+    composite = {
+        b: (image(f"sentinel2/2020-08-11/{b}") + image(f"sentinel2/2020-08-16/{b}")) / 2 for b in s2
+    }
+    close(inputs.space_time[:, 1, SPACE_TIME_BANDS.index("B2")].double(),
+          normalised(composite["B02"], "B2"))  # fmt: skip
+    nir, red = composite["B08"], composite["B04"]
+    close(inputs.space_time[:, 1, SPACE_TIME_BANDS.index("NDVI")].double(),
+          (nir - red) / (nir + red))  # fmt: skip
+    missing = inputs.space_time_mask[0, 0, 0]  # (months, groups)
+    assert not missing[:, GROUPS.index("S1")].any()
+    assert missing[0, GROUPS.index("S2_RGB")] and not missing[1, GROUPS.index("S2_RGB")]
+    assert missing[:, GROUPS.index("S2_Red_Edge")].all()  # B05–B07 not selected
+    assert not inputs.time_mask[0, :, 2].any()
+    v = 5  # avg_rad among the time bands
+    mean, std = norm["6"]["mean"][v], norm["6"]["std"][v]
+    for t, date in enumerate(("2020-07-30", "2020-08-04")):
+        radiance = image(f"viirs/{date}/DNB").mean(dim=(1, 2))
+        close(inputs.time[:, t, v].double(), (radiance - (mean - 2 * std)) / (4 * std))
+    # fifteen acquisitions in two months are two steps, within pretraining's twelve
+    many = [f"sentinel1/2020-0{7 + d // 10}-{1 + d % 10 * 3:02d}/VV" for d in range(15)]
+    assert len(GalileoSegmentation(many, 4, cell_px=10, time="monthly").steps) == 2
+    assert len(GalileoSegmentation(many, 4, cell_px=10, time="acquisition").steps) == 15
+
+
+def test_a_run_saved_before_galileo_time_resumes_on_its_acquisition_timeline(galileo_dir):
+    """A checkpoint without `galileo_time` was trained with one step per date: resuming it
+    must rebuild that model (its normalisation buffers have one row per date)."""
+    saved = {"model_type": "Galileo", "galileo_patch_size": 5}
+    config = saved_run_config({"hyper_parameters": {"run_config": saved}}, Path("old.ckpt"))
+    assert config["galileo_time"] == "acquisition"
+    assert ESDConfig().galileo_time == "monthly"  # new runs: as pretrained
 
 
 def test_a_band_outside_the_selection_masks_its_group():
@@ -382,19 +448,27 @@ def test_galileo_trains_frozen_and_unfrozen_and_evaluates_without_its_weights(
         "--pretrained", "--weights_path", str(weights),
     ]  # fmt: skip
     trained = {}
-    for freeze in ("1", "0"):
+    for freeze, time in (("1", "monthly"), ("0", "acquisition")):
         run = tmp_path / freeze
         code, _, err = train_main(
-            run, *flags, "--processed_dir", str(physical_processed), "--freeze_backbone", freeze
-        )
+            run, *flags, "--processed_dir", str(physical_processed), "--freeze_backbone", freeze,
+            "--galileo_time", time,
+        )  # fmt: skip
         assert code == 0, err[-3000:]
         checkpoint = torch.load(run / "checkpoints/Galileo/cli/last.ckpt", weights_only=True)
         trained[freeze] = checkpoint["state_dict"]
     assert torch.equal(trained["1"][f"model.encoder.{key}"], release[key])
     assert not torch.allclose(trained["0"][f"model.encoder.{key}"], release[key])
+    steps = {run: state["model.band_scale"].shape[0] for run, state in trained.items()}
+    assert steps["1"] < steps["0"]  # the synthetic dates share months
     shutil.rmtree(weights)
-    # the weights are in the checkpoint: the run resumes without its weights folder
+    # the weights are in the checkpoint: the run resumes without its weights folder, and one
+    # saved before --galileo_time existed (no such option recorded) on its acquisition dates
     last = tmp_path / "0/checkpoints/Galileo/cli/last.ckpt"
+    checkpoint = torch.load(last, weights_only=True)
+    for options in ("run_config", "model_hparams"):
+        del checkpoint["hyper_parameters"][options]["galileo_time"]
+    torch.save(checkpoint, last)
     code, _, err = train_main(tmp_path / "0", "--resume", str(last), "--max_epochs", "2")
     assert code == 0, err[-3000:]
     assert torch.load(last, weights_only=True)["epoch"] == 1  # it went on to a second epoch

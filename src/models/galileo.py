@@ -5,8 +5,11 @@ recipe); the model turns them back into physical units with the statistics they 
 standardised with (`input_stats`, kept as buffers, so a checkpoint needs nothing else) and maps
 them onto Galileo's inputs (`galileo_encoder`):
 
-* one time axis: the union of the Sentinel-1, Sentinel-2 and VIIRS dates, in date order, each
-  with its month; a sensor's band groups are missing (masked) at the dates it has no image;
+* one time axis (`time`): "monthly", as Galileo was pretrained, one step per calendar month
+  of the Sentinel-1, Sentinel-2 and VIIRS dates, each sensor's images of the month averaged
+  band by band (a monthly composite); or "acquisition", one step per date of any of them, in
+  date order. Each step carries its month; a sensor's band groups are missing (masked) at
+  the steps it has no image;
 * space-time bands: Sentinel-1 VV, VH (dB); Sentinel-2 B02–B12 without B01 and B09
   (reflectance × 10 000); NDVI = (B08 − B04) / (B08 + B04) computed from them per pixel (as
   pretraining computed it at 10 m), then averaged to the token resolution; a band group
@@ -72,6 +75,16 @@ def _month(date: str) -> int:
     return datetime.date.fromisoformat(date).month - 1
 
 
+TIMELINES = ("acquisition", "monthly")
+"""Galileo's time axis: one step per acquisition date (every sensor's dates, in order), or
+one per calendar month, each sensor's images of the month averaged, as Galileo was pretrained
+(monthly composites, at most 12 steps)."""
+
+
+def _month_start(date: str) -> str:
+    return f"{date[:7]}-01"
+
+
 class GalileoSegmentation(nn.Module):
     """(B, C, H, W) standardised channels → (B, out, H / cell_px, W / cell_px) (module doc)."""
 
@@ -87,9 +100,13 @@ class GalileoSegmentation(nn.Module):
         patch_size: int = 5,
         resolution_m: int = 100,
         exit_layer: int | None = None,
+        time: str = "acquisition",
     ) -> None:
         super().__init__()
         check_pretrained_options(pretrained, weights_path)
+        if time not in TIMELINES:
+            raise ValueError(f"time must be one of {TIMELINES}, got {time!r}")
+        self.time = time
         for name, value in (("patch_size", patch_size), ("resolution_m", resolution_m)):
             check_positive_int(name, value)
         native_m = CELL_M / cell_px
@@ -114,11 +131,6 @@ class GalileoSegmentation(nn.Module):
         self.dates = sorted(
             {d for s in (*GALILEO_SENSORS, VIIRS) if s in sensors for d in sensors[s].dates}
         )
-        if len(self.dates) > NANO.max_sequence_length:
-            raise ValueError(
-                f"Galileo takes at most {NANO.max_sequence_length} dates; the Sentinel-1, "
-                f"Sentinel-2 and VIIRS channels have {len(self.dates)}: select fewer"
-            )
         self._map_inputs(layout)
         n = len(self.channels)
         mean, std = input_stats if input_stats is not None else ([0.0] * n, [1.0] * n)
@@ -172,37 +184,83 @@ class GalileoSegmentation(nn.Module):
                 if sensor == "sentinel2" and set(NDVI_BANDS) <= set(sensor_layout.bands):
                     index[t, bands.index("NDVI")] = 0  # computed, see forward
         self.ndvi_bands = (bands.index(S2_BANDS["B08"]), bands.index(S2_BANDS["B04"]))
-        missing = torch.stack(
-            [(index[:, group] < 0).any(dim=1) for _, group in SPACE_TIME.group_slices()], dim=1
-        )
         self.register_buffer("space_time_index", index, persistent=False)
-        self.register_buffer("space_time_missing", missing, persistent=False)
         viirs_time = torch.full((len(self.dates),), -1, dtype=torch.long)
         if VIIRS in layout.sensors:
             viirs = layout.sensors[VIIRS]
             for date, channel_indexes in zip(viirs.dates, viirs.indexes, strict=True):
                 viirs_time[self.dates.index(date)] = channel_indexes[0]
-        time_missing = torch.ones(len(self.dates), len(TIME.groups), dtype=torch.bool)
-        time_missing[:, [g for g, _ in TIME.groups].index("VIIRS")] = viirs_time < 0
         self.register_buffer("viirs_time_index", viirs_time, persistent=False)
+        self._register_timeline(index, viirs_time)
+
+    def _register_timeline(self, index: torch.Tensor, viirs_time: torch.Tensor) -> None:
+        """The time axis the encoder sees: the dates themselves, or their months, with the
+        weights that average each sensor's band over its images of a month (`composite`,
+        (months, dates, bands); `viirs_composite`, (months, dates)), and what is present."""
+        present = index >= 0
+        viirs_present = viirs_time >= 0
+        if self.time == "acquisition":
+            steps = self.dates
+            self.composite, self.viirs_composite = None, None
+        else:
+            steps = sorted({_month_start(d) for d in self.dates})
+            member = torch.tensor([[_month_start(d) == m for d in self.dates] for m in steps])
+            weights = member[:, :, None] & present[None]  # (months, dates, bands)
+            weights = weights.float() / weights.sum(dim=1, keepdim=True).clamp(min=1)
+            viirs = (member & viirs_present[None]).float()
+            self.register_buffer("composite", weights, persistent=False)
+            self.register_buffer(
+                "viirs_composite", viirs / viirs.sum(dim=1, keepdim=True).clamp(min=1),
+                persistent=False,
+            )  # fmt: skip
+            present = weights.sum(dim=1) > 0
+            viirs_present = viirs.sum(dim=1) > 0
+        if len(steps) > NANO.max_sequence_length:
+            raise ValueError(
+                f"Galileo takes at most {NANO.max_sequence_length} time steps; the Sentinel-1, "
+                f"Sentinel-2 and VIIRS channels have {len(steps)} ({self.time}): select fewer"
+            )
+        self.steps = list(steps)
+        missing = torch.stack(
+            [(~present[:, group]).any(dim=1) for _, group in SPACE_TIME.group_slices()], dim=1
+        )
+        self.register_buffer("present", present, persistent=False)
+        self.register_buffer("space_time_missing", missing, persistent=False)
+        time_missing = torch.ones(len(steps), len(TIME.groups), dtype=torch.bool)
+        time_missing[:, [g for g, _ in TIME.groups].index("VIIRS")] = ~viirs_present
         self.register_buffer("time_missing", time_missing, persistent=False)
-        months = torch.tensor([_month(date) for date in self.dates])
+        self.register_buffer("viirs_present", viirs_present, persistent=False)
+        months = torch.tensor([_month(step) for step in steps])
         self.register_buffer("months", months, persistent=False)
+
+    def _to_steps(self, per_date: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
+        """Values on the date axis (dim 1, of the dates) onto the time axis: as they are, or
+        averaged over each month's images (`weights`, (months, dates[, bands]))."""
+        if weights is None:
+            return per_date
+        if weights.dim() == 3:
+            return torch.einsum("mtk,btk...->bmk...", weights, per_date)
+        return torch.einsum("mt,bt...->bm...", weights, per_date)
 
     def _register_normalisation(self, stats: dict[str, tuple[list, list]] | None) -> None:
         """Per space-time band and for VIIRS: the (mean, std) of the pretraining normalisation
         (`stats`), or, from random weights, the training data's statistics of each channel."""
-        index = self.space_time_index.clamp(min=0)
+        steps = (len(self.steps), len(SPACE_TIME.bands))
         if stats is not None:
-            mean = torch.tensor(stats["13"][0]).expand_as(index).clone()
-            std = torch.tensor(stats["13"][1]).expand_as(index).clone()
+            mean = torch.tensor(stats["13"][0]).expand(steps).clone()
+            std = torch.tensor(stats["13"][1]).expand(steps).clone()
             viirs = TIME.bands.index("avg_rad")
-            viirs_mean = torch.full((len(self.dates),), stats["6"][0][viirs])
-            viirs_std = torch.full((len(self.dates),), stats["6"][1][viirs])
-        else:
-            mean, std = self.input_mean[index], self.input_std[index]
+            viirs_mean = torch.full((len(self.steps),), stats["6"][0][viirs])
+            viirs_std = torch.full((len(self.steps),), stats["6"][1][viirs])
+        else:  # each step's: a month's, the mean of its images' channels' statistics
+            index = self.space_time_index.clamp(min=0)
             viirs_index = self.viirs_time_index.clamp(min=0)
-            viirs_mean, viirs_std = self.input_mean[viirs_index], self.input_std[viirs_index]
+            mean = self._to_steps(self.input_mean[index][None], self.composite)[0]
+            std = self._to_steps(self.input_std[index][None], self.composite)[0]
+            viirs_mean = self._to_steps(self.input_mean[viirs_index][None], self.viirs_composite)[0]
+            viirs_std = self._to_steps(self.input_std[viirs_index][None], self.viirs_composite)[0]
+            std = torch.where(self.present, std, 1.0)  # absent: never used, kept finite
+            viirs_std = torch.where(self.viirs_present, viirs_std, 1.0)
         # (x − (mean − 2·std)) / (4·std) as x·scale + shift; NDVI (−1…1) as it is
         ndvi = SPACE_TIME.bands.index("NDVI")
         scale, shift = 1 / (4 * std), (2 * std - mean) / (4 * std)
@@ -215,7 +273,7 @@ class GalileoSegmentation(nn.Module):
 
     def _freeze_unused(self) -> None:
         """No gradient for the projections of inputs esd never gives (nor DDP waiting on it)."""
-        given = {"VIIRS"} if bool((self.viirs_time_index >= 0).any()) else set()
+        given = {"VIIRS"} if bool(self.viirs_present.any()) else set()
         given |= {
             group
             for (group, _), missing in zip(
@@ -273,10 +331,12 @@ class GalileoSegmentation(nn.Module):
         """Galileo's normalised inputs and masks for a batch of standardised channels."""
         batch = x.shape[0]
         dates, bands = self.space_time_index.shape
+        steps = len(self.steps)
         index = self.space_time_index.clamp(min=0).flatten()
         physical = x.index_select(1, index) * self.input_std[index, None, None]
         physical = physical + self.input_mean[index, None, None]
         physical = physical.view(batch, dates, bands, *physical.shape[-2:])
+        physical = self._to_steps(physical, self.composite)  # a month's images averaged
         # NDVI of each pixel, as in pretraining (10 m), then averaged with the bands
         nir, red = (physical[:, :, band] for band in self.ndvi_bands)
         total = nir + red
@@ -285,23 +345,24 @@ class GalileoSegmentation(nn.Module):
         physical[:, :, SPACE_TIME.bands.index("NDVI")] = ndvi.clamp(-1, 1)
         if self.pool > 1:
             pooled = F.avg_pool2d(physical.flatten(1, 2), self.pool)
-            physical = pooled.view(batch, dates, bands, *pooled.shape[-2:])
+            physical = pooled.view(batch, steps, bands, *pooled.shape[-2:])
         scale, shift = self.band_scale[..., None, None], self.band_shift[..., None, None]
         space_time = physical * scale + shift
-        space_time = space_time * (self.space_time_index >= 0)[..., None, None]
+        space_time = space_time * self.present[..., None, None]
         h, w = space_time.shape[-2] // self.patch_size, space_time.shape[-1] // self.patch_size
         viirs_index = self.viirs_time_index.clamp(min=0)
         viirs = x.index_select(1, viirs_index).mean(dim=(2, 3)) * self.input_std[viirs_index]
-        viirs = (viirs + self.input_mean[viirs_index]) * self.viirs_scale + self.viirs_shift
-        time = x.new_zeros(batch, dates, len(TIME.bands))
-        time[..., TIME.bands.index("avg_rad")] = viirs * (self.viirs_time_index >= 0)
+        viirs = self._to_steps(viirs + self.input_mean[viirs_index], self.viirs_composite)
+        viirs = viirs * self.viirs_scale + self.viirs_shift
+        time = x.new_zeros(batch, steps, len(TIME.bands))
+        time[..., TIME.bands.index("avg_rad")] = viirs * self.viirs_present
         grid = (batch, h, w)
         return GalileoInputs(
             space_time=space_time,
             space=x.new_zeros(batch, len(SPACE.bands), *space_time.shape[-2:]),
             time=time,
             static=x.new_zeros(batch, len(STATIC.bands)),
-            space_time_mask=self.space_time_missing.expand(*grid, dates, -1),
+            space_time_mask=self.space_time_missing.expand(*grid, steps, -1),
             space_mask=torch.ones(*grid, len(SPACE.groups), dtype=torch.bool, device=x.device),
             time_mask=self.time_missing.expand(batch, -1, -1),
             static_mask=torch.ones(batch, len(STATIC.groups), dtype=torch.bool, device=x.device),
@@ -350,6 +411,7 @@ def build_galileo(
     galileo_patch_size: int = 5,
     galileo_resolution_m: int = 100,
     galileo_exit_layer: int | None = None,
+    galileo_time: str = "acquisition",
 ) -> nn.Module:
     """Build a GalileoSegmentation for the named `channels` (the registry's builder)."""
     if len(channels) != in_channels:
@@ -365,4 +427,5 @@ def build_galileo(
         patch_size=galileo_patch_size,
         resolution_m=galileo_resolution_m,
         exit_layer=galileo_exit_layer,
+        time=galileo_time,
     )

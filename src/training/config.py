@@ -107,6 +107,11 @@ class ESDConfig(FigureOptions):
     galileo_exit_layer: int | None = config_field(
         None, "transformer blocks the encoder runs, 1 to 4 (None: all 4) (Galileo)"
     )
+    galileo_time: Literal["monthly", "acquisition"] = config_field(
+        "monthly",
+        "the encoder's time axis: monthly composites of each sensor (as pretrained, at most 12 "
+        "steps a year) or one step per acquisition date (Galileo)",
+    )
     pretrained: bool = config_field(
         False,
         "load pretrained weights from local files, never downloaded (FCNResnetTransfer: "

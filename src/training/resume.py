@@ -44,6 +44,11 @@ MAY_CHANGE = frozenset(
 the checkpoints stay in the folder of the resumed checkpoint)."""
 
 
+EARLIER_BEHAVIOUR = {"galileo_time": "acquisition"}
+"""Options added since a checkpoint may have been saved, with the value that behaves as runs
+did before the option existed (so that such a checkpoint resumes as the run it was)."""
+
+
 def saved_run_config(checkpoint: dict[str, Any], path: Path) -> dict[str, Any]:
     """The `ESDConfig` values a checkpoint was trained with."""
     saved = checkpoint["hyper_parameters"].get("run_config")
@@ -52,7 +57,7 @@ def saved_run_config(checkpoint: dict[str, Any], path: Path) -> dict[str, Any]:
             f"{path} does not record its run's configuration (an older checkpoint): resume "
             f"it by training again"
         )
-    return dict(saved)
+    return {**EARLIER_BEHAVIOUR, **saved}
 
 
 def check_same_data(saved: DataIdentity, now: DataIdentity) -> None:
