@@ -29,6 +29,7 @@ from scripts.train import main as train_main
 from src.cross_validation.config import CVConfig
 from src.cross_validation.run import cross_validate
 from src.esd_data.cache import prepare_dataset
+from src.esd_data.synthetic import generate_synthetic_dataset
 from src.sweeps.optuna_backend import OptunaRun, run_optuna, study_folder
 from src.sweeps.spec import parse_sweep_spec
 from src.training.train import train
@@ -297,3 +298,33 @@ def test_a_sweeps_choice_travels_with_its_folds_and_its_best_config(producers, t
     assert code == 0, err
     metrics = json.loads((tmp_path / "best" / "metrics.json").read_text())
     assert set(metrics["held_out"]["optimistic_tiles"]) == was_chosen
+
+
+def test_a_cross_validation_without_test_tiles_names_scores_that_work(ablation, tmp_path, capsys):
+    """The ablation's folder has no test split: evaluating its fold ensemble is refused, and
+    each alternative the refusal names works: the report of its out-of-fold scores, and
+    tiles no fold saw from another raw folder (scored with no OPTIMISTIC label)."""
+    folder = Path(ablation["root"]) / "SegmentationCNN"
+    evaluate = ["--cv_dir", str(folder), "--accelerator", "cpu",
+                "--bootstrap_resamples", "50"]  # fmt: skip
+    code, _, err = run_main(
+        evaluate_main, [*evaluate, "--results_dir", str(tmp_path / "refused")], capsys
+    )
+    assert code != 0 and not (tmp_path / "refused" / "metrics.json").exists()
+    assert "python -m scripts.report on its folder" in err and "--raw_dir with tiles" in err
+    report = tmp_path / "report.html"
+    code, _, err = run_main(report_main, [str(folder), "--out", str(report)], capsys)
+    assert code == 0, err[-2000:]
+    summary = json.loads((folder.parent / "summary.json").read_text())
+    (model,) = [m for m in summary["models"] if m["name"] == "SegmentationCNN"]
+    assert f"{model['out_of_fold']['f1_class1']:.4f}" in report.read_text()
+    new = tmp_path / "new"
+    generate_synthetic_dataset(new, n_tiles=2, seed=9, tile_px=64)
+    results = tmp_path / "scored"
+    code, out, err = run_main(
+        evaluate_main, [*evaluate, "--raw_dir", str(new), "--results_dir", str(results)], capsys
+    )
+    assert code == 0, err[-2000:]
+    metrics = json.loads((results / "metrics.json").read_text())
+    assert metrics["tiles_scored"] == ["Tile1", "Tile2"] and metrics["held_out"]["label"] == ""
+    assert "OPTIMISTIC" not in out
