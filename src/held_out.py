@@ -68,6 +68,23 @@ class Member:
         reason = why if not self.why else self.why if why in self.why else f"{self.why}; {why}"
         return Member(self.name, self.trained, {**self.chose, **tiles}, reason, self.raw_dir)
 
+    def in_own_folder(self, tiles: Mapping[str, str], raw_dir: str) -> dict[str, str]:
+        """`tiles` of the raw folder `raw_dir` named as this member names tiles: as they are
+        from its own folder, else prefixed with their folder (then only their pixels match)."""
+        if raw_dir == self.raw_dir:
+            return dict(tiles)
+        return {f"{raw_dir}/{name}": digest for name, digest in tiles.items()}
+
+    def taught_by(self, teacher: Member) -> Member:
+        """This member with its teacher's training tiles and choosing tiles as its own: a
+        student of pseudo-labels learns what its teacher learnt from them."""
+        trained = {**self.trained, **self.in_own_folder(teacher.trained, teacher.raw_dir)}
+        chose = self.in_own_folder(teacher.chose, teacher.raw_dir)
+        member = Member(self.name, trained, self.chose, self.why, self.raw_dir)
+        if not chose:
+            return member
+        return member.choosing(chose, f"its pseudo-labels' teacher ({teacher.why})")
+
 
 @dataclass(frozen=True)
 class Scoring:

@@ -172,3 +172,27 @@ def test_gradients_flow_through_every_term():
     ignored = (target == IGNORE).unsqueeze(1).expand_as(logits)
     assert (logits.grad[ignored] == 0).all()  # unlabelled cells get no gradient
     assert (logits.grad[~ignored] != 0).any()
+
+
+def test_pseudo_labelled_subtiles_weigh_what_they_are_given_in_every_term():
+    logits, target = example(11)
+    weight = torch.tensor([1.0, 0.25, 1.0])  # the second subtile's cells are pseudo-labels
+    loss = SegmentationLoss("ce", class_weights=[1.0, 2.0, 1.0, 0.5]).double()
+    # a cell of weight w counts as w cells: repeat the subtiles in proportion (×4 and ×1)
+    repeated = [0] * 4 + [1] + [2] * 4
+    expected = ref_cross_entropy(logits[repeated].numpy(), target[repeated].numpy(),
+                                 [1.0, 2.0, 1.0, 0.5])  # fmt: skip
+    assert loss(logits, target, weight).item() == pytest.approx(expected, rel=1e-5)
+    both = SegmentationLoss("ce+dice", fp_penalty=0.5)
+    ones = torch.ones(3)
+    assert both(logits, target, ones).item() == pytest.approx(both(logits, target).item())
+    assert both(logits, target, weight).item() != pytest.approx(both(logits, target).item())
+
+
+def test_a_batch_without_a_labelled_cell_costs_nothing_and_trains_nothing():
+    logits, _ = example(5)
+    logits = logits.clone().requires_grad_(True)
+    unlabelled = torch.full((logits.shape[0], *logits.shape[2:]), IGNORE)
+    value = SegmentationLoss("ce+dice", fp_penalty=1.0)(logits, unlabelled)
+    value.backward()
+    assert value.item() == 0.0 and (logits.grad == 0).all()

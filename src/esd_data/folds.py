@@ -98,15 +98,7 @@ def fold_manifest(
         "predict": [],
     }
     used = {tile for tiles in split.values() for tile in tiles}
-    tiles = {
-        name: replace(
-            record,
-            image=str(folder / record.image),
-            labels=None if record.labels is None else str(folder / record.labels),
-        )
-        for name, record in manifest.tiles.items()
-        if name in used
-    }
+    tiles = {name: manifest.tiles[name].absolute(folder) for name in manifest.tiles if name in used}
     return replace(
         manifest, split=split, mean=mean.tolist(), std=std.tolist(), tiles=tiles
     ).sealed()

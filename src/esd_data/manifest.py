@@ -117,6 +117,13 @@ class TileRecord:
     sha256: str
     sample_sha256: str
 
+    def absolute(self, folder: Path) -> TileRecord:
+        """This record with its files by absolute path, `folder` being where it is relative
+        to (a view's records are absolute already and stay as they are)."""
+        folder = Path(folder).resolve()
+        labels = None if self.labels is None else str(folder / self.labels)
+        return replace(self, image=str(folder / self.image), labels=labels)
+
     def file_problem(self, folder: Path, full: bool = False) -> str | None:
         """What is wrong with this tile's files in `folder` (None: they are the recorded
         ones): missing, another size, or other content (sampled, or every pixel with `full`)."""

@@ -66,10 +66,10 @@ def held_out_member(checkpoint: dict[str, Any], path: Path) -> Member:
     )
     chooser = run.get("chosen_on")  # its settings, chosen by a sweep on these tiles
     if chooser:
-        tiles = dict(chooser["tiles"])
-        if chooser.get("raw_dir") != member.raw_dir:  # names of another folder: pixels only
-            tiles = {f"{chooser.get('raw_dir')}/{name}": digest for name, digest in tiles.items()}
+        tiles = member.in_own_folder(chooser["tiles"], chooser.get("raw_dir", ""))
         member = member.choosing(tiles, f"its settings, by {chooser['by']}")
+    for teacher in (run.get("pseudo_labels") or {}).get("teachers", []):
+        member = member.taught_by(Member.from_dict(teacher))
     return member
 
 

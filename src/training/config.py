@@ -176,6 +176,14 @@ class ESDConfig(FigureOptions):
         "what chose these settings and on which tiles (a sweep writes it into best_config.yaml; "
         "a model trained with them scores those tiles OPTIMISTIC)",
     )
+    pseudo_labels: dict[str, Any] | None = config_field(
+        None,
+        "the pseudo-label set a self-trained student learns from (scripts.self_train writes it: "
+        "its tiles, teacher, confidence and cells kept per class)",
+    )
+    pseudo_weight: float = config_field(
+        1.0, "loss weight of a pseudo-labelled cell relative to a labelled one (self-training)"
+    )
     wandb_project: str = config_field("esd", "W&B project")
     wandb_run_name: str | None = config_field(None, "run name (None: <model_type>-<date>-<time>)")
     wandb_mode: WandbMode = config_field(
@@ -228,6 +236,8 @@ class ESDConfig(FigureOptions):
                 problems.append(f"{name} must not be negative, got {value}")
         if self.limit_train_batches == 0:
             problems.append("limit_train_batches 0 trains nothing: give a count or a fraction")
+        if not 0.0 < self.pseudo_weight <= 1.0:
+            problems.append(f"pseudo_weight must be in (0, 1], got {self.pseudo_weight}")
         name = self.wandb_run_name
         if name is not None and (
             not name.strip()

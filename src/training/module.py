@@ -35,7 +35,9 @@ STAGES = ("train", "val", "test")
 class ESDSegmentation(L.LightningModule):
     """Wraps `build_model(model_type, …)` with the loss, optimiser, scheduler and metrics.
 
-    Batches are the datamodule's dicts (`X` (B, C, H, W), `y` (B, t, t) in 0..3). Metrics are
+    Batches are the datamodule's dicts (`X` (B, C, H, W), `y` (B, t, t) in 0..3, −1 for no
+    label). A self-trained student's `pseudo_tiles` carry pseudo-labels, whose cells weigh
+    `pseudo_weight` in the training loss (1: as much as a labelled cell). Metrics are
     accumulated over each epoch and logged as `train_*`, `val_*` and `test_*` (see
     `src.training.metrics`); `val_f1_class1` is the contest's score. The data geometry
     (`channels`, `cell_px`, `tile_size_gt`) and the run's whole configuration (`run_config`,
@@ -64,6 +66,8 @@ class ESDSegmentation(L.LightningModule):
         monitor_mode: Literal["max", "min"] = "max",
         run_config: dict[str, Any] | None = None,
         data_identity: dict[str, Any] | None = None,
+        pseudo_tiles: list[str] | None = None,
+        pseudo_weight: float = 1.0,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["data_identity"])
@@ -82,6 +86,7 @@ class ESDSegmentation(L.LightningModule):
         self.val_metrics = segmentation_metrics("val_")
         self.test_metrics = segmentation_metrics("test_")
         self.epoch_loss = nn.ModuleDict({f"{stage}_loss": MeanMetric() for stage in STAGES})
+        self.pseudo_tiles = frozenset(pseudo_tiles or ())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits (B, 4, t, t) for images (B, C, t·cell_px, t·cell_px)."""
@@ -89,12 +94,24 @@ class ESDSegmentation(L.LightningModule):
 
     def _step(self, batch: dict[str, Any], stage: str, batch_idx: int = -1) -> torch.Tensor:
         logits = self(batch["X"])
-        loss = self.loss(logits, batch["y"])
+        loss = self.loss(
+            logits, batch["y"], self._sample_weights(batch) if stage == "train" else None
+        )
         if not torch.isfinite(loss):
             raise NonFiniteError(self._non_finite(batch, stage, batch_idx, loss))
         self.epoch_loss[f"{stage}_loss"].update(loss.detach(), weight=batch["X"].shape[0])
         getattr(self, f"{stage}_metrics").update(logits.detach().softmax(dim=1), batch["y"])
         return loss
+
+    def _sample_weights(self, batch: dict[str, Any]) -> torch.Tensor | None:
+        """`pseudo_weight` for subtiles of pseudo-labelled tiles, 1 for the others (None when
+        they all weigh 1)."""
+        weight = self.hparams.pseudo_weight
+        if weight == 1.0 or not self.pseudo_tiles:
+            return None
+        return torch.tensor(
+            [weight if tile in self.pseudo_tiles else 1.0 for tile in batch["tile"]]
+        )
 
     def _log_epoch_metrics(self, stage: str) -> None:
         """Compute (synchronised across processes by torchmetrics), log and reset.

@@ -145,7 +145,24 @@ def build_module(config: ESDConfig, data: ESDDataModule) -> ESDSegmentation:
         monitor_mode=config.monitor_mode,
         run_config=config_values(config),
         data_identity=identity.to_dict(),
+        pseudo_tiles=pseudo_tiles(config, manifest),
+        pseudo_weight=config.pseudo_weight,
     )
+
+
+def pseudo_tiles(config: ESDConfig, manifest: Manifest) -> list[str] | None:
+    """The training tiles that carry `config.pseudo_labels` (None without); ValueError when
+    the set names tiles the folder does not train on (a student's folder was replaced)."""
+    if config.pseudo_labels is None:
+        return None
+    tiles = list(config.pseudo_labels["tiles"])
+    missing = sorted(set(tiles) - set(manifest.split["train"]))
+    if missing:
+        raise ValueError(
+            f"{config.processed_dir} does not train on the pseudo-labelled tile(s) "
+            f"{', '.join(missing[:5])}: run the self-training again (python -m scripts.self_train)"
+        )
+    return tiles
 
 
 def validates(config: ESDConfig) -> bool:

@@ -1,0 +1,1 @@
+"""Self-training: a teacher's confident predictions on unlabelled tiles train a student."""
