@@ -177,7 +177,7 @@ def test_a_finished_self_training_is_reused_and_an_interrupted_round_completes(r
 
 @pytest.mark.slow
 def test_refusals_before_any_student_trains(run, tmp_path):
-    base = dict(output_dir=tmp_path / "self", confidence=0.5)
+    base = {"output_dir": tmp_path / "self", "confidence": 0.5}
     teacher = [run["teacher"]]
     # another plan in the same folder
     other = SelfTrainConfig(**{**vars(run["options"]), "confidence": 0.7})
@@ -186,7 +186,7 @@ def test_refusals_before_any_student_trains(run, tmp_path):
     # a raw folder whose tile has ground truth
     labelled = tmp_path / "labelled"
     generate_synthetic_dataset(labelled, n_tiles=1, seed=7, tile_px=64)
-    with pytest.raises(ValueError, match="Tile1 of .* has ground truth"):
+    with pytest.raises(ValueError, match=r"Tile1 of .* has ground truth"):
         self_train(SelfTrainConfig(model_path=teacher, unlabelled=[labelled], **base),
                    run["student"], log=lambda _: None)  # fmt: skip
     # a labelled tile's copy without its ground truth
