@@ -8,11 +8,9 @@ from __future__ import annotations
 
 import csv
 import os
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -21,6 +19,7 @@ import pytest
 import yaml
 
 from src.sweeps.study import WORKER, WORKER_DIED, open_storage
+from tests.postgres_server import postgres_server
 
 ROOT = Path(__file__).resolve().parents[1]
 # One torch thread per process (see conftest): the same results, without OpenMP contention.
@@ -151,52 +150,11 @@ def test_cross_validated_objective_is_the_mean_of_its_folds(
 # PostgreSQL
 
 
-def _server_binaries() -> tuple[Path, Path] | None:
-    for folder in sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True):
-        if (folder / "initdb").is_file() and (folder / "pg_ctl").is_file():
-            return folder / "initdb", folder / "pg_ctl"
-    initdb, pg_ctl = shutil.which("initdb"), shutil.which("pg_ctl")
-    return (Path(initdb), Path(pg_ctl)) if initdb and pg_ctl else None
-
-
 @pytest.fixture(scope="module")
 def postgres_url():
     """A PostgreSQL server on a local socket for this module (skipped where none can start)."""
-    binaries = _server_binaries()
-    if binaries is None:
-        pytest.skip("no PostgreSQL server here (Debian's postgresql package; .ci/run installs it)")
-    pytest.importorskip("psycopg2", reason="psycopg2 is not installed")
-    initdb, pg_ctl = binaries
-    root = Path(tempfile.mkdtemp(prefix="esd-postgres-"))
-    as_postgres: list[str] = []
-    if os.geteuid() == 0:  # the server refuses to run as root
-        as_postgres = ["runuser", "-u", "postgres", "--"]
-        shutil.chown(root, "postgres")
-    root.chmod(0o755)
-    data, log = root / "data", root / "server.log"
-    started = subprocess.run(
-        [*as_postgres, str(initdb), "-D", str(data), "-A", "trust", "-U", "postgres"],
-        capture_output=True, text=True,
-    )  # fmt: skip
-    if started.returncode == 0:
-        started = subprocess.run(
-            [*as_postgres, str(pg_ctl), "-D", str(data), "-l", str(log), "-w", "-o",
-             f"-k {root} -c listen_addresses=''", "start"],
-            capture_output=True, text=True,
-        )  # fmt: skip
-    if started.returncode != 0:
-        shutil.rmtree(root, ignore_errors=True)
-        pytest.skip(f"PostgreSQL could not start here: {started.stderr.strip()[-300:]}")
-    import psycopg2
-
-    connection = psycopg2.connect(dbname="postgres", user="postgres", host=str(root))
-    connection.autocommit = True
-    connection.cursor().execute("CREATE DATABASE esd")
-    connection.close()
-    yield f"postgresql+psycopg2://postgres@/esd?host={root}"
-    subprocess.run([*as_postgres, str(pg_ctl), "-D", str(data), "-m", "fast", "stop"],
-                   capture_output=True)  # fmt: skip
-    shutil.rmtree(root, ignore_errors=True)
+    with postgres_server() as url:
+        yield url
 
 
 @pytest.mark.slow
