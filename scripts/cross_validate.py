@@ -2,7 +2,9 @@
 
 Every `scripts.train` option is fixed for all folds; results go to `cv/<name>/` (per fold,
 out of fold, `summary.json`, `summary.csv`, `summary.png`). Calling again completes an
-interrupted run.
+interrupted run; any number of workers share it (`--workers`, or the same command started
+again, on other machines with `--storage`); `--status DIR` says where it stands and
+`--summarize DIR` writes the summary of the units finished so far.
 """
 
 from __future__ import annotations
@@ -54,13 +56,12 @@ def parse_arguments(argv: Sequence[str] | None = None) -> tuple[CVConfig, ESDCon
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse the options and run (or complete) the cross-validation, in `--workers` processes;
-    or print where one stands (`--status DIR`)."""
+    or print where one stands (`--status DIR`); or summarize its finished units (`--summarize
+    DIR`)."""
     cv, base = parse_arguments(argv)
-    if cv.status is not None:
-        from src.cross_validation.status import format_status
-
+    if cv.status is not None or cv.summarize is not None:
         try:
-            print(format_status(cv.status))
+            print(_look(cv, base))
         except ValueError as error:
             print(f"error: {error}", file=sys.stderr)
             return 1
@@ -76,6 +77,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 1
     return 0
+
+
+def _look(cv: CVConfig, base: ESDConfig) -> str:
+    """What `--status` or `--summarize` prints (ValueError in one line)."""
+    if cv.status is not None:
+        from src.cross_validation.status import format_status
+
+        return format_status(cv.status, cv.storage, cv.lease_s)
+    from src.cross_validation.outputs import summarize_folder
+    from src.visualization.figure_output import figure_output
+
+    with figure_output(base):
+        return summarize_folder(cv.summarize, cv)
 
 
 def run_workers(argv: list[str], workers: int, base: ESDConfig) -> int:

@@ -95,15 +95,33 @@ class CVConfig:
         "one device each: worker k gets device k); the same command started on other machines "
         "sharing the folder joins them",
     )
+    storage: str | None = config_field(
+        None,
+        "PostgreSQL URL (postgresql://user@host/db) through which workers claim units, where "
+        "file locks on a shared disk cannot be trusted across machines (None: file locks); "
+        "every worker, --status and --summarize give the same",
+    )
+    lease_s: float = config_field(
+        120.0,
+        "--storage: a unit whose worker has not renewed its lease for this long (it renews "
+        "every quarter of it) is taken over by another worker and resumed from its last.ckpt",
+    )
     status: Path | None = config_field(
         None, "print where the cross-validation in this folder stands (done, running, failed, "
         "waiting) and exit",
     )  # fmt: skip
+    summarize: Path | None = config_field(
+        None,
+        "write the summary of the cross-validation in this folder from its finished units, "
+        "training nothing: with units missing, partial_summary.json/.csv and a PARTIAL table "
+        "naming them (summary.json only once every unit is done) and exit",
+    )
 
     def __post_init__(self) -> None:
         check_field_types(self)
         self.output_dir = Path(self.output_dir)
         self.status = None if self.status is None else Path(self.status)
+        self.summarize = None if self.summarize is None else Path(self.summarize)
         problems = []
         if self.folds < 2:
             problems.append(f"folds must be at least 2, got {self.folds}")
@@ -113,6 +131,13 @@ class CVConfig:
             problems.append(f"seeds must be at least 1, got {self.seeds}")
         if self.workers < 1:
             problems.append(f"workers must be at least 1, got {self.workers}")
+        if self.lease_s <= 0:
+            problems.append(f"lease_s must be positive, got {self.lease_s}")
+        if self.storage is not None and not self.storage.startswith("postgresql"):
+            problems.append(
+                f"--storage {self.storage.split('://')[0]}://… cannot claim units: give a "
+                f"PostgreSQL URL (postgresql://user@host/db), or none for file locks"
+            )
         if not 0.0 < self.inner_val_fraction < 1.0:
             problems.append(f"inner_val_fraction must be in (0, 1), got {self.inner_val_fraction}")
         unknown = [m for m in self.model_type if m not in MODEL_TYPES]

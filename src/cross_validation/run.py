@@ -9,9 +9,12 @@ without them (`--selection inner`: early stopping and best epoch on an inner spl
 fold's training tiles; `last`: the last epoch, no validation at all; `outer`, optimistic
 and labelled so: on the held-out tiles themselves). The out-of-fold (OOF) predictions,
 every labelled tile predicted once by the fold that did not train on it, are gathered in
-`<model>/oof/` and scored together, with per-tile confusion matrices for the intervals and
-paired comparisons over tiles. The summary (`summary.json`, `summary.csv`,
-`summary.png`, a printed table) is written by `src.cross_validation.summary`.
+`<model>/oof/` and scored together (`src.cross_validation.out_of_fold`), with per-tile
+confusion matrices for the intervals and paired comparisons over tiles. The summary
+(`summary.json`, `summary.csv`, `summary.png`, a printed table) is written once every unit
+is done (`src.cross_validation.outputs`, `.summary`). The units are shared by any number of
+workers through claims (`src.cross_validation.claims`: file locks, or leases in PostgreSQL
+with `--storage`).
 
 Everything that determines the scores (each model's training options, the selection rule,
 folds, TTA, the data's fingerprint) is recorded with its hash in `folds.json` and every
@@ -22,40 +25,25 @@ completes an interrupted run (resuming a fold that stopped part-way from its `la
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import fcntl
 import shutil
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import numpy as np
-import tifffile
 
 from src.atomic import write_json
-from src.cross_validation.claims import FAILED_FILE, claimed
+from src.cross_validation.claims import FAILED_FILE, Claims, open_claims
 from src.cross_validation.config import CVConfig
-from src.cross_validation.summary import (
-    SCORES,
-    headline_order,
-    model_summary,
-    pair_models,
-    write_summary,
-)
+from src.cross_validation.outputs import write_outputs
+from src.cross_validation.summary import SCORES
 from src.cross_validation.variants import Variant, model_variants
 from src.esd_data.folds import assign_folds, class1_shares, fold_manifest, inner_split
 from src.esd_data.manifest import Manifest
 from src.esd_data.preparation import preparation_lock, record_run
-from src.esd_data.sensors import CLASS_NAMES
-from src.evaluation.bootstrap import (
-    bootstrap_intervals,
-    bootstrap_record,
-    confusion,
-    scores_of_confusion,
-)
 from src.evaluation.config import EvalConfig
 from src.evaluation.cv_record import (
     FOLD_RESULT_FILE,
@@ -63,16 +51,14 @@ from src.evaluation.cv_record import (
     HYPERPARAMETERS_CHOSEN,
     read_json,
 )
-from src.evaluation.decision import cross_fitted
 from src.evaluation.evaluate import evaluate
-from src.evaluation.evaluator import TilePrediction
-from src.evaluation.report import CLASS_TITLES, tile_scores, write_run_outputs
 from src.training.config import ESDConfig, weights_checked_later
 from src.training.result_config import config_hash, differences, result_config
 from src.training.train import build_datamodule, train
-from src.visualization.evaluation_plots import plot_confusion_matrix, plot_roc_curves
 from src.visualization.figure_output import figure_output
-from src.visualization.learning_curves import plot_learning_curves
+
+OUTPUT_OPTIONS = ("bootstrap_resamples", "bootstrap_seed", "tile_pictures")
+"""The options of the shared outputs besides the protocol, recorded in the plan."""
 
 
 class ConfigurationMismatchError(ValueError):
@@ -111,11 +97,6 @@ def plan_units(shares: dict[str, float], cv: CVConfig, seed: int) -> list[Unit]:
             start = len(units)
             units += [Unit(start + k, repeat, seed_index, held) for k, held in enumerate(folds)]
     return units
-
-
-def oof_set_name(repeat: int, seed_index: int, cv: CVConfig) -> str:
-    """The folder, under `<model>/oof/`, of one partition's out-of-fold predictions."""
-    return f"repeat_{repeat}" + (f"_seed_{seed_index}" if cv.seeds > 1 else "")
 
 
 def _check_same(path: Path, recorded: dict[str, Any], wanted: dict[str, Any], hint: str) -> None:
@@ -276,164 +257,6 @@ def pretrained_copy(config: ESDConfig, root: Path) -> ESDConfig:
     return dataclasses.replace(config, weights_path=found[0])
 
 
-def _out_of_fold(
-    oof: Path,
-    model_dir: Path,
-    results: list[dict[str, Any]],
-    manifest: Manifest,
-    processed_dir: Path,
-    cv: CVConfig,
-    figures: bool = True,
-) -> dict[str, Any]:
-    """Gather the held-out predictions of one set of folds into `oof` and score them together
-    (with per-tile confusion matrices and intervals over tiles), drawing its confusion matrix
-    and ROC curves when `figures`; returns its metrics."""
-    predictions, per_tile = [], []
-    for result in results:
-        tiles = model_dir / f"fold_{result['fold']}" / "predictions" / "tiles"
-        for tile in result["val_tiles"]:
-            for suffix in ("_prediction.tif", "_probabilities.tif"):
-                target = oof / "tiles" / f"{tile}{suffix}"
-                target.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(tiles / f"{tile}{suffix}", target)
-            truth = np.load(processed_dir / manifest.tiles[tile].labels).astype(np.uint8)
-            prediction = TilePrediction(
-                tile,
-                tifffile.imread(oof / "tiles" / f"{tile}_probabilities.tif"),
-                tifffile.imread(oof / "tiles" / f"{tile}_prediction.tif"),
-                truth,
-            )
-            predictions.append(prediction)
-            per_tile.append({"tile": tile, "fold": result["fold"], **tile_scores(prediction)})
-    info = {"out_of_fold": True, "folds": len(results), "selection": results[0]["selection"]}
-    if cv.decision == "class1_threshold":
-        info["decision"] = _threshold_decision(predictions, results, cv)
-    return write_run_outputs(
-        oof, predictions, per_tile, info, cv.bootstrap_resamples, cv.bootstrap_seed, figures
-    )
-
-
-def _threshold_decision(predictions: list[TilePrediction], results: list[dict[str, Any]],
-                        cv: CVConfig) -> dict[str, Any]:  # fmt: skip
-    """The out-of-fold scores under the class-1 threshold decision, each fold's threshold
-    chosen on the other folds' out-of-fold predictions, beside the arg-max's."""
-    probabilities = {p.tile: p.probabilities for p in predictions}
-    truths = {p.tile: p.truth for p in predictions}
-    folds = [list(r["val_tiles"]) for r in results]
-    labels, thresholds = cross_fitted(probabilities, truths, folds)
-    confusions = [confusion(truths[t], labels[t]) for t in probabilities]
-    scores = scores_of_confusion(np.sum(confusions, axis=0))
-    return {
-        "rule": "class1_threshold",
-        "chosen_on": "each fold's threshold on the other folds' out-of-fold predictions",
-        "thresholds": thresholds,
-        "f1_class1": float(scores["f1_class1"]),
-        "interval": bootstrap_intervals(confusions, cv.bootstrap_resamples,
-                                        cv.bootstrap_seed).get("f1_class1"),
-        "f1_class1_argmax": float(scores_of_confusion(
-            np.sum([confusion(p.truth, p.labels) for p in predictions], axis=0))["f1_class1"]),
-        "tile_confusions": {t: c.tolist() for t, c in zip(probabilities, confusions, strict=True)},
-    }  # fmt: skip
-
-
-def _repeated_out_of_fold(
-    model_dir: Path, results: list[dict[str, Any]], manifest: Manifest, processed_dir: Path,
-    cv: CVConfig, figures: bool,
-) -> dict[str, Any]:  # fmt: skip
-    """The out-of-fold metrics: of `oof/` for one partition; with repetitions or seeds, each
-    partition's in `oof/repeat_<r>[_seed_<s>]/` (without figures) and, returned, their
-    pooling: each tile's confusion matrix summed over the partitions (every tile predicted
-    once in each), scored and bootstrapped over tiles like one out-of-fold set. With
-    `figures`, the confusion matrix and ROC curves (of every partition's probabilities) are
-    drawn in `oof/`."""
-    if cv.repeats * cv.seeds == 1:
-        return _out_of_fold(model_dir / "oof", model_dir, results, manifest, processed_dir, cv,
-                            figures)  # fmt: skip
-    sets = {
-        oof_set_name(r, s, cv): results[(r * cv.seeds + s) * cv.folds :][: cv.folds]
-        for r in range(cv.repeats)
-        for s in range(cv.seeds)
-    }
-    partitions = [
-        _out_of_fold(model_dir / "oof" / name, model_dir, members, manifest, processed_dir, cv,
-                     figures=False)
-        for name, members in sets.items()
-    ]  # fmt: skip
-    pooled: dict[str, dict[str, Any]] = {}
-    for metrics in partitions:
-        for entry in metrics["tiles"]:
-            matrix = np.array(entry["confusion_matrix"])
-            if entry["tile"] in pooled:
-                pooled[entry["tile"]]["confusion_matrix"] += matrix
-            else:
-                pooled[entry["tile"]] = {"tile": entry["tile"], "fold": entry["fold"],
-                                         "truth_sha256": entry["truth_sha256"],
-                                         "confusion_matrix": matrix}  # fmt: skip
-    tiles = []
-    for entry in pooled.values():
-        scores = scores_of_confusion(entry["confusion_matrix"])
-        tiles.append({**entry, **{k: float(v) for k, v in scores.items()},
-                      "confusion_matrix": entry["confusion_matrix"].tolist()})  # fmt: skip
-    matrices = np.array([t["confusion_matrix"] for t in tiles])
-    overall = scores_of_confusion(matrices.sum(axis=0))
-    if figures:
-        _pooled_figures(model_dir / "oof", list(sets), matrices.sum(axis=0), manifest,
-                        processed_dir)  # fmt: skip
-    record = bootstrap_record(cv.bootstrap_resamples, cv.bootstrap_seed, matrices)
-    decisions = [m["decision"] for m in partitions if "decision" in m]
-    return {
-        **({"decision": _pooled_decision(decisions, cv)} if decisions else {}),
-        "overall": {k: float(v) for k, v in overall.items()},
-        "overall_interval": bootstrap_intervals(
-            matrices, cv.bootstrap_resamples, cv.bootstrap_seed
-        ),
-        "bootstrap": record,
-        "tiles": tiles,
-        "repeats": [m["overall"] for m in partitions],
-        "sets": list(sets),
-    }
-
-
-def _pooled_decision(decisions: list[dict[str, Any]], cv: CVConfig) -> dict[str, Any]:
-    """The threshold decision's scores pooled over the partitions (each tile's counts summed),
-    every partition's thresholds kept."""
-    tiles: dict[str, np.ndarray] = {}
-    for decision in decisions:
-        for tile, matrix in decision["tile_confusions"].items():
-            tiles[tile] = tiles.get(tile, 0) + np.array(matrix)
-    argmax = [d["f1_class1_argmax"] for d in decisions]
-    matrices = list(tiles.values())
-    return {
-        **{k: decisions[0][k] for k in ("rule", "chosen_on")},
-        "thresholds": [t for d in decisions for t in d["thresholds"]],
-        "f1_class1": float(scores_of_confusion(np.sum(matrices, axis=0))["f1_class1"]),
-        "interval": bootstrap_intervals(matrices, cv.bootstrap_resamples,
-                                        cv.bootstrap_seed).get("f1_class1"),
-        "f1_class1_argmax_per_partition": argmax,
-    }  # fmt: skip
-
-
-def _pooled_figures(oof: Path, sets: list[str], matrix: np.ndarray, manifest: Manifest,
-                    processed_dir: Path) -> None:  # fmt: skip
-    """The pooled confusion matrix and the ROC curves of every partition's probabilities,
-    drawn in `oof/` (each partition's own are in its folder)."""
-    truths, probabilities = [], []
-    for name in sets:
-        for path in sorted((oof / name / "tiles").glob("*_probabilities.tif")):
-            tile = path.name.removesuffix("_probabilities.tif")
-            truths.append(np.load(processed_dir / manifest.tiles[tile].labels).ravel())
-            probabilities.append(tifffile.imread(path).reshape(4, -1).T)
-    title = f"out of fold, pooled over {len(sets)} partitions ({len(truths) // len(sets)} tiles)"
-    plot_confusion_matrix(matrix, CLASS_TITLES, oof / "confusion_matrix.png", title)
-    plot_roc_curves(np.concatenate(truths).astype(np.int64) - 1, np.concatenate(probabilities),
-                    CLASS_NAMES, oof / "roc_curves.png", title)  # fmt: skip
-
-
-def _metrics_csv(model_dir: Path, fold: int) -> Path | None:
-    """The fold's `metrics.csv` (None when its logs are gone)."""
-    return next((model_dir / f"fold_{fold}" / "logs").rglob("metrics.csv"), None)
-
-
 def _model_identity(cv: CVConfig, config: ESDConfig, data_fingerprint: str) -> dict[str, Any]:
     return {"training": result_config(config), "protocol": cv.protocol(), "data": data_fingerprint}
 
@@ -500,6 +323,8 @@ def _cross_validate(
         "processed_dir": str(processed),
         "configuration": configuration,
         "configuration_hash": digest,
+        # what --summarize writes the outputs with (they do not change the scores)
+        "outputs": {k: getattr(cv, k) for k in OUTPUT_OPTIONS},
     }
     if chosen_by is not None:
         plan[HYPERPARAMETERS_CHOSEN] = chosen_by
@@ -518,7 +343,8 @@ def _run_plan(
     """Record the plan (or check it against the recorded one), train the units no worker has
     finished or holds (waiting for the ones other workers train), then write the summary."""
     _fold_plan(root, plan, default_name)
-    with _summary_turn(root):  # one worker copies the weights to start from, once
+    claims = open_claims(root, plan, cv.storage, cv.lease_s, worker=True)
+    with claims.turn():  # one worker copies the weights to start from, once
         for config in configs.values():
             pretrained_copy(config, root)
     log(
@@ -531,29 +357,12 @@ def _run_plan(
     with preparation_lock(processed, shared=True):
         record_run(processed, root, manifest.fingerprint)
         done = _train_units(cv, base, log, extra_callbacks, on_fold, variants, units, manifest,
-                            processed, shares, seed, root)  # fmt: skip
-        summaries = []
-        for variant in variants:
-            model_dir = root / variant.name
-            results = [done[(variant.name, unit.index)] for unit in units]
-            # an ablation variant's figures are drawn where pictures are looked at (`all`)
-            figures = cv.tile_pictures == "all" or variant.reference is None
-            with _summary_turn(root):  # one worker at a time writes the shared outputs
-                oof = _repeated_out_of_fold(model_dir, results, manifest, processed, cv, figures)
-                curves = {f"fold {r['fold']}": _metrics_csv(model_dir, r["fold"]) for r in results}
-                if figures:
-                    plot_learning_curves(
-                        {k: v for k, v in curves.items() if v is not None},
-                        f"{variant.name}: learning curves of the {len(results)} folds",
-                        model_dir / "learning_curves.png",
-                        val_label=VAL_LABELS[cv.selection],
-                    )
-            summaries.append(model_summary(variant, results, oof, cv.selection, plan))
-    summaries.sort(key=headline_order)
-    pairs = pair_models(summaries, cv)
-    with _summary_turn(root):
-        log(write_summary(root, summaries, pairs, plan, cv))
-    return {"plan": plan, "models": summaries, "pairs": pairs, "root": str(root)}
+                            processed, shares, seed, root, claims)  # fmt: skip
+        results = {v.name: [done[(v.name, unit.index)] for unit in units] for v in variants}
+        with claims.turn():  # one worker at a time writes the shared outputs
+            outputs = write_outputs(root, plan, cv, results, manifest, processed)
+    log(outputs["printed"])
+    return {"plan": plan, "models": outputs["models"], "pairs": outputs["pairs"], "root": str(root)}
 
 
 WAIT_S = 2.0
@@ -565,7 +374,7 @@ def _train_units(
     extra_callbacks: list[L.Callback] | None,
     on_fold: Callable[[str, int, dict[str, Any]], None] | None, variants: list[Variant],
     units: list[Unit], manifest: Manifest, processed: Path, shares: dict[str, float],
-    seed: int, root: Path,
+    seed: int, root: Path, claims: Claims,
 ) -> dict[tuple[str, int], dict[str, Any]]:  # fmt: skip
     """Every unit's result: read back when finished, trained when this worker claims it, and
     waited for while another worker holds it (a worker that dies loses its claim, and its unit
@@ -580,7 +389,7 @@ def _train_units(
             if cv.seeds > 1:
                 config = dataclasses.replace(config, seed=base.seed + unit.seed_index)
             outcome = _unit(cv, config, variant, unit, manifest, processed, shares, seed,
-                            root / variant.name, extra_callbacks)  # fmt: skip
+                            root / variant.name, extra_callbacks, claims)  # fmt: skip
             if outcome is None:
                 held.append((variant, unit))
                 continue
@@ -607,22 +416,6 @@ def _train_units(
     return done
 
 
-@contextlib.contextmanager
-def _summary_turn(root: Path) -> Iterator[None]:
-    """Hold the cross-validation's summary lock (workers write the shared outputs in turn)."""
-    with (root / ".summary.lock").open("a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-VAL_LABELS = {"inner": "inner val", "outer": "held-out val", "last": "val"}
-"""What a fold's validation curve is, by selection rule: an inner split of its training
-tiles, or its held-out tiles themselves (`last` validates nothing)."""
-
-
 def _unit_label(unit: Unit, cv: CVConfig) -> str:
     label = f"fold {unit.index}"
     if cv.repeats > 1 or cv.seeds > 1:
@@ -635,7 +428,7 @@ UnitOutcome = tuple[dict[str, Any], bool] | None
 
 def _unit(cv: CVConfig, config: ESDConfig, variant: Variant, unit: Unit, manifest: Manifest,
           processed: Path, shares: dict[str, float], seed: int, model_dir: Path,
-          extra_callbacks: list[L.Callback] | None) -> UnitOutcome:  # fmt: skip
+          extra_callbacks: list[L.Callback] | None, claims: Claims) -> UnitOutcome:  # fmt: skip
     """The unit's result: trained and evaluated now (resumed from its last.ckpt when a worker
     stopped part-way), or read back when a worker finished it with the same configuration;
     and whether it was read back. None while another worker holds its claim."""
@@ -653,7 +446,7 @@ def _unit(cv: CVConfig, config: ESDConfig, variant: Variant, unit: Unit, manifes
 
     if done.is_file():
         return finished(), True
-    with claimed(fold_dir) as mine:
+    with claims.claimed(fold_dir) as mine:
         if not mine:
             return None
         if done.is_file():  # finished by another worker since we looked
@@ -663,8 +456,26 @@ def _unit(cv: CVConfig, config: ESDConfig, variant: Variant, unit: Unit, manifes
             cv.tile_pictures == "full" and variant.reference is None
         )
         plan = FoldPlan(unit.index, view, scored, identity)
+        callbacks = [*(extra_callbacks or []), _LeaseGuard(lambda: claims.lost(fold_dir))]
         try:
-            return _run_fold(config, cv, plan, fold_dir, extra_callbacks, pictures), False
+            return _run_fold(config, cv, plan, fold_dir, callbacks, pictures), False
+        except LeaseLostError:  # another worker took the unit over: it finishes it
+            return None
         except Exception as error:  # said by --status; the next worker tries it again
             (fold_dir / FAILED_FILE).write_text(f"{type(error).__name__}: {error}\n")
             raise
+
+
+class LeaseLostError(RuntimeError):
+    """This worker's claim on the unit it trains was taken over by another worker."""
+
+
+class _LeaseGuard(L.Callback):
+    """Stops a unit's training at the next batch once `lost()` says its claim is gone."""
+
+    def __init__(self, lost: Callable[[], bool]) -> None:
+        self.lost = lost
+
+    def on_train_batch_end(self, *args: Any) -> None:
+        if self.lost():
+            raise LeaseLostError("the lease on this unit was taken over by another worker")

@@ -14,7 +14,6 @@ import numpy as np
 
 from src.atomic import atomic_path, write_json
 from src.cross_validation.config import SELECTION_LABELS, CVConfig
-from src.cross_validation.variants import Variant
 from src.evaluation.bootstrap import INTERVAL_SCORES
 from src.evaluation.comparison import compare_pair, cv_scored_run, format_pairs, holm
 from src.evaluation.cv_record import HYPERPARAMETERS_CHOSEN, SUMMARY_FILE
@@ -23,6 +22,9 @@ from src.visualization.evaluation_plots import plot_cross_validation
 from src.visualization.figure_output import figure_file
 
 SCORES = ("f1_class1", "accuracy", "iou_macro", "f1_macro")
+PARTIAL_STEM = "partial_summary"
+"""The summary of a cross-validation with units missing: `partial_summary.json` and `.csv`
+(never `summary.json`, which its readers take for the complete one)."""
 
 
 def oof_ledger(results: list[dict[str, Any]], plan: dict[str, Any]) -> Ledger:
@@ -47,17 +49,22 @@ def headline_order(summary: dict[str, Any]) -> float:
     return -summary["out_of_fold"]["f1_class1"]
 
 
-def model_summary(variant: Variant, results: list[dict[str, Any]], oof: dict[str, Any],
-                  selection: str, plan: dict[str, Any]) -> dict[str, Any]:  # fmt: skip
+def model_summary(
+    name: str, reference: str | None, results: list[dict[str, Any]], oof: dict[str, Any],
+    selection: str, plan: dict[str, Any],
+) -> dict[str, Any]:  # fmt: skip
     """One model's folds, mean and sample std (ddof=1) over them, its OOF scores with their
-    intervals over tiles (`oof` is its out-of-fold metrics) and its held-out ledger."""
+    intervals over tiles (`oof` is its out-of-fold metrics) and its held-out ledger; its
+    model type and bands as `plan` records them, `reference` the full model it is compared
+    with (None for a full model)."""
     values = {k: np.array([r["scores"][k] for r in results]) for k in SCORES}
     ledger = oof_ledger(results, plan)
+    training = plan["configuration"]["models"][name]["training"]
     return {
-        "name": variant.name,
-        "model_type": variant.config.model_type,
-        "bands": variant.config.bands,
-        "reference": variant.reference,
+        "name": name,
+        "model_type": training["model_type"],
+        "bands": training["bands"],
+        "reference": reference,
         "selection": selection,
         "optimistic": ledger.optimistic,
         "held_out": ledger.record(),
@@ -76,13 +83,15 @@ def model_summary(variant: Variant, results: list[dict[str, Any]], oof: dict[str
 def pair_models(summaries: list[dict[str, Any]], cv: CVConfig) -> list[dict[str, Any]]:
     """Paired differences on the same folds and tiles: each ablation against its full model,
     and every pair of full models (better minus worse, in leaderboard order); one family for
-    Holm's correction of the verdicts."""
+    Holm's correction of the verdicts. Models that scored other tiles (a partial summary's,
+    with other units missing) are not paired."""
     runs = {s["name"]: cv_scored_run(s, s["name"], s["name"]) for s in summaries}
     full = [s["name"] for s in summaries if s["reference"] is None]
     pairs = [(a, b) for k, a in enumerate(full) for b in full[k + 1 :]]
-    pairs += [(s["name"], s["reference"]) for s in summaries if s["reference"] is not None]
+    pairs += [(s["name"], s["reference"]) for s in summaries if s["reference"] in runs]
     return holm([
         compare_pair(runs[a], runs[b], cv.bootstrap_resamples, cv.bootstrap_seed) for a, b in pairs
+        if sorted(runs[a].tiles) == sorted(runs[b].tiles)
     ])  # fmt: skip
 
 
@@ -157,13 +166,28 @@ def format_summary(summaries: list[dict[str, Any]], pairs: list[dict[str, Any]])
     return "\n".join(lines)
 
 
+def partial_line(missing: list[dict[str, Any]], units: int) -> str:
+    """The first line of a partial summary: how many units are missing, and which."""
+    named = ", ".join(f"{m['model']} fold {m['fold']}" for m in missing)
+    return f"PARTIAL: {len(missing)} of {units} units missing ({named})"
+
+
 def write_summary(root: Path, summaries: list[dict[str, Any]], pairs: list[dict[str, Any]],
-                  plan: dict[str, Any], cv: CVConfig) -> str:  # fmt: skip
-    """Write `summary.json`, `summary.csv` and `summary.png`; the printed table and paths."""
+                  plan: dict[str, Any], cv: CVConfig,
+                  missing: list[dict[str, Any]] | None = None) -> str:  # fmt: skip
+    """Write `summary.json`, `summary.csv` and `summary.png`, or with units `missing`, the
+    partial summary (`partial_summary.json`, `.csv`, naming them); the printed table and
+    paths."""
     selection = summaries[0]["selection"]
+    stem = PARTIAL_STEM if missing else Path(SUMMARY_FILE).stem
+    partial = {}
+    if missing:
+        units = len(plan["folds"]) * len(plan["configuration"]["models"])
+        partial = {"partial": partial_line(missing, units), "missing": missing}
     write_json(
-        root / SUMMARY_FILE,
+        root / f"{stem}.json",
         {
+            **partial,
             "selection": selection,
             "selection_rule": SELECTION_LABELS[selection],
             "optimistic": any(s["optimistic"] for s in summaries),
@@ -194,8 +218,14 @@ def write_summary(root: Path, summaries: list[dict[str, Any]], pairs: list[dict[
         for row, values in rows.items():
             writer.writerow([name, model_type, selection, row, *(values[k] for k in SCORES),
                              tiles, label])  # fmt: skip
-    with atomic_path(root / "summary.csv") as temporary:
+    with atomic_path(root / f"{stem}.csv") as temporary:
         temporary.write_text(buffer.getvalue())
+    if missing:  # the figure joins fold k of every model: a partial one has no figure
+        return (
+            f"{partial['partial']}: the finished units' scores, models paired only where "
+            f"they scored the same tiles\n{format_summary(summaries, pairs)}\npartial summary: "
+            f"{root / f'{stem}.json'}, {root / f'{stem}.csv'}"
+        )
     plot_cross_validation(summaries, root / "summary.png")
     return (
         format_summary(summaries, pairs)
