@@ -2,7 +2,8 @@
 
 Permutes each group of channels (by sensor, by sensor and date, by band across dates) between
 the held-out subtiles and records the drop of class-1 F1 and macro F1; writes
-`importance.json`, `importance.csv` and one bar chart per grouping.
+`importance.json`, `importance.csv` and one bar chart per grouping. The same command started
+several times shares the parts (a cross-validation's folds) between the processes.
 """
 
 from __future__ import annotations

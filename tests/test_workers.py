@@ -1,6 +1,7 @@
 """Workers sharing one cross-validation: each unit trained exactly once, a dead worker's unit
 resumed by another, the summary equal to a one-process run's, `--status` true throughout;
-with file locks or through a PostgreSQL database; `--summarize` on a run with units missing."""
+with file locks or through a PostgreSQL database; `--summarize` on a run with units missing;
+processes sharing the folds of one permutation importance."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ import sqlalchemy
 from scripts.compare import main as compare_main
 from scripts.cross_validate import main as cross_validate_main
 from scripts.evaluate import main as evaluate_main
+from scripts.importance import main as importance_main
 from scripts.report import main as report_main
 from src.cross_validation.claims import claimed
 from src.cross_validation.db_claims import TABLE, DatabaseClaims
@@ -304,3 +306,26 @@ def test_a_dead_workers_lease_is_taken_over_once_stale_and_its_unit_resumed(
     taken_over = (unit / "data" / "manifest.json").stat().st_mtime  # written as it (re)starts
     assert taken_over >= last_beat.timestamp() + lease  # not before the lease lapsed
     assert leases(database) == []
+
+
+# --------------------------------------------------------------------------------------------
+# Permutation importance of a cross-validation's folds, shared by processes
+
+
+@pytest.mark.slow
+def test_importance_processes_compute_each_fold_once_and_agree_with_one(reference, tmp_path):
+    flags = ["--cv_dir", str(reference / "cv" / "UNet"), "--grouping", "sensor", "--repeats",
+             "2", "--bootstrap_resamples", "50"]  # fmt: skip
+    assert importance_main([*flags, "--results_dir", str(tmp_path / "one")]) == 0
+    command = [sys.executable, "-m", "scripts.importance", *flags, "--results_dir",
+               str(tmp_path / "shared")]  # fmt: skip
+    processes = [subprocess.Popen(command, cwd=ROOT, env=ENV, stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True) for _ in range(2)]  # fmt: skip
+    outputs = [p.communicate(timeout=300) for p in processes]
+    assert [p.returncode for p in processes] == [0, 0], [err[-2000:] for _, err in outputs]
+    computed = [line.split(" (")[0] for out, _ in outputs for line in out.splitlines()
+                if " computed by process " in line]  # fmt: skip
+    assert sorted(computed) == ["part 1 of 3", "part 2 of 3", "part 3 of 3"]  # each once
+    one, shared = (json.loads((tmp_path / d / "importance.json").read_text())
+                   for d in ("one", "shared"))  # fmt: skip
+    assert shared == one  # the same numbers to the last digit

@@ -11,12 +11,22 @@ and the std of the per-repeat drops. A checkpoint is scored on its own `val` or 
 a cross-validation's model on each fold's held-out tiles (pooled out of fold, over every
 repetition and seed); which tiles chose the models, and that no model trained on a scored
 tile, is the held-out ledger's to say. A group the model does not read has importance 0.
+
+Each part (one checkpoint on its held-out tiles: a cross-validation's fold) is a unit of work:
+the same command started several times (on one machine, or on several sharing the folder with
+working file locks) shares the parts as cross-validation workers share folds. A process claims
+a part (`src.cross_validation.claims`), computes its baseline and permuted confusion matrices
+into `<results_dir>.units/part_<k>.npz`, and once every part is there the results are written
+(each process in turn, the same files); a dead process's part is computed by the next. The
+units are reused by a later call only with the same evaluation and unchanged checkpoints.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +37,7 @@ import torch
 from tqdm import tqdm
 
 from src.atomic import atomic_path, replaced_folder, write_json
+from src.cross_validation.claims import claimed, locked
 from src.esd_data.dataset import ESDDataset
 from src.esd_data.identity import DataIdentity
 from src.esd_data.sensors import derived_followers, group_channels
@@ -223,34 +234,37 @@ def _permutation_importance(config: ImportanceConfig, log: Callable[[str], None]
     check_results_dir(results_dir, key, "importance.json", "importance computation")
     work = [(g, name) for g in config.grouping for name in groups[g]]
     log(f"permuting {len(work)} channel group(s) over {len(ledger.scored)} held-out tiles")
-    baseline_parts, permuted_parts = [], {}
     bar = tqdm(total=len(parts) * (1 + len(work)), desc="importance", unit="pass",
                disable=progress_disabled())  # fmt: skip
-    for index, part in enumerate(parts):
+
+    def compute(index: int) -> dict[str, np.ndarray]:
+        part = parts[index]
         predictor = Predictor(load_module(part.checkpoint, device), *part.identity.normalisation())
         windows = Windows(predictor, part, int(part.hparams["tile_size_gt"]))
-        baseline_parts.append(_confusions(predictor, windows, config.batch_size, device))
+        arrays = {"baseline": _confusions(predictor, windows, config.batch_size, device)}
         bar.update()
-        for grouping, name in work:
+        for number, (grouping, name) in enumerate(work):
             members, derived = groups[grouping][name]
             moved = [channels.index(c) for c in members + derived]
             # The seed names the group and the part, so results do not depend on the order.
             digest = hashlib.sha256(f"{config.seed}/{index}/{grouping}/{name}".encode()).digest()
             rng = np.random.default_rng(int.from_bytes(digest[:8], "little"))
-            repeats = [
-                _confusions(
-                    predictor,
-                    windows,
-                    config.batch_size,
-                    device,
-                    moved,
-                    rng.permutation(len(windows.x)),
-                )
+            arrays[f"work_{number}"] = np.array([
+                _confusions(predictor, windows, config.batch_size, device, moved,
+                            rng.permutation(len(windows.x)))
                 for _ in range(config.repeats)
-            ]
-            permuted_parts.setdefault((grouping, name), []).append(repeats)
+            ])  # fmt: skip
             bar.update()
+        return arrays
+
+    units = _units_folder(results_dir, key, parts)
+    computed = _shared_parts(units, parts, compute, log)
     bar.close()
+    baseline_parts = [arrays["baseline"] for arrays in computed]
+    permuted_parts = {
+        (grouping, name): [list(arrays[f"work_{number}"]) for arrays in computed]
+        for number, (grouping, name) in enumerate(work)
+    }
     part_tiles = [tile for part in parts for tile in part.tiles]
     tiles, baseline = _pooled(part_tiles, np.concatenate(baseline_parts))
     label = ledger.label
@@ -282,13 +296,69 @@ def _permutation_importance(config: ImportanceConfig, log: Callable[[str], None]
             rows.append({"group": name, "channels": len(members), "derived": derived, **drop})
         rows.sort(key=lambda row: -row["f1_class1"]["drop"])
         result["groupings"][grouping] = rows
-    with replaced_folder(results_dir) as staging:
+    with locked(units / LOCK_FILE), replaced_folder(results_dir) as staging:  # in turn
         for grouping, rows in result["groupings"].items():
             plot_importance(rows, grouping, result["baseline"]["f1_class1"],
                             staging / f"importance_{grouping}.png", label)  # fmt: skip
         _write_csv(staging / "importance.csv", result)
         write_json(staging / "importance.json", result)
     return result | {"results_dir": str(results_dir)}
+
+
+LOCK_FILE = ".lock"
+WAIT_S = 2.0
+"""How often a process looks again at the parts other processes compute."""
+
+
+def _units_folder(results_dir: Path, key: dict[str, Any], parts: list[HeldOutPart]) -> Path:
+    """`<results_dir>.units/`, its parts kept only when they were computed for `key` from
+    the checkpoint files as they are now (size and time of each)."""
+    folder = results_dir.with_name(f"{results_dir.name}.units")
+    folder.mkdir(parents=True, exist_ok=True)
+    files = [Path(part.checkpoint).stat() for part in parts]
+    stamp = {"evaluation_key": key, "checkpoints": [[f.st_size, f.st_mtime_ns] for f in files]}
+    with locked(folder / LOCK_FILE):
+        recorded = folder / "key.json"
+        if not recorded.is_file() or json.loads(recorded.read_text()) != stamp:
+            for stale in folder.glob("part_*.npz"):
+                stale.unlink()
+            write_json(recorded, stamp)
+    return folder
+
+
+def _shared_parts(folder: Path, parts: list[HeldOutPart],
+                  compute: Callable[[int], dict[str, np.ndarray]],
+                  log: Callable[[str], None]) -> list[dict[str, np.ndarray]]:  # fmt: skip
+    """Every part's arrays: read back when computed, computed when this process claims the
+    part, waited for while another process holds it."""
+    done: dict[int, dict[str, np.ndarray]] = {}
+    pending, waiting_said = list(range(len(parts))), False
+    while pending:
+        held = []
+        for index in pending:
+            path = folder / f"part_{index}.npz"
+            if not path.is_file():
+                with claimed(folder / f"part_{index}") as mine:
+                    if not mine:
+                        held.append(index)
+                        continue
+                    if not path.is_file():  # not computed by another since we looked
+                        started = time.perf_counter()
+                        arrays = compute(index)
+                        with atomic_path(path) as temporary, temporary.open("wb") as handle:
+                            np.savez(handle, **arrays)
+                        log(f"part {index + 1} of {len(parts)} ({parts[index].checkpoint}): "
+                            f"computed by process {os.getpid()} in "
+                            f"{time.perf_counter() - started:.1f} s")  # fmt: skip
+            with np.load(path) as stored:
+                done[index] = {name: stored[name] for name in stored.files}
+        if held and len(held) == len(pending):
+            if not waiting_said:
+                log(f"waiting for {len(held)} part(s) other processes are computing")
+                waiting_said = True
+            time.sleep(WAIT_S)
+        pending = held
+    return [done[index] for index in range(len(parts))]
 
 
 def _default_results_dir(config: ImportanceConfig, parts: list[HeldOutPart],
