@@ -239,6 +239,10 @@ class Manifest:
             raise ValueError(f"unknown split {split!r}; this data set has {sorted(self.split)}")
         return self.split[split]
 
+    def labelled_tiles(self) -> list[str]:
+        """The tiles with ground truth: train, val and test (the predict split has none)."""
+        return [tile for split in ("train", "val", "test") for tile in self.split[split]]
+
     def select_channels(self, bands: BandSelection | None) -> list[int]:
         """Resolve a band selection to channel indices (all channels for None).
 

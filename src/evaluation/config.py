@@ -73,6 +73,11 @@ class EvalConfig(FigureOptions):
         "class 1 where its probability reaches the threshold that maximises class-1 F1 on "
         "tiles not scored (the checkpoint's val tiles; a --cv_dir's out-of-fold predictions)",
     )
+    threshold_cv: Path | None = config_field(
+        None,
+        "choose the class-1 threshold on this cross-validation's out-of-fold predictions "
+        "(<cv>/<model>; e.g. for a model refit on all its tiles, which has no val tiles)",
+    )
     batch_size: int = config_field(16, "windows per forward pass")
     tile_pictures: bool = config_field(
         True, "draw each tile's picture (its TIFFs and scores are always written)"
@@ -105,6 +110,7 @@ class EvalConfig(FigureOptions):
             self.model_path = [Path(p) for p in self.model_path]
         for name in (
             "cv_dir",
+            "threshold_cv",
             "checkpoint_dir",
             "processed_dir",
             "raw_dir",
@@ -136,6 +142,9 @@ class EvalConfig(FigureOptions):
             )
         if self.cv_dir is not None and self.model_path is not None:
             problems.append("give --model_path or --cv_dir, not both")
+        if self.threshold_cv is not None and self.decision != "class1_threshold":
+            problems.append("--threshold_cv chooses the class-1 threshold: add --decision "
+                            "class1_threshold")  # fmt: skip
         if self.cache_dir is not None and self.raw_dir is None:
             problems.append("--cache_dir is where --raw_dir's tiles go: give --raw_dir too")
         if problems:

@@ -361,6 +361,7 @@ def _evaluate(config: EvalConfig, log: Callable[[str], None], run_figures: bool)
         "tta": config.tta,
         "bootstrap": [config.bootstrap_resamples, config.bootstrap_seed],
         **({"decision": config.decision} if config.decision != "argmax" else {}),
+        **({"threshold_cv": str(config.threshold_cv.resolve())} if config.threshold_cv else {}),
     }
     results_dir = config.results_dir or (
         Path("data/predictions") / model_type / run / _output_label(config, source, stride)
@@ -378,9 +379,10 @@ def _evaluate(config: EvalConfig, log: Callable[[str], None], run_figures: bool)
     )
     decision: dict[str, Any] = {}
     if config.decision == "class1_threshold":
+        threshold_cv = config.threshold_cv or (config.cv_dir if models.cv_plan else None)
         chosen = (
-            from_out_of_fold(config.cv_dir, models.cv_plan)
-            if config.cv_dir is not None and models.cv_plan is not None
+            from_out_of_fold(threshold_cv, read_plan(threshold_cv))
+            if threshold_cv is not None
             else from_val_tiles(models.members, identities[0].split,
                                 Path(identities[0].processed_dir), predictors, tile_size_gt,
                                 stride, config.batch_size, device, config.tta)

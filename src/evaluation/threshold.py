@@ -63,7 +63,14 @@ def apply(predictions: list[TilePrediction], threshold: float) -> list[TilePredi
 
 def from_out_of_fold(cv_dir: Path, plan: dict[str, Any]) -> Threshold:
     """The threshold of a cross-validation's out-of-fold predictions (every partition's)."""
-    _, (model_dir,) = cv_root_and_models(cv_dir)
+    _, models = cv_root_and_models(cv_dir)
+    if len(models) != 1:
+        raise ValueError(
+            f"{cv_dir} holds the folds of {len(models)} models "
+            f"({', '.join(m.name for m in models)}): choose the threshold on one, e.g. "
+            f"{cv_dir / models[0].name}"
+        )
+    model_dir = models[0]
     processed = Path(plan["processed_dir"])
     manifest = Manifest.load(processed)
     files = sorted((model_dir / "oof").glob("**/tiles/*_probabilities.tif"))

@@ -37,9 +37,10 @@ from src.evaluation.evaluate import choose_models, evaluate
 from src.held_out import Ledger, Member
 from src.self_training.config import SelfTrainConfig
 from src.self_training.pseudo_labels import class_counts, select_cells
-from src.self_training.student_data import labelled_tiles, pseudo_record, student_manifest
+from src.self_training.student_data import pseudo_record, student_manifest
 from src.training.config import ESDConfig
 from src.training.result_config import config_hash, differences, result_config
+from src.training.run_folder import RunFolderError
 from src.training.train import train
 
 PLAN_FILE = "plan.json"
@@ -153,7 +154,13 @@ def _round(
         resume=last if last.is_file() else None,
         pseudo_labels=record,
     )
-    trained = train(config, test=True, summary=number == 1)
+    try:
+        trained = train(config, test=True, summary=number == 1)
+    except RunFolderError:
+        raise ValueError(
+            f"{round_dir} is being trained by another process: wait for it to finish, or give "
+            f"another --name"
+        ) from None
     checkpoint = trained["best_model_path"] or trained["last_model_path"]
     result = {
         "round": number,
@@ -278,7 +285,7 @@ def _teacher_predictions(
     )  # fmt: skip
     source_dir = Path(metrics["data"]["processed_dir"])
     source = Manifest.load(source_dir)
-    labelled = {manifest.tiles[t].sha256: t for t in labelled_tiles(manifest)}
+    labelled = {manifest.tiles[t].sha256: t for t in manifest.labelled_tiles()}
     tiles = Path(metrics["results_dir"]) / "tiles"
     predicted = {}
     for tile in metrics["tiles_predicted"]:
@@ -301,7 +308,7 @@ def _teacher_predictions(
 def _student_name(tile: str, k: int, manifest: Manifest, taken: dict[str, Any]) -> str:
     """The tile's name in the student's folder: its own, unless a labelled tile (or an
     earlier folder's tile) has it, then Tile<1000·(k+1) + n>."""
-    used = set(labelled_tiles(manifest)) | set(taken)
+    used = set(manifest.labelled_tiles()) | set(taken)
     if tile not in used:
         return tile
     name = f"Tile{RENAME_STEP * (k + 1) + tile_number(tile)}"

@@ -16,13 +16,6 @@ from typing import Any
 from src.esd_data.manifest import Manifest, TileRecord
 from src.esd_data.reader import tile_number
 
-LABELLED_SPLITS = ("train", "val", "test")
-
-
-def labelled_tiles(manifest: Manifest) -> list[str]:
-    """The tiles of the splits a student keeps (train, val, test)."""
-    return [tile for split in LABELLED_SPLITS for tile in manifest.split[split]]
-
 
 def pseudo_record(source: TileRecord, source_dir: Path) -> dict[str, Any]:
     """What the pseudo-label set stores of an unlabelled tile's image (absolute path, size,
@@ -35,7 +28,7 @@ def student_manifest(
 ) -> Manifest:
     """The student's manifest: `labelled`'s train, val and test, and the tiles of `pseudo`
     (name → `pseudo_record`) in train with their labels `pseudo_dir/<name>.npy`."""
-    kept = labelled_tiles(labelled)
+    kept = labelled.labelled_tiles()
     clash = sorted(set(pseudo) & set(labelled.tiles) & set(kept), key=tile_number)
     if clash:
         raise ValueError(f"pseudo-labelled tile(s) {', '.join(clash)} are labelled tiles' names")

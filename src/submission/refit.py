@@ -1,0 +1,165 @@
+"""Refit and submit: train a cross-validated model once more on every labelled tile, with the
+budget its cross-validation chose, and predict unlabelled folders into checked Kaggle files.
+
+The cross-validation chose the training options (its fold configuration), the number of epochs
+(the median of the epochs its folds chose, plus one: a refit has no tiles left to choose an
+epoch on) and, with `class1_threshold`, the class-1 threshold (on its out-of-fold predictions).
+`<output_dir>/<name>/refit.json` records all of it with the tiles trained on; calling again
+with the same options reuses the refit (or resumes its training), other options are refused.
+Each unlabelled folder is predicted by `scripts.evaluate`'s code into
+`predictions/<folder>/` with its Kaggle `predictions.csv`, checked (rows, pixel ids, tiles).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from src.atomic import write_json
+from src.esd_data.folds import fold_manifest
+from src.esd_data.manifest import Manifest
+from src.esd_data.reader import tile_number
+from src.evaluation.config import EvalConfig
+from src.evaluation.cv_record import cv_root_and_models, read_fold_records, read_plan
+from src.evaluation.evaluate import evaluate
+from src.evaluation.report import KAGGLE_FILE, check_kaggle_csv
+from src.submission.config import SubmitConfig
+from src.training.checkpoints import read_checkpoint
+from src.training.config import ESDConfig
+from src.training.result_config import differences
+from src.training.resume import saved_run_config
+from src.training.run_folder import RunFolderError
+from src.training.train import train
+
+RECORD_FILE = "refit.json"
+
+
+def refit_and_submit(config: SubmitConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Refit (unless done), predict every unlabelled folder; the record, with each folder's
+    Kaggle file and its check line under `submissions`."""
+    records = read_fold_records(config.cv_dir)  # one model's, every fold finished
+    plan = read_plan(config.cv_dir)
+    processed = Path(plan["processed_dir"])
+    manifest = Manifest.load(processed)
+    manifest.check_files(processed)
+    for folder in config.unlabelled:
+        if Path(folder).resolve() == Path(manifest.raw_dir).resolve():
+            raise ValueError(
+                f"{folder} is the raw folder of the labelled tiles the refit trains on: "
+                f"--unlabelled names folders to predict (the contest's Val/ and Test/)"
+            )
+    protocol = records[0].result["configuration"]["protocol"]
+    fold_epochs = [int(r.result["selected_epoch"]) for r in records]
+    tiles = sorted(manifest.labelled_tiles(), key=tile_number)
+    root_dir, (model_dir,) = cv_root_and_models(config.cv_dir)
+    record = {
+        "cv_dir": str(model_dir.resolve()),
+        "fold_epochs": fold_epochs,
+        "epochs": config.epochs or refit_epochs(fold_epochs),
+        "decision": config.decision or protocol.get("decision", "argmax"),
+        "tiles": tiles,
+        "data": manifest.fingerprint,
+    }
+    root = config.output_dir / (config.name or f"{root_dir.name}-{model_dir.name}")
+    previous = _read_record(root)
+    if previous is not None and {k: previous.get(k) for k in record} != record:
+        raise ValueError(
+            f"{root} holds another refit ({', '.join(differences(previous, record))} differ): "
+            f"give another --name, or the same options to reuse it"
+        )
+    checkpoint = previous.get("checkpoint") if previous else None
+    if checkpoint is None or not Path(checkpoint).is_file():
+        checkpoint = _refit(records[0].checkpoint, manifest, processed, record, root, log)
+        record["checkpoint"] = checkpoint
+        write_json(root / RECORD_FILE, record)
+    else:
+        record["checkpoint"] = checkpoint
+        log(f"refit: {checkpoint} (done)")
+    record["submissions"] = {
+        str(folder): _predict(Path(checkpoint), Path(folder), root, record, config, model_dir)
+        for folder in config.unlabelled
+    }
+    return record
+
+
+def refit_epochs(fold_epochs: list[int]) -> int:
+    """Epochs of a refit: the median of the (0-based) epochs the folds chose, rounded up, plus
+    one (epoch e is the (e+1)-th)."""
+    return math.ceil(float(np.median(fold_epochs))) + 1
+
+
+def _read_record(root: Path) -> dict[str, Any] | None:
+    path = root / RECORD_FILE
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path} cannot be read ({error}): delete {root} and refit") from None
+
+
+def _refit(
+    fold_checkpoint: Path,
+    manifest: Manifest,
+    processed: Path,
+    record: dict[str, Any],
+    root: Path,
+    log: Callable[[str], None],
+) -> str:
+    """Train the folds' configuration on every labelled tile for the recorded epochs (resumed
+    from its last.ckpt when it stopped part-way); the last checkpoint."""
+    view = fold_manifest(manifest, processed, record["tiles"], [], [])
+    view.save(root / "data")
+    write_json(root / RECORD_FILE, record)  # what the training below is, before it starts
+    fold_config = saved_run_config(read_checkpoint(fold_checkpoint), fold_checkpoint)
+    last = root / "checkpoints" / fold_config["model_type"] / "refit" / "last.ckpt"
+    wandb = fold_config["wandb_mode"]  # a W&B run only when the folds logged one
+    config = ESDConfig(**{
+        **fold_config,
+        "raw_dir": None, "processed_dir": root / "data", "checkpoint_dir": root / "checkpoints",
+        "log_dir": root / "logs", "wandb_run_name": "refit", "wandb_id": None,
+        "wandb_mode": "disabled" if wandb == "auto" else wandb,
+        "resume": last if last.is_file() else None, "max_epochs": record["epochs"],
+        "limit_val_batches": 0,
+    })  # fmt: skip
+    log(
+        f"refit: {config.model_type} on {len(record['tiles'])} labelled tiles for "
+        f"{record['epochs']} epochs (the folds chose epochs {record['fold_epochs']})"
+    )
+    try:
+        return train(config, test=False)["last_model_path"]
+    except RunFolderError:
+        raise ValueError(
+            f"{root} is being refit by another process: wait for it to finish, or give another "
+            f"--name"
+        ) from None
+
+
+def _predict(
+    checkpoint: Path,
+    folder: Path,
+    root: Path,
+    record: dict[str, Any],
+    config: SubmitConfig,
+    model_dir: Path,
+) -> dict[str, str]:
+    """Predict one unlabelled folder; its Kaggle file, checked."""
+    threshold = record["decision"] == "class1_threshold"
+    metrics = evaluate(
+        EvalConfig(
+            model_path=[checkpoint], raw_dir=folder, results_dir=root / "predictions" / folder.name,
+            decision=record["decision"], threshold_cv=model_dir if threshold else None,
+            tta=config.tta, accelerator=config.accelerator, tile_pictures=False,
+        ),
+        log=lambda _: None,
+    )  # fmt: skip
+    csv = Path(metrics["results_dir"]) / KAGGLE_FILE
+    entry = {"csv": str(csv), "check": check_kaggle_csv(csv, metrics["tiles_predicted"])}
+    if "decision" in metrics:
+        entry["threshold"] = metrics["decision"]["threshold"]
+    return entry
