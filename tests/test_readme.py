@@ -12,9 +12,12 @@ from scripts.cross_validate import parse_arguments as parse_cross_validation
 from scripts.make_synthetic import SyntheticConfig
 from scripts.prepare import PrepareConfig
 from scripts.report import build_report_parser
+from scripts.runs import build_runs_parser
+from scripts.self_train import parse_arguments as parse_self_training
 from scripts.train_sweeps import build_sweep_parser
 from src.cli import build_parser
 from src.evaluation.config import CompareConfig, EvalConfig, ImportanceConfig
+from src.submission.config import SubmitConfig
 from src.training.config import ESDConfig
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -25,7 +28,10 @@ PARSERS = {
     "scripts.prepare": lambda: build_parser(PrepareConfig),
     "scripts.make_synthetic": lambda: build_parser(SyntheticConfig),
     "scripts.train_sweeps": build_sweep_parser,
-    "scripts.cross_validate": None,  # parsed by its own function (two configs)
+    "scripts.cross_validate": parse_cross_validation,  # by its own function (two configs)
+    "scripts.self_train": parse_self_training,
+    "scripts.submit": lambda: build_parser(SubmitConfig),
+    "scripts.runs": build_runs_parser,
     "scripts.compare": lambda: build_parser(CompareConfig),
     "scripts.importance": lambda: build_parser(ImportanceConfig),
     "scripts.report": build_report_parser,
@@ -50,8 +56,8 @@ def test_every_readme_command_is_valid(command):
         assert re.search(rf"^{words[1]}:", (ROOT / "Makefile").read_text(), flags=re.M)
         return
     assert words[:2] == ["python", "-m"] and words[2] in PARSERS, command
-    if PARSERS[words[2]] is None:
-        parse_cross_validation(words[3:])
+    if PARSERS[words[2]] in (parse_cross_validation, parse_self_training):
+        PARSERS[words[2]](words[3:])
         return
     parser = PARSERS[words[2]]()
     try:
@@ -62,7 +68,8 @@ def test_every_readme_command_is_valid(command):
 
 def test_every_script_has_a_readme_command():
     shown = {shlex.split(c)[2] for c in readme_commands() if c.startswith("python -m")}
-    assert shown == set(PARSERS)
+    scripts = {f"scripts.{p.stem}" for p in (ROOT / "scripts").glob("*.py") if p.stem != "__init__"}
+    assert shown == set(PARSERS) == scripts
 
 
 def test_the_python_example_prints_the_shapes_it_says(synthetic_raw, tmp_path, monkeypatch):
