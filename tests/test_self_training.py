@@ -173,6 +173,10 @@ def test_a_finished_self_training_is_reused_and_an_interrupted_round_completes(r
     assert {p: p.stat().st_mtime_ns for p in files if p.suffix == ".npy"} == {
         p: t for p, t in files.items() if p.suffix == ".npy"
     }  # the round's pseudo-labels were not made again
+    # stopped before its first epoch: its logs say so, no checkpoint; it starts afresh
+    shutil.rmtree(root / "round_2" / "checkpoints")
+    (root / "round_2" / "result.json").unlink()
+    assert self_train(run["options"], run["student"], log=lambda _: None) == run["results"]
 
 
 @pytest.mark.slow

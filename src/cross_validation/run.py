@@ -54,6 +54,7 @@ from src.evaluation.cv_record import (
 from src.evaluation.evaluate import evaluate
 from src.training.config import ESDConfig, weights_checked_later
 from src.training.result_config import config_hash, differences, result_config
+from src.training.run_folder import run_inside
 from src.training.train import build_datamodule, train
 from src.visualization.figure_output import figure_output
 
@@ -160,24 +161,14 @@ def _run_fold(
     drawing its tiles' pictures when `pictures`."""
     fold, view = plan.fold, plan.view
     view.save(fold_dir / "data")
-    last = fold_dir / "checkpoints" / base.model_type / f"fold_{fold}" / "last.ckpt"
-    if not last.is_file():  # a fold that stopped before its first epoch: start it afresh
-        for folder in ("logs", "checkpoints"):
-            shutil.rmtree(fold_dir / folder, ignore_errors=True)
-        base = pretrained_copy(base, fold_dir.parent.parent)
-    config = dataclasses.replace(
+    config = run_inside(
         base,
-        raw_dir=None,
-        processed_dir=fold_dir / "data",
-        checkpoint_dir=fold_dir / "checkpoints",
-        log_dir=fold_dir / "logs",
-        wandb_run_name=f"fold_{fold}",
-        wandb_id=None,
-        # a W&B run per fold only when asked for (--wandb_mode offline or online)
-        wandb_mode="disabled" if base.wandb_mode == "auto" else base.wandb_mode,
-        resume=last if last.is_file() else None,
+        fold_dir,
+        f"fold_{fold}",
         limit_val_batches=0 if cv.selection == "last" else base.limit_val_batches,
     )
+    if config.resume is None:  # a fold starting afresh reads the pretrained weights' copy
+        config = pretrained_copy(config, fold_dir.parent.parent)
     started = time.perf_counter()
     # The model's layers are printed once per cross-validation, by its first fold.
     results = train(config, extra_callbacks, test=False, summary=fold == 0)

@@ -19,7 +19,6 @@ as the student's own wherever the student is scored.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -30,6 +29,7 @@ import tifffile
 
 from src.atomic import write_json, write_npy
 from src.cli import config_values
+from src.cross_validation.claims import claimed, holder
 from src.esd_data.manifest import MANIFEST_FILE, Manifest
 from src.esd_data.reader import tile_number
 from src.evaluation.config import EvalConfig
@@ -40,7 +40,7 @@ from src.self_training.pseudo_labels import class_counts, select_cells
 from src.self_training.student_data import pseudo_record, student_manifest
 from src.training.config import ESDConfig
 from src.training.result_config import config_hash, differences, result_config
-from src.training.run_folder import RunFolderError
+from src.training.run_folder import run_inside
 from src.training.train import train
 
 PLAN_FILE = "plan.json"
@@ -60,7 +60,24 @@ def self_train(
     manifest.check_files(labelled_dir)
     plan = _plan(options, base, manifest)
     root = options.output_dir / (options.name or f"{base.model_type}-{config_hash(plan)[:8]}")
-    _check_plan(root, plan)
+    with claimed(root) as mine:
+        if not mine:
+            raise ValueError(
+                f"{root} is being run by {holder(root) or 'another process'}: wait for it to "
+                f"finish, or give another --name"
+            )
+        _check_plan(root, plan)
+        return _rounds(root, options, base, manifest, log)
+
+
+def _rounds(
+    root: Path,
+    options: SelfTrainConfig,
+    base: ESDConfig,
+    manifest: Manifest,
+    log: Callable[[str], None],
+) -> list[dict[str, Any]]:
+    """Every round in turn, each one's student teaching the next."""
     log(f"self-training: {root}")
     teacher: dict[str, Any] = (
         {"model_path": list(options.model_path)}
@@ -141,26 +158,8 @@ def _round(
     log(f"round {number}: {_kept_line(record)}")
     view = student_manifest(manifest, labelled_dir, record["sources"], round_dir / "pseudo")
     view.save(round_dir / "data")
-    last = round_dir / "checkpoints" / base.model_type / f"round_{number}" / "last.ckpt"
-    config = dataclasses.replace(
-        base,
-        raw_dir=None,
-        processed_dir=round_dir / "data",
-        checkpoint_dir=round_dir / "checkpoints",
-        log_dir=round_dir / "logs",
-        wandb_run_name=f"round_{number}",
-        wandb_id=None,
-        wandb_mode="disabled" if base.wandb_mode == "auto" else base.wandb_mode,
-        resume=last if last.is_file() else None,
-        pseudo_labels=record,
-    )
-    try:
-        trained = train(config, test=True, summary=number == 1)
-    except RunFolderError:
-        raise ValueError(
-            f"{round_dir} is being trained by another process: wait for it to finish, or give "
-            f"another --name"
-        ) from None
+    config = run_inside(base, round_dir, f"round_{number}", pseudo_labels=record)
+    trained = train(config, test=True, summary=number == 1)
     checkpoint = trained["best_model_path"] or trained["last_model_path"]
     result = {
         "round": number,

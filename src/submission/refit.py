@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from src.atomic import write_json
+from src.cross_validation.claims import claimed, holder
 from src.esd_data.folds import fold_manifest
 from src.esd_data.manifest import Manifest
 from src.esd_data.reader import tile_number
@@ -33,7 +34,7 @@ from src.training.checkpoints import read_checkpoint
 from src.training.config import ESDConfig
 from src.training.result_config import differences
 from src.training.resume import saved_run_config
-from src.training.run_folder import RunFolderError
+from src.training.run_folder import run_inside
 from src.training.train import train
 
 RECORD_FILE = "refit.json"
@@ -66,6 +67,21 @@ def refit_and_submit(config: SubmitConfig, log: Callable[[str], None] = print) -
         "data": manifest.fingerprint,
     }
     root = config.output_dir / (config.name or f"{root_dir.name}-{model_dir.name}")
+    with claimed(root) as mine:
+        if not mine:
+            raise ValueError(
+                f"{root} is being refit by {holder(root) or 'another process'}: wait for it to "
+                f"finish, or give another --name"
+            )
+        return _refit_and_predict(config, root, record, records[0].checkpoint, manifest,
+                                  processed, model_dir, log)  # fmt: skip
+
+
+def _refit_and_predict(
+    config: SubmitConfig, root: Path, record: dict[str, Any], fold_checkpoint: Path,
+    manifest: Manifest, processed: Path, model_dir: Path, log: Callable[[str], None],
+) -> dict[str, Any]:  # fmt: skip
+    """Refit (unless the recorded one is there) and predict every folder, `root` held."""
     previous = _read_record(root)
     if previous is not None and {k: previous.get(k) for k in record} != record:
         raise ValueError(
@@ -74,7 +90,7 @@ def refit_and_submit(config: SubmitConfig, log: Callable[[str], None] = print) -
         )
     checkpoint = previous.get("checkpoint") if previous else None
     if checkpoint is None or not Path(checkpoint).is_file():
-        checkpoint = _refit(records[0].checkpoint, manifest, processed, record, root, log)
+        checkpoint = _refit(fold_checkpoint, manifest, processed, record, root, log)
         record["checkpoint"] = checkpoint
         write_json(root / RECORD_FILE, record)
     else:
@@ -117,27 +133,14 @@ def _refit(
     view.save(root / "data")
     write_json(root / RECORD_FILE, record)  # what the training below is, before it starts
     fold_config = saved_run_config(read_checkpoint(fold_checkpoint), fold_checkpoint)
-    last = root / "checkpoints" / fold_config["model_type"] / "refit" / "last.ckpt"
-    wandb = fold_config["wandb_mode"]  # a W&B run only when the folds logged one
-    config = ESDConfig(**{
-        **fold_config,
-        "raw_dir": None, "processed_dir": root / "data", "checkpoint_dir": root / "checkpoints",
-        "log_dir": root / "logs", "wandb_run_name": "refit", "wandb_id": None,
-        "wandb_mode": "disabled" if wandb == "auto" else wandb,
-        "resume": last if last.is_file() else None, "max_epochs": record["epochs"],
-        "limit_val_batches": 0,
-    })  # fmt: skip
+    config = run_inside(
+        ESDConfig(**fold_config), root, "refit", max_epochs=record["epochs"], limit_val_batches=0
+    )
     log(
         f"refit: {config.model_type} on {len(record['tiles'])} labelled tiles for "
         f"{record['epochs']} epochs (the folds chose epochs {record['fold_epochs']})"
     )
-    try:
-        return train(config, test=False)["last_model_path"]
-    except RunFolderError:
-        raise ValueError(
-            f"{root} is being refit by another process: wait for it to finish, or give another "
-            f"--name"
-        ) from None
+    return train(config, test=False)["last_model_path"]
 
 
 def _predict(

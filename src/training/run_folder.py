@@ -11,15 +11,18 @@ host and process id) from the start and `finished`, `failed` or `interrupted` at
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import json
 import os
+import shutil
 import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from src.atomic import write_json
+from src.training.config import ESDConfig
 
 STATUS_FILE = "status.json"
 LOCK_FILE = ".run.lock"
@@ -120,3 +123,28 @@ def read_status(log_folder: Path) -> dict[str, Any]:
     ):
         record["status"] = "killed"
     return record
+
+
+def run_inside(base: ESDConfig, folder: Path, run_name: str, **changes: Any) -> ESDConfig:
+    """`base` as run `run_name` of a command's own folder (a cross-validation's unit, a
+    self-training's round, a refit): its data view in `folder/data`, its checkpoints and logs
+    beside it, resumed from its `last.ckpt` when one is there, else started afresh (a run
+    stopped before its first epoch leaves nothing to resume; its folders go), no W&B run unless
+    one was asked for. The caller holds `folder` (no other process trains in it)."""
+    folder = Path(folder)
+    last = folder / "checkpoints" / base.model_type / run_name / "last.ckpt"
+    if not last.is_file():
+        for name in ("logs", "checkpoints"):
+            shutil.rmtree(folder / name, ignore_errors=True)
+    return dataclasses.replace(
+        base,
+        raw_dir=None,
+        processed_dir=folder / "data",
+        checkpoint_dir=folder / "checkpoints",
+        log_dir=folder / "logs",
+        wandb_run_name=run_name,
+        wandb_id=None,
+        wandb_mode="disabled" if base.wandb_mode == "auto" else base.wandb_mode,
+        resume=last if last.is_file() else None,
+        **changes,
+    )
