@@ -50,12 +50,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     set_progress(student.progress)
     from src.self_training.run import self_train
     from src.training.checkpoints import CheckpointError
+    from src.training.signals import INTERRUPTED_RERUN, StopSignal, stop_on_signals
 
-    try:
-        results = self_train(options, student)
-    except (CheckpointError, FileNotFoundError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
+    with stop_on_signals():
+        try:
+            results = self_train(options, student)
+        except KeyboardInterrupt:
+            print(INTERRUPTED_RERUN, file=sys.stderr)
+            return StopSignal.exit_status()
+        except (CheckpointError, FileNotFoundError, ValueError) as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 1
     for result in results:
         scores = ", ".join(
             f"{name} {result[name]:.4f}"

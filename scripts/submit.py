@@ -24,12 +24,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     config = parse_config(SubmitConfig, argv)
     from src.submission.refit import refit_and_submit
     from src.training.checkpoints import CheckpointError
+    from src.training.signals import INTERRUPTED_RERUN, StopSignal, stop_on_signals
 
-    try:
-        record = refit_and_submit(config)
-    except (CheckpointError, FileNotFoundError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
+    with stop_on_signals():
+        try:
+            record = refit_and_submit(config)
+        except KeyboardInterrupt:
+            print(INTERRUPTED_RERUN, file=sys.stderr)
+            return StopSignal.exit_status()
+        except (CheckpointError, FileNotFoundError, ValueError) as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 1
     decision = record["decision"]
     for folder, entry in record["submissions"].items():
         rule = f"class 1 where p ≥ {entry['threshold']:.4f}" if "threshold" in entry else "argmax"

@@ -75,6 +75,7 @@ def test_the_kaggle_file_uses_the_threshold_of_the_out_of_fold_predictions(
 ):
     entry = submitted["record"]["submissions"][str(submitted["contest"])]
     threshold = entry["threshold"]
+    assert entry["decision"] == "class1_threshold"  # the cross-validation's
     manifest = Manifest.load(synthetic_processed)
     oof = submitted["root"] / "cv" / "c" / "SegmentationCNN" / "oof" / "tiles"
     files = sorted(oof.glob("*_probabilities.tif"))
@@ -110,7 +111,41 @@ def test_a_refit_is_reused_other_options_are_refused_and_the_command_names_the_f
     assert last == f"submit: {submitted['record']['submissions'][str(submitted['contest'])]['csv']}"
     assert checkpoint.stat().st_mtime_ns == before  # not trained again
     assert submit_main([*args, "--epochs", "7"]) == 1
-    assert "holds another refit" in capsys.readouterr().err
+    assert "holds another refit (epochs" in capsys.readouterr().err
+    # another decision predicts again with the same refit
+    assert submit_main([*args, "--decision", "argmax", "--name", "c-SegmentationCNN"]) == 0
+    assert "[argmax: argmax]" in capsys.readouterr().out
+    assert checkpoint.stat().st_mtime_ns == before
+    # the refit trained further since (a changed file) is not taken for the recorded one
+    original = checkpoint.read_bytes()
+    try:
+        checkpoint.write_bytes(original + b"\0")
+        assert submit_main(args) == 1
+        assert "changed since it was trained" in capsys.readouterr().err
+    finally:
+        checkpoint.write_bytes(original)
     raw = Path(Manifest.load(submitted["root"] / "out" / "c-SegmentationCNN" / "data").raw_dir)
     assert submit_main([*args[:2], "--unlabelled", str(raw), *args[4:]]) == 1
     assert "raw folder of the labelled tiles" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_a_cross_validation_whose_folder_was_prepared_again_is_not_refit(
+    synthetic_raw, tmp_path
+):
+    from src.esd_data.cache import prepare_dataset
+    from src.esd_data.preprocessing import PreprocessConfig
+
+    processed = tmp_path / "processed"
+    prepare_dataset(synthetic_raw, processed, val_fraction=0.25, workers=1)
+    cv = CVConfig(folds=2, model_type=["SegmentationCNN"], selection="last", name="c",
+                  output_dir=tmp_path / "cv", tile_pictures="none",
+                  bootstrap_resamples=20)  # fmt: skip
+    cross_validate(cv, tiny(processed, tmp_path, max_epochs=1), log=lambda _: 0)
+    prepare_dataset(synthetic_raw, processed, val_fraction=0.25, workers=1,
+                    preprocessing=PreprocessConfig(s1_blur_sigma=2.0))  # fmt: skip
+    config = SubmitConfig(cv_dir=tmp_path / "cv" / "c" / "SegmentationCNN",
+                          unlabelled=[tmp_path], output_dir=tmp_path / "out")  # fmt: skip
+    with pytest.raises(ValueError, match="was prepared again since the cross-validation"):
+        refit_and_submit(config, log=lambda _: None)
+    assert not (tmp_path / "out").exists() or not list((tmp_path / "out").rglob("*.ckpt"))

@@ -63,7 +63,7 @@ def _out_of_fold(
             predictions.append(prediction)
             per_tile.append({"tile": tile, "fold": result["fold"], **tile_scores(prediction)})
     info = {"out_of_fold": True, "folds": len(results), "selection": results[0]["selection"]}
-    if cv.decision == "class1_threshold":
+    if cv.decision == "class1_threshold" and len(results) > 1:  # a fold's needs another's
         info["decision"] = _threshold_decision(predictions, results, cv)
     return write_run_outputs(
         oof, predictions, per_tile, info, cv.bootstrap_resamples, cv.bootstrap_seed, figures

@@ -54,7 +54,7 @@ from src.evaluation.cv_record import (
 from src.evaluation.evaluate import evaluate
 from src.training.config import ESDConfig, weights_checked_later
 from src.training.result_config import config_hash, differences, result_config
-from src.training.run_folder import run_inside
+from src.training.run_folder import RunFolderError, run_inside
 from src.training.train import build_datamodule, train
 from src.visualization.figure_output import figure_output
 
@@ -171,7 +171,7 @@ def _run_fold(
         config = pretrained_copy(config, fold_dir.parent.parent)
     started = time.perf_counter()
     # The model's layers are printed once per cross-validation, by its first fold.
-    results = train(config, extra_callbacks, test=False, summary=fold == 0)
+    results = train(config, extra_callbacks, test=False, summary=fold == 0, resume_hint=False)
     trained = time.perf_counter()
     checkpoint = results["last_model_path" if cv.selection == "last" else "best_model_path"]
     if not checkpoint:
@@ -452,6 +452,8 @@ def _unit(cv: CVConfig, config: ESDConfig, variant: Variant, unit: Unit, manifes
             return _run_fold(config, cv, plan, fold_dir, callbacks, pictures), False
         except LeaseLostError:  # another worker took the unit over: it finishes it
             return None
+        except RunFolderError:  # a stalled worker whose lease lapsed still holds the run:
+            return None  # waited for (it stops at its next batch, finding its lease lost)
         except Exception as error:  # said by --status; the next worker tries it again
             (fold_dir / FAILED_FILE).write_text(f"{type(error).__name__}: {error}\n")
             raise

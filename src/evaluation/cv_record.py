@@ -95,6 +95,17 @@ def read_plan(cv_dir: Path) -> dict[str, Any]:
     return read_json(root / FOLDS_FILE)
 
 
+def check_cv_data(plan: dict[str, Any], manifest_fingerprint: str, use: str) -> None:
+    """CVRecordError when the cross-validation's processed folder was prepared again since its
+    folds were cut (its manifest is another): what it chose (`use`) was chosen on other data."""
+    if plan.get("data_fingerprint") not in (None, manifest_fingerprint):
+        raise CVRecordError(
+            f"{plan['processed_dir']} was prepared again since the cross-validation cut its "
+            f"folds (its manifest is another): {use} were chosen on other data; run the "
+            f"cross-validation again"
+        )
+
+
 def enclosing_plan(checkpoint: Path) -> dict[str, Any] | None:
     """The `folds.json` of the cross-validation a fold's checkpoint belongs to
     (`<cv>/<model>/fold_<k>/checkpoints/<model type>/fold_<k>/<file>`), None for another."""

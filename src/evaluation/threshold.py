@@ -20,7 +20,7 @@ import torch
 
 from src.esd_data.manifest import Manifest
 from src.esd_data.reader import tile_number
-from src.evaluation.cv_record import cv_root_and_models
+from src.evaluation.cv_record import check_cv_data, cv_root_and_models
 from src.evaluation.decision import best_class1_threshold, decide
 from src.evaluation.evaluator import Predictor, TilePrediction, predict_tiles
 from src.held_out import Ledger, Member, Scoring
@@ -73,9 +73,14 @@ def from_out_of_fold(cv_dir: Path, plan: dict[str, Any]) -> Threshold:
     model_dir = models[0]
     processed = Path(plan["processed_dir"])
     manifest = Manifest.load(processed)
+    check_cv_data(plan, manifest.fingerprint, "its out-of-fold predictions' threshold")
     files = sorted((model_dir / "oof").glob("**/tiles/*_probabilities.tif"))
     if not files:
-        raise ValueError(f"{model_dir / 'oof'} holds no out-of-fold probabilities to choose on")
+        raise ValueError(
+            f"{model_dir / 'oof'} holds no out-of-fold probabilities to choose on: has the "
+            f"cross-validation finished? (python -m scripts.cross_validate --status "
+            f"{model_dir.parent})"
+        )
     names = [f.name.removesuffix("_probabilities.tif") for f in files]
     truths = [np.load(processed / manifest.tiles[t].labels) for t in names]
     threshold, f1 = best_class1_threshold([tifffile.imread(f) for f in files], truths)

@@ -1,15 +1,13 @@
 """Pseudo-labels: the cells of unlabelled tiles a teacher is confident about.
 
-A cell is kept when the teacher's most probable class reaches `confidence`; a class that would
-make up more than `class_cap` of the confident cells (the common classes of a scene, which
-would drown class 1) keeps only its most confident cells up to that share, pooled over every
-tile. Kept cells carry labels 1..4; the others 0, which a dataset reads as −1 (no label), so
-neither the loss nor the metrics see them.
+A cell is kept when the teacher's most probable class reaches `confidence`, and no class makes
+up more than `class_cap` of the kept cells (the common classes of a scene would drown class 1):
+each class keeps at most q of its confident cells, its most confident ones pooled over every
+tile, q the largest number for which that holds. Kept cells carry labels 1..4; the others 0,
+which a dataset reads as −1 (no label), so neither the loss nor the metrics see them.
 """
 
 from __future__ import annotations
-
-import math
 
 import numpy as np
 
@@ -30,8 +28,9 @@ def select_cells(
     top = stacked.max(axis=1)
     label = stacked.argmax(axis=1) + 1
     keep = top >= confidence
-    quota = math.floor(class_cap * int(keep.sum()))
-    flat_keep, flat_top, flat_label = keep.ravel(), top.ravel(), label.ravel()
+    confident = np.array([int((keep & (label == cls)).sum()) for cls in range(1, N_CLASSES + 1)])
+    quota = largest_quota(confident, class_cap)
+    flat_keep, flat_top, flat_label = keep.reshape(-1), top.reshape(-1), label.reshape(-1)
     for cls in range(1, N_CLASSES + 1):
         cells = np.flatnonzero(flat_keep & (flat_label == cls))
         if len(cells) > quota:
@@ -39,6 +38,15 @@ def select_cells(
             flat_keep[cells[order[quota:]]] = False
     kept = np.where(keep, label, NO_LABEL).astype(np.uint8)
     return {name: kept[k] for k, name in enumerate(names)}
+
+
+def largest_quota(counts: np.ndarray, class_cap: float) -> int:
+    """The largest q such that, each class keeping min(its count, q) cells, none holds more
+    than `class_cap` of the cells kept (0 when only keeping nothing does)."""
+    quotas = np.arange(int(counts.max(initial=0)) + 1)
+    kept = np.minimum(counts[:, None], quotas[None, :])
+    holds = kept.max(axis=0) <= class_cap * kept.sum(axis=0)
+    return int(quotas[holds].max())
 
 
 def class_counts(labels: np.ndarray) -> list[int]:

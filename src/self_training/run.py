@@ -30,9 +30,10 @@ import tifffile
 from src.atomic import write_json, write_npy
 from src.cli import config_values
 from src.cross_validation.claims import claimed, holder
-from src.esd_data.manifest import MANIFEST_FILE, Manifest
+from src.esd_data.manifest import MANIFEST_FILE, Manifest, sample_digest
 from src.esd_data.reader import tile_number
 from src.evaluation.config import EvalConfig
+from src.evaluation.cv_record import read_fold_records
 from src.evaluation.evaluate import choose_models, evaluate
 from src.held_out import Ledger, Member
 from src.self_training.config import SelfTrainConfig
@@ -89,12 +90,24 @@ def _rounds(
         round_dir = root / f"round_{number}"
         if (round_dir / RESULT_FILE).is_file():
             result = read_json(round_dir / RESULT_FILE)
+            _check_student(result, round_dir)
             log(f"round {number}: done ({result['checkpoint']})")
         else:
             result = _round(number, round_dir, teacher, options, base, manifest, log)
         results.append(result)
         teacher = {"model_path": [Path(result["checkpoint"])]}
     return results
+
+
+def _check_student(result: dict[str, Any], round_dir: Path) -> None:
+    """ValueError when a finished round's student checkpoint is gone or changed since (trained
+    further with `scripts.train --resume`): its result is no longer that checkpoint's."""
+    checkpoint = Path(result["checkpoint"])
+    if not checkpoint.is_file() or sample_digest(checkpoint) != result.get("checkpoint_sha256"):
+        raise ValueError(
+            f"round {result['round']}'s student {checkpoint} is gone or changed since it was "
+            f"trained: delete {round_dir} (and the rounds after it) to train it again"
+        )
 
 
 def read_json(path: Path) -> dict[str, Any]:
@@ -115,8 +128,10 @@ def _plan(options: SelfTrainConfig, base: ESDConfig, manifest: Manifest) -> dict
     values["model_path"] = [str(Path(p).resolve()) for p in options.model_path or []]
     values["cv_dir"] = None if options.cv_dir is None else str(Path(options.cv_dir).resolve())
     values["unlabelled"] = [str(Path(p).resolve()) for p in options.unlabelled or []]
+    checkpoints = options.model_path or [r.checkpoint for r in read_fold_records(options.cv_dir)]
     return {
         **values,
+        "teacher_files": [sample_digest(Path(path)) for path in checkpoints],
         "student": result_config(base),
         "labelled_data": manifest.fingerprint,
     }
@@ -159,11 +174,12 @@ def _round(
     view = student_manifest(manifest, labelled_dir, record["sources"], round_dir / "pseudo")
     view.save(round_dir / "data")
     config = run_inside(base, round_dir, f"round_{number}", pseudo_labels=record)
-    trained = train(config, test=True, summary=number == 1)
+    trained = train(config, test=True, summary=number == 1, resume_hint=False)
     checkpoint = trained["best_model_path"] or trained["last_model_path"]
     result = {
         "round": number,
         "checkpoint": checkpoint,
+        "checkpoint_sha256": sample_digest(Path(checkpoint)),
         "checkpoint_kind": "best" if trained["best_model_path"] else "last",
         "epoch": trained["best_epoch"] if trained["best_model_path"] else trained["last_epoch"],
         "val_f1_class1": trained["best_model_score"],
@@ -211,6 +227,12 @@ def pseudo_label(
     if not probabilities:
         raise ValueError("the unlabelled folders hold no tile to pseudo-label")
     labels = select_cells(probabilities, options.confidence, options.class_cap)
+    if not any(kept.any() for kept in labels.values()):
+        raise ValueError(
+            f"the teacher is sure (confidence ≥ {options.confidence}, no class over "
+            f"{options.class_cap} of the kept cells) of no cell of the {len(labels)} unlabelled "
+            f"tile(s): lower --confidence or raise --class_cap"
+        )
     for name, kept in labels.items():
         write_npy(round_dir / "pseudo" / f"{name}.npy", kept)
     per_tile = {name: class_counts(kept) for name, kept in labels.items()}
@@ -269,7 +291,8 @@ def _teacher_predictions(
             )
         where: dict[str, Any] = {"processed_dir": folder, "split": "predict"}
     else:
-        if folder.resolve() == Path(manifest.raw_dir).resolve():
+        raw = Path(manifest.raw_dir).resolve()
+        if folder.resolve() in (raw, raw / "Train"):
             raise ValueError(
                 f"{folder} is the labelled tiles' raw folder: its unlabelled tiles are the "
                 f"predict split of {base.processed_dir} (leave out --unlabelled)"

@@ -39,3 +39,8 @@ def stop_on_signals() -> Iterator[type[StopSignal]]:
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+
+
+INTERRUPTED_RERUN = "interrupted: run the same command again to continue where it stopped"
+"""What a command that trains in its own folder (cross-validation, self-training, refit) says
+when it is stopped: its runs resume from their last checkpoints."""

@@ -283,6 +283,7 @@ def train(
     extra_callbacks: list[L.Callback] | None = None,
     test: bool = True,
     summary: bool = True,
+    resume_hint: bool = True,
 ) -> dict[str, Any]:
     """Prepare the data, train, test when there are test tiles (and `test`); return the
     final metrics.
@@ -293,7 +294,8 @@ def train(
     of this config on the same data; `summary` prints the model's layers. A run name whose
     folders hold another run, or that another process trains, is refused before any work
     (`RunFolderError`); Ctrl-C or SIGTERM raises `TrainingInterrupted` after `status.json`
-    says `interrupted`.
+    says `interrupted` (and, with `resume_hint`, the command that resumes the run is printed:
+    a run of a command's own folder is resumed by that command).
     """
     problem = validation_problem(config)
     if problem:  # before the data are touched: a re-split would change the folder
@@ -321,12 +323,12 @@ def train(
     )
     with claim:
         return _train_claimed(config, extra_callbacks, test, summary, resumed_epoch,
-                              log_folder, owns_folder)  # fmt: skip
+                              log_folder, owns_folder, resume_hint)  # fmt: skip
 
 
 def _train_claimed(config: ESDConfig, extra_callbacks: list[L.Callback] | None, test: bool,
                    summary: bool, resumed_epoch: int | None, log_folder: Path,
-                   owns_folder: bool) -> dict[str, Any]:  # fmt: skip
+                   owns_folder: bool, resume_hint: bool) -> dict[str, Any]:  # fmt: skip
     """`train` once the run's folders are this process's."""
     trainer = build_trainer(config, extra_callbacks, resumed_epoch, summary)  # hardware first
     data = build_datamodule(config)
@@ -337,7 +339,7 @@ def _train_claimed(config: ESDConfig, extra_callbacks: list[L.Callback] | None, 
         manifest = data.manifest  # read once: the folder cannot change while the lock is held
         manifest.check_files(config.processed_dir)
         _check_splits(config, manifest)
-        return _fit(config, trainer, data, test, log_folder, owns_folder)
+        return _fit(config, trainer, data, test, log_folder, owns_folder, resume_hint)
 
 
 def _check_splits(config: ESDConfig, manifest: Manifest) -> None:
@@ -352,7 +354,7 @@ def _check_splits(config: ESDConfig, manifest: Manifest) -> None:
 
 
 def _fit(config: ESDConfig, trainer: L.Trainer, data: ESDDataModule, test: bool,
-         log_folder: Path, owns_folder: bool) -> dict[str, Any]:  # fmt: skip
+         log_folder: Path, owns_folder: bool, resume_hint: bool) -> dict[str, Any]:  # fmt: skip
     """Fit (and test) on prepared data; status.json follows the run."""
     if data.summary is not None and (is_local_zero() or data.summary.rebuilt):
         print(f"data: {data.summary}")
@@ -409,7 +411,7 @@ def _fit(config: ESDConfig, trainer: L.Trainer, data: ESDDataModule, test: bool,
         record(status, error=None if interrupted else f"{type(error).__name__}: {error}")
         if interrupted:
             resume = Path(last.dirpath or "") / f"{LAST_CHECKPOINT}.ckpt"
-            if is_local_zero():
+            if is_local_zero() and resume_hint:
                 print(_resume_hint(resume, trainer.current_epoch), file=sys.stderr)
             raise TrainingInterrupted from None
         if isinstance(error, OSError) and is_output_error(error):
