@@ -130,9 +130,7 @@ def test_a_refit_is_reused_other_options_are_refused_and_the_command_names_the_f
 
 
 @pytest.mark.slow
-def test_a_cross_validation_whose_folder_was_prepared_again_is_not_refit(
-    synthetic_raw, tmp_path
-):
+def test_a_cross_validation_whose_folder_was_prepared_again_is_not_refit(synthetic_raw, tmp_path):
     from src.esd_data.cache import prepare_dataset
     from src.esd_data.preprocessing import PreprocessConfig
 
