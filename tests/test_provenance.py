@@ -272,7 +272,7 @@ def test_no_library_module_imports_the_scripts():
 
 
 LAYERS = ["esd_data", "models", "visualization", "training", "evaluation", "cross_validation",
-          "sweeps"]  # fmt: skip
+          "sweeps", "self_training", "submission", "run_listing"]  # fmt: skip
 """TorchGeo's layering, bottom first: a package imports only those below it (and the shared
 modules directly under src/)."""
 

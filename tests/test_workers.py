@@ -24,7 +24,7 @@ from scripts.cross_validate import main as cross_validate_main
 from scripts.evaluate import main as evaluate_main
 from scripts.importance import main as importance_main
 from scripts.report import main as report_main
-from src.cross_validation.claims import claimed
+from src.claims import claimed
 from src.cross_validation.db_claims import TABLE, DatabaseClaims
 from src.cross_validation.status import unit_states
 from src.evaluation.bootstrap import scores_of_confusion

@@ -1,89 +1,29 @@
-"""Claims on a cross-validation's units, so that any number of worker processes share one run.
+"""How the workers of a cross-validation share its units: file locks (`src.claims`) or, with
+`--storage`, leases in PostgreSQL (`src.cross_validation.db_claims`, the same interface).
 
-A unit (one fold of one model, repetition and seed) is trained by the process that holds its
-claim: an exclusive `flock` on `<unit>/.claim`, beside a line saying who holds it (process,
-host, since when). The operating system releases the lock of a process that dies, so a dead
-worker's claim is a lease it loses: the next worker claims the unit and resumes it from its
-`last.ckpt`. A finished unit has its `result.json` and is never trained again. This needs a
-file system whose locks hold between the processes (one machine, or a cluster's shared disk
-with working `flock`); elsewhere `--storage` claims them through PostgreSQL instead
-(`src.cross_validation.db_claims`, the same interface). `open_claims` chooses, and records the
-choice in the cross-validation's folder so that every worker and `--status` make the same.
+A unit (one fold of one model, repetition and seed) is trained by the worker that holds its
+claim; a dead worker's claim is lost and the next worker resumes the unit from its
+`last.ckpt`; a finished unit has its `result.json` and is never trained again. `open_claims`
+chooses, and records the choice in the cross-validation's folder so that every worker and
+`--status` make the same.
 """
 
 from __future__ import annotations
 
-import contextlib
-import datetime as dt
-import fcntl
 import json
-import os
-import socket
-from collections.abc import Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 from src.atomic import write_json
+from src.claims import claimed, holder, locked
 
-CLAIM_FILE = ".claim"
 FAILED_FILE = "failed.txt"
 """Written into a unit that failed (its error), removed when a worker claims it again."""
 STORAGE_FILE = "claims.json"
 """Written into a cross-validation whose workers claim units through a database: its URL
 (without a password) and lease."""
-
-
-def owner_line() -> str:
-    """Who this process is, as a claim records it."""
-    return f"process {os.getpid()} on {socket.gethostname()} since {dt.datetime.now():%H:%M:%S}"
-
-
-@contextlib.contextmanager
-def claimed(unit_dir: Path) -> Iterator[bool]:
-    """Try to claim a unit: yields True while this process holds it, False when another does
-    (never waits)."""
-    unit_dir.mkdir(parents=True, exist_ok=True)
-    with (unit_dir / CLAIM_FILE).open("a+") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            yield False
-            return
-        handle.truncate(0)
-        handle.write(owner_line())
-        handle.flush()
-        try:
-            yield True
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-def holder(unit_dir: Path) -> str | None:
-    """Who holds the unit's claim now (None: nobody)."""
-    path = unit_dir / CLAIM_FILE
-    if not path.is_file():
-        return None
-    with path.open("a+") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.seek(0)
-            return handle.read().strip() or "another process"
-        fcntl.flock(handle, fcntl.LOCK_UN)
-        return None
-
-
-@contextlib.contextmanager
-def locked(path: Path) -> Iterator[None]:
-    """Hold an exclusive `flock` on `path` (waits for it)."""
-    with path.open("a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 class Claims(Protocol):

@@ -24,7 +24,7 @@ import sqlalchemy
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
-from src.cross_validation.claims import owner_line
+from src.claims import owner_line
 
 TABLE = "esd_cv_leases"
 _CREATE = f"""

@@ -15,7 +15,7 @@ tile, is the held-out ledger's to say. A group the model does not read has impor
 Each part (one checkpoint on its held-out tiles: a cross-validation's fold) is a unit of work:
 the same command started several times (on one machine, or on several sharing the folder with
 working file locks) shares the parts as cross-validation workers share folds. A process claims
-a part (`src.cross_validation.claims`), computes its baseline and permuted confusion matrices
+a part (`src.claims`), computes its baseline and permuted confusion matrices
 into `<results_dir>.units/part_<k>.npz`, and once every part is there the results are written
 (each process in turn, the same files); a dead process's part is computed by the next. The
 units are reused by a later call only with the same evaluation and unchanged checkpoints.
@@ -37,7 +37,7 @@ import torch
 from tqdm import tqdm
 
 from src.atomic import atomic_path, replaced_folder, write_json
-from src.cross_validation.claims import claimed, locked
+from src.claims import claimed, locked
 from src.esd_data.dataset import ESDDataset
 from src.esd_data.identity import DataIdentity
 from src.esd_data.sensors import derived_followers, group_channels

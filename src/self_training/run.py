@@ -28,8 +28,8 @@ import numpy as np
 import tifffile
 
 from src.atomic import write_json, write_npy
+from src.claims import claimed, holder
 from src.cli import config_values
-from src.cross_validation.claims import claimed, holder
 from src.esd_data.manifest import MANIFEST_FILE, Manifest, sample_digest
 from src.esd_data.reader import tile_number
 from src.evaluation.config import EvalConfig

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from src.atomic import write_json
-from src.cross_validation.claims import claimed, holder
+from src.claims import claimed, holder
 from src.esd_data.folds import fold_manifest
 from src.esd_data.manifest import Manifest, sample_digest
 from src.esd_data.reader import tile_number
