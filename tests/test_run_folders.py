@@ -241,12 +241,14 @@ def test_status_interrupts_and_resume(synthetic_processed, tmp_path):
     _wait_for(last.is_file)
     status = read_status(log_folder)
     assert status["status"] == "running" and status["pid"] == process.pid
+    assert status["epochs_completed"] >= 1  # counted as epochs complete, not only at the end
     lock = (synthetic_processed / ".prepare.lock").open("a")  # the training holds it shared
     with lock as handle, pytest.raises(BlockingIOError):
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     process.kill()
     process.communicate()
-    assert read_status(log_folder)["status"] == "killed"
+    killed = read_status(log_folder)
+    assert killed["status"] == "killed" and killed["epochs_completed"] >= 1
 
     # Resumed (it says the run was killed), then Ctrl-C: exit 130, `interrupted`, and the
     # command it prints resumes the run to its end, with no row of metrics.csv twice.

@@ -269,6 +269,18 @@ def _numbers(metrics: dict[str, Any]) -> dict[str, float]:
     return {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float, torch.Tensor))}
 
 
+class EpochStatus(L.Callback):
+    """Keeps `status.json` (running) up to date with the epochs completed, so that a run
+    listed or killed mid-way says how far it got."""
+
+    def __init__(self, log_folder: Path) -> None:
+        self.log_folder = log_folder
+
+    def on_train_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        if not trainer.sanity_checking:
+            write_status(self.log_folder, "running", epochs_completed=trainer.current_epoch + 1)
+
+
 class TrainingInterrupted(KeyboardInterrupt):
     """Ctrl-C or SIGTERM stopped a training; its `status.json` says `interrupted`."""
 
@@ -321,6 +333,8 @@ def train(
         if owns_folder
         else contextlib.nullcontext()
     )
+    if owns_folder:  # status.json counts the epochs as they complete
+        extra_callbacks = [*(extra_callbacks or []), EpochStatus(log_folder)]
     with claim:
         return _train_claimed(config, extra_callbacks, test, summary, resumed_epoch,
                               log_folder, owns_folder, resume_hint)  # fmt: skip
