@@ -417,3 +417,23 @@ def test_bad_raw_data_given_to_evaluate_is_one_line(finished_run, tmp_path, caps
     err = capsys.readouterr().err
     # The message (a line per problem of each tile, as scripts.prepare gives it), no traceback.
     assert err.startswith("error: tile Tile1") and damaged.name in err and "Traceback" not in err
+
+
+def test_a_stop_signal_whose_interrupt_python_swallowed_still_stops_the_training(
+    synthetic_processed, tmp_path
+):
+    """Python ignores an exception raised where the signal handler may run (a weakref
+    callback, `__del__`): the training stops at its next batch all the same."""
+    from src.training.signals import stop_on_signals
+    from src.training.train import TrainingInterrupted
+
+    with stop_on_signals():
+        try:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(1)  # the handler raises here
+        except KeyboardInterrupt:
+            pass  # as "Exception ignored in: <weakref callback>" does
+        with pytest.raises(TrainingInterrupted):
+            train(tiny(tmp_path, synthetic_processed, max_epochs=50))
+    status = read_status(tmp_path / "logs" / "SegmentationCNN" / "rs")
+    assert status["status"] == "interrupted" and status["epochs_completed"] == 0

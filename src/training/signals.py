@@ -16,6 +16,16 @@ class StopSignal:
     """The signal (SIGINT or SIGTERM) that asked the command to stop, if any."""
 
     signum: int | None = None
+    active: bool = False
+    """Inside `stop_on_signals` (outside it, `check` stops nothing)."""
+
+    @classmethod
+    def check(cls) -> None:
+        """KeyboardInterrupt when a stop signal came: the handler's own can be lost, since
+        Python ignores an exception raised in a weakref callback or `__del__`, where the
+        handler may happen to run (a training then calls this at every batch)."""
+        if cls.active and cls.signum is not None:
+            raise KeyboardInterrupt
 
     @classmethod
     def exit_status(cls) -> int:
@@ -34,11 +44,13 @@ def stop_on_signals() -> Iterator[type[StopSignal]]:
             raise KeyboardInterrupt
 
     previous = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
+    was_active, StopSignal.active = StopSignal.active, True
     try:
         yield StopSignal
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+        StopSignal.active = was_active
 
 
 INTERRUPTED_RERUN = "interrupted: run the same command again to continue where it stopped"

@@ -49,6 +49,7 @@ from src.training.module import ESDSegmentation, NonFiniteError
 from src.training.quiet import quiet_third_party
 from src.training.resume import MAY_CHANGE, check_same_data, saved_run_config
 from src.training.run_folder import claim_run, read_status, run_log_dir, write_status
+from src.training.signals import StopSignal
 from src.training.summary import LayerSummary
 
 RUN_NAME_VARIABLE = "ESD_RUN_NAME"
@@ -223,6 +224,7 @@ def build_trainer(
         LearningRateMonitor(logging_interval="epoch"),
         *([TQDMProgressBar()] if show_progress() else []),
         *([LayerSummary(max_depth=2)] if summary else []),
+        StopWhenSignalled(),
         *(extra_callbacks or []),
     ]
     loggers = build_loggers(
@@ -267,6 +269,17 @@ def _trainer(
 
 def _numbers(metrics: dict[str, Any]) -> dict[str, float]:
     return {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float, torch.Tensor))}
+
+
+class StopWhenSignalled(L.Callback):
+    """Stops the training at the next batch once a stop signal came, should the signal's own
+    KeyboardInterrupt have been lost (see `StopSignal.check`)."""
+
+    def on_train_batch_end(self, *args: Any) -> None:
+        StopSignal.check()
+
+    def on_validation_batch_end(self, *args: Any) -> None:
+        StopSignal.check()
 
 
 class EpochStatus(L.Callback):
