@@ -70,18 +70,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_workers(list(sys.argv[1:] if argv is None else argv), cv.workers, base)
     set_progress(base.progress)
     from src.cross_validation.run import cross_validate
-    from src.training.signals import INTERRUPTED_RERUN, StopSignal, stop_on_signals
+    from src.training.signals import run_resumable
 
-    with stop_on_signals():
-        try:
-            cross_validate(cv, base)
-        except KeyboardInterrupt:
-            print(INTERRUPTED_RERUN, file=sys.stderr)
-            return StopSignal.exit_status()
-        except (FileNotFoundError, ValueError) as error:
-            print(f"error: {error}", file=sys.stderr)
-            return 1
-    return 0
+    status = run_resumable(lambda: cross_validate(cv, base), (FileNotFoundError, ValueError))
+    return status if isinstance(status, int) else 0
 
 
 def _look(cv: CVConfig, base: ESDConfig) -> str:

@@ -50,17 +50,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     set_progress(student.progress)
     from src.self_training.run import self_train
     from src.training.checkpoints import CheckpointError
-    from src.training.signals import INTERRUPTED_RERUN, StopSignal, stop_on_signals
+    from src.training.signals import run_resumable
 
-    with stop_on_signals():
-        try:
-            results = self_train(options, student)
-        except KeyboardInterrupt:
-            print(INTERRUPTED_RERUN, file=sys.stderr)
-            return StopSignal.exit_status()
-        except (CheckpointError, FileNotFoundError, ValueError) as error:
-            print(f"error: {error}", file=sys.stderr)
-            return 1
+    results = run_resumable(
+        lambda: self_train(options, student), (CheckpointError, FileNotFoundError, ValueError)
+    )
+    if isinstance(results, int):
+        return results
     for result in results:
         scores = ", ".join(
             f"{name} {result[name]:.4f}"

@@ -24,17 +24,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     config = parse_config(SubmitConfig, argv)
     from src.submission.refit import refit_and_submit
     from src.training.checkpoints import CheckpointError
-    from src.training.signals import INTERRUPTED_RERUN, StopSignal, stop_on_signals
+    from src.training.signals import run_resumable
 
-    with stop_on_signals():
-        try:
-            record = refit_and_submit(config)
-        except KeyboardInterrupt:
-            print(INTERRUPTED_RERUN, file=sys.stderr)
-            return StopSignal.exit_status()
-        except (CheckpointError, FileNotFoundError, ValueError) as error:
-            print(f"error: {error}", file=sys.stderr)
-            return 1
+    record = run_resumable(
+        lambda: refit_and_submit(config), (CheckpointError, FileNotFoundError, ValueError)
+    )
+    if isinstance(record, int):
+        return record
     decision = record["decision"]
     for folder, entry in record["submissions"].items():
         rule = f"class 1 where p ≥ {entry['threshold']:.4f}" if "threshold" in entry else "argmax"

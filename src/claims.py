@@ -62,6 +62,19 @@ def holder(unit_dir: Path) -> str | None:
 
 
 @contextlib.contextmanager
+def held(folder: Path) -> Iterator[None]:
+    """Hold a command's folder for the whole command; ValueError naming who holds it when
+    another process does (never waits)."""
+    with claimed(folder) as mine:
+        if not mine:
+            raise ValueError(
+                f"{folder} is being worked on by {holder(folder) or 'another process'}: wait "
+                f"for it to finish, or give another --name"
+            )
+        yield
+
+
+@contextlib.contextmanager
 def locked(path: Path) -> Iterator[None]:
     """Hold an exclusive `flock` on `path` (waits for it)."""
     with path.open("a") as handle:

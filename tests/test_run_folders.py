@@ -437,3 +437,17 @@ def test_a_stop_signal_whose_interrupt_python_swallowed_still_stops_the_training
             train(tiny(tmp_path, synthetic_processed, max_epochs=50))
     status = read_status(tmp_path / "logs" / "SegmentationCNN" / "rs")
     assert status["status"] == "interrupted" and status["epochs_completed"] == 0
+
+
+def test_a_command_that_trains_in_its_own_folder_says_to_run_it_again_when_stopped(capsys):
+    from src.training.signals import INTERRUPTED_RERUN, run_resumable
+
+    def stopped() -> None:
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(1)  # the handler raises here
+
+    assert run_resumable(stopped, (ValueError,)) == 128 + signal.SIGTERM
+    assert capsys.readouterr().err.strip() == INTERRUPTED_RERUN
+    assert run_resumable(lambda: int("x"), (ValueError,)) == 1
+    assert capsys.readouterr().err.startswith("error: invalid literal")
+    assert run_resumable(lambda: {"done": True}, (ValueError,)) == {"done": True}

@@ -28,7 +28,7 @@ import numpy as np
 import tifffile
 
 from src.atomic import write_json, write_npy
-from src.claims import claimed, holder
+from src.claims import held
 from src.cli import config_values
 from src.esd_data.manifest import MANIFEST_FILE, Manifest, sample_digest
 from src.esd_data.reader import tile_number
@@ -61,12 +61,7 @@ def self_train(
     manifest.check_files(labelled_dir)
     plan = _plan(options, base, manifest)
     root = options.output_dir / (options.name or f"{base.model_type}-{config_hash(plan)[:8]}")
-    with claimed(root) as mine:
-        if not mine:
-            raise ValueError(
-                f"{root} is being run by {holder(root) or 'another process'}: wait for it to "
-                f"finish, or give another --name"
-            )
+    with held(root):
         _check_plan(root, plan)
         return _rounds(root, options, base, manifest, log)
 

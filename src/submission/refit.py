@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from src.atomic import write_json
-from src.claims import claimed, holder
+from src.claims import held
 from src.esd_data.folds import fold_manifest
 from src.esd_data.manifest import Manifest, sample_digest
 from src.esd_data.reader import tile_number
@@ -75,12 +75,7 @@ def refit_and_submit(config: SubmitConfig, log: Callable[[str], None] = print) -
         "decision", "argmax"
     )
     root = config.output_dir / (config.name or f"{root_dir.name}-{model_dir.name}")
-    with claimed(root) as mine:
-        if not mine:
-            raise ValueError(
-                f"{root} is being refit by {holder(root) or 'another process'}: wait for it to "
-                f"finish, or give another --name"
-            )
+    with held(root):
         record = _refitted(root, refit, records[0].checkpoint, manifest, processed, log)
         record["decision"] = decision
         checkpoint = Path(record["checkpoint"])

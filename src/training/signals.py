@@ -9,7 +9,11 @@ from __future__ import annotations
 
 import contextlib
 import signal
-from collections.abc import Iterator
+import sys
+from collections.abc import Callable, Iterator
+from typing import TypeVar
+
+T = TypeVar("T")
 
 
 class StopSignal:
@@ -56,3 +60,17 @@ def stop_on_signals() -> Iterator[type[StopSignal]]:
 INTERRUPTED_RERUN = "interrupted: run the same command again to continue where it stopped"
 """What a command that trains in its own folder (cross-validation, self-training, refit) says
 when it is stopped: its runs resume from their last checkpoints."""
+
+
+def run_resumable(work: Callable[[], T], errors: tuple[type[Exception], ...]) -> T | int:
+    """`work()`'s result, or the exit status of a command that trains in its own folder: 128 +
+    the signal's number when stopped (saying to run it again), 1 after one line for `errors`."""
+    with stop_on_signals():
+        try:
+            return work()
+        except KeyboardInterrupt:
+            print(INTERRUPTED_RERUN, file=sys.stderr)
+            return StopSignal.exit_status()
+        except errors as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 1
