@@ -15,7 +15,8 @@ import datetime as dt
 import fcntl
 import os
 import socket
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 CLAIM_FILE = ".claim"
@@ -83,3 +84,22 @@ def locked(path: Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+WAIT_S = 2.0
+"""How often a process looks again at the units other processes hold."""
+
+
+class Waiting:
+    """Pauses a process whose pending units are all held by others (saying so once)."""
+
+    def __init__(self, log: Callable[[str], None], what: str) -> None:
+        self.log, self.what, self.said = log, what, False
+
+    def pause(self, held: int, pending: int) -> None:
+        """Sleep `WAIT_S` when every one of the `pending` units is among the `held` ones."""
+        if held and held == pending:
+            if not self.said:
+                self.log(f"waiting for {held} {self.what}")
+                self.said = True
+            time.sleep(WAIT_S)

@@ -233,17 +233,13 @@ def _standardised(channels, generator):
 def test_dse_channels_become_galileos_normalised_inputs(galileo_dir):
     channels = _dse_channels()
     physical, x, stats = _standardised(channels, torch.Generator().manual_seed(1))
-    model = GalileoSegmentation(
-        channels,
-        4,
-        cell_px=10,
-        input_stats=stats,
-        pretrained=True,
-        weights_path=galileo_dir,
-        patch_size=5,
-        resolution_m=50,
-        time="acquisition",
-    )
+
+    def pretrained(resolution_m: int) -> GalileoSegmentation:
+        return GalileoSegmentation(channels, 4, cell_px=10, input_stats=stats, pretrained=True,
+                                   weights_path=galileo_dir, patch_size=5,
+                                   resolution_m=resolution_m, time="acquisition")  # fmt: skip
+
+    model = pretrained(50)
     inputs = model.encoder_inputs(x)
     norm = json.loads((galileo_dir / "normalization.json").read_text())
     dates = ["2020-07-23", "2020-08-04", "2020-08-11"]
@@ -265,17 +261,7 @@ def test_dse_channels_become_galileos_normalised_inputs(galileo_dir):
     got = inputs.space_time[:, 2, SPACE_TIME_BANDS.index("NDVI")].double()
     close(got, (nir - red) / (nir + red))
     # at 100 m (2×2 pixels a token), NDVI is each pixel's, averaged, as in pretraining at 10 m
-    coarse = GalileoSegmentation(
-        channels,
-        4,
-        cell_px=10,
-        input_stats=stats,
-        pretrained=True,
-        weights_path=galileo_dir,
-        patch_size=5,
-        resolution_m=100,
-        time="acquisition",
-    )
+    coarse = pretrained(100)
     per_pixel = torch.nn.functional.avg_pool2d(((nir - red) / (nir + red))[:, None], 2)[:, 0]
     got = coarse.encoder_inputs(x).space_time[:, 2, SPACE_TIME_BANDS.index("NDVI")].double()
     close(got, per_pixel)

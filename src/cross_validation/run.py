@@ -36,6 +36,7 @@ import lightning as L
 import numpy as np
 
 from src.atomic import write_json
+from src.claims import Waiting
 from src.cross_validation.claims import FAILED_FILE, Claims, open_claims
 from src.cross_validation.config import CVConfig
 from src.cross_validation.outputs import write_outputs
@@ -356,10 +357,6 @@ def _run_plan(
     return {"plan": plan, "models": outputs["models"], "pairs": outputs["pairs"], "root": str(root)}
 
 
-WAIT_S = 2.0
-"""How often a worker looks again at the units other workers hold."""
-
-
 def _train_units(
     cv: CVConfig, base: ESDConfig, log: Callable[[str], None],
     extra_callbacks: list[L.Callback] | None,
@@ -372,7 +369,7 @@ def _train_units(
     is taken up and resumed here)."""
     pending = [(variant, unit) for variant in variants for unit in units]
     done: dict[tuple[str, int], dict[str, Any]] = {}
-    waiting_said = False
+    waiting = Waiting(log, "unit(s) other workers are training")
     while pending:
         held = []
         for variant, unit in pending:
@@ -398,11 +395,7 @@ def _train_units(
                 f"f1_class1 {scores[-1]:.4f}; so far {np.mean(scores):.4f} ± "
                 f"{np.std(scores, ddof=1) if len(scores) > 1 else 0:.4f}"
             )
-        if held and len(held) == len(pending):
-            if not waiting_said:
-                log(f"waiting for {len(held)} unit(s) other workers are training")
-                waiting_said = True
-            time.sleep(WAIT_S)
+        waiting.pause(len(held), len(pending))
         pending = held
     return done
 

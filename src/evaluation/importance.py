@@ -37,7 +37,7 @@ import torch
 from tqdm import tqdm
 
 from src.atomic import atomic_path, replaced_folder, write_json
-from src.claims import claimed, locked
+from src.claims import Waiting, claimed, locked
 from src.esd_data.dataset import ESDDataset
 from src.esd_data.identity import DataIdentity
 from src.esd_data.sensors import derived_followers, group_channels
@@ -306,8 +306,6 @@ def _permutation_importance(config: ImportanceConfig, log: Callable[[str], None]
 
 
 LOCK_FILE = ".lock"
-WAIT_S = 2.0
-"""How often a process looks again at the parts other processes compute."""
 
 
 def _units_folder(results_dir: Path, key: dict[str, Any], parts: list[HeldOutPart]) -> Path:
@@ -332,7 +330,8 @@ def _shared_parts(folder: Path, parts: list[HeldOutPart],
     """Every part's arrays: read back when computed, computed when this process claims the
     part, waited for while another process holds it."""
     done: dict[int, dict[str, np.ndarray]] = {}
-    pending, waiting_said = list(range(len(parts))), False
+    pending = list(range(len(parts)))
+    waiting = Waiting(log, "part(s) other processes are computing")
     while pending:
         held = []
         for index in pending:
@@ -352,11 +351,7 @@ def _shared_parts(folder: Path, parts: list[HeldOutPart],
                             f"{time.perf_counter() - started:.1f} s")  # fmt: skip
             with np.load(path) as stored:
                 done[index] = {name: stored[name] for name in stored.files}
-        if held and len(held) == len(pending):
-            if not waiting_said:
-                log(f"waiting for {len(held)} part(s) other processes are computing")
-                waiting_said = True
-            time.sleep(WAIT_S)
+        waiting.pause(len(held), len(pending))
         pending = held
     return [done[index] for index in range(len(parts))]
 
