@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import tifffile
 import torch
 
 from src.esd_data.cache import prepare_dataset
@@ -24,6 +25,7 @@ from src.models.galileo import GalileoSegmentation
 from src.models.galileo_encoder import GalileoEncoder, GalileoInputs
 from src.models.galileo_weights import load_pretrained_encoder, to_encoder_state
 from src.models.pretrained import read_state_dict
+from src.training.checkpoints import load_module
 from src.training.config import ESDConfig
 from src.training.resume import saved_run_config
 from tests.test_train_cli import train_main  # noqa: F401 (the fixture, shared)
@@ -215,8 +217,8 @@ def _dse_channels(s2_bands: list[str] = S2) -> list[str]:
     ]
 
 
-def _standardised(channels, generator):
-    physical = torch.rand(2, len(channels), 10, 10, generator=generator, dtype=torch.float64)
+def _standardised(channels, generator, size: int = 10):
+    physical = torch.rand(2, len(channels), size, size, generator=generator, dtype=torch.float64)
     for i, name in enumerate(channels):
         if name.startswith("sentinel1"):
             physical[:, i] = -25 + 20 * physical[:, i]  # dB
@@ -398,17 +400,28 @@ def test_resolution_and_patch_must_tile_a_label_cell():
         GalileoSegmentation(_dse_channels(), 4, cell_px=10, resolution_m=100, patch_size=3)
 
 
+NO_DATA_FILE = "L2A_20200826_B04.tif"
+"""The Sentinel-2 raster of every tile of `physical_processed` with no data in its corner."""
+
+
 @pytest.fixture(scope="module")
 def physical_processed(synthetic_raw: Path, tmp_path_factory) -> Path:
-    """`synthetic_raw` prepared with the physical-units recipe (4 px, 125 m per label cell)."""
+    """`synthetic_raw` prepared with the physical-units recipe (4 px, 125 m per label cell)
+    and validity channels, every tile's Sentinel-2 B04 of 2020-08-26 without data (0) in its
+    first 8×8 pixels (a subtile of 2×2 cells)."""
+    raw = Path(shutil.copytree(synthetic_raw, tmp_path_factory.mktemp("no_data") / "raw"))
+    for path in raw.rglob(NO_DATA_FILE):
+        values = tifffile.imread(path)
+        values[:8, :8] = 0
+        tifffile.imwrite(path, values)
     processed = tmp_path_factory.mktemp("physical")
     prepare_dataset(
-        synthetic_raw,
+        raw,
         processed,
         tile_size_gt=4,
         val_fraction=0.25,
         workers=1,
-        preprocessing=PreprocessConfig(recipe="physical"),
+        preprocessing=PreprocessConfig(recipe="physical", valid_masks=True),
     )
     return processed
 
@@ -436,15 +449,33 @@ def test_galileo_trains_frozen_and_unfrozen_and_evaluates_without_its_weights(
     trained = {}
     for freeze, time in (("1", "monthly"), ("0", "acquisition")):
         run = tmp_path / freeze
-        code, _, err = train_main(
+        code, out, err = train_main(
             run, *flags, "--processed_dir", str(physical_processed), "--freeze_backbone", freeze,
             "--galileo_time", time,
         )  # fmt: skip
         assert code == 0, err[-3000:]
+        assert "Galileo reads the" not in out  # it masks them
         checkpoint = torch.load(run / "checkpoints/Galileo/cli/last.ckpt", weights_only=True)
         trained[freeze] = checkpoint["state_dict"]
     assert torch.equal(trained["1"][f"model.encoder.{key}"], release[key])
     assert not torch.allclose(trained["0"][f"model.encoder.{key}"], release[key])
+    # the validity channels reach the model: the values filled in the no-data corner of the
+    # 26th change nothing, a measured value of another date does
+    module = load_module(tmp_path / "1/checkpoints/Galileo/cli/last.ckpt")
+    channels = module.hparams.channels
+    assert "sentinel2/2020-08-26/valid" in channels and module.model.masks_pixels
+    stored = torch.from_numpy(np.load(physical_processed / "tiles" / "Tile1.npy")).float()
+    assert (stored[channels.index("sentinel2/2020-08-26/valid"), :8, :8] == 0).all()
+    model = module.model
+    x = (stored[None, :, :8, :8] - model.input_mean[:, None, None]) / model.input_std[:, None, None]
+    features = model.token_features
+    with torch.no_grad():
+        filled = x.clone()
+        filled[:, channels.index("sentinel2/2020-08-26/B04")] += 5
+        torch.testing.assert_close(features(filled), features(x))
+        measured = x.clone()
+        measured[:, channels.index("sentinel2/2020-08-11/B04")] += 5
+        assert not torch.allclose(features(measured), features(x))
     steps = {run: state["model.band_scale"].shape[0] for run, state in trained.items()}
     assert steps["1"] < steps["0"]  # the synthetic dates share months
     shutil.rmtree(weights)
@@ -489,6 +520,31 @@ def test_galileo_trains_frozen_and_unfrozen_and_evaluates_without_its_weights(
         "2",
     )
     assert code != 0 and "recipe: physical" in err
+
+
+def test_galileo_without_validity_channels_says_it_reads_filled_no_data(
+    synthetic_raw,
+    tmp_path,
+    train_main,  # noqa: F811
+):
+    processed = tmp_path / "physical"
+    physical = PreprocessConfig(recipe="physical")
+    summary = prepare_dataset(
+        synthetic_raw, processed, tile_size_gt=4, val_fraction=0.25, workers=1,
+        preprocessing=physical,
+    )  # fmt: skip
+    records = [json.loads(p.read_text()) for p in (processed / "tiles").glob("*.json")]
+    filled = sum(c["fill"] for r in records for c in r.get("no_data", {}).values())
+    assert filled > 0 and len(records) == len(summary.manifest.tiles)  # the synthetic B01/B09
+    code, out, err = train_main(
+        tmp_path / "run", "--model_type", "Galileo", "--raw_dir", "none", "--processed_dir",
+        str(processed), "--wandb_mode", "disabled", "--tile_size_gt", "2",
+        "--galileo_resolution_m", "250", "--galileo_patch_size", "2", "--max_epochs", "1",
+        "--limit_train_batches", "1", "--limit_val_batches", "0",
+    )  # fmt: skip
+    assert code == 0, err[-2000:]
+    note = f"Galileo reads the {filled} no-data pixel(s) filled in these tiles as measurements"
+    assert note in out and "valid_masks: true" in out
 
 
 class StopAfterFoldError(Exception):
@@ -548,3 +604,146 @@ def test_an_older_timm_is_one_line_naming_the_installed_version(monkeypatch):
     monkeypatch.setattr(galileo_encoder, "TIMM_PROBLEM", checks.timm_problem())
     with pytest.raises(ValueError, match=r"installed: 1\.0\.25"):  # building one, e.g. to load
         galileo_encoder.GalileoEncoder()
+
+
+def _with_validity(channels: list[str]) -> list[str]:
+    """`channels` and a validity channel for each Sentinel-1, Sentinel-2 and VIIRS date."""
+    dated = {
+        name.rsplit("/", 1)[0]
+        for name in channels
+        if not name.startswith(("viirs/max", "landsat8"))
+    }
+    return channels + [f"{date}/valid" for date in sorted(dated)]
+
+
+def _standardised_with_validity(channels, valid, generator, size: int = 10):
+    """`_standardised`, with the validity channels' physical values taken from `valid`
+    (channel → (B, H, W) of 0 and 1; 1 for the others)."""
+    physical, _, (mean, std) = _standardised(channels, generator, size)
+    for i, name in enumerate(channels):
+        if name.endswith("/valid"):
+            physical[:, i] = valid.get(name, torch.ones_like(physical[:, i]))
+    x = (physical - torch.tensor(mean)[:, None, None]) / torch.tensor(std)[:, None, None]
+    return physical, x.float(), (mean, std)
+
+
+def test_no_data_pixels_are_masked_not_filled(galileo_dir):
+    """Validity channels (`valid_masks`): a no-data pixel never reaches Galileo. At 100 m (2×2
+    pixels pooled) and 5×5 pooled pixels a token, on 20×20 pixels (2×2 tokens): Sentinel-2 has
+    no data over the whole of token (0, 0), in 3 of the 4 pixels pooled at (5, 5) and in all
+    4 pooled at (6, 6) of token (1, 1); VIIRS has no data in a corner of sample 0 and nowhere
+    in sample 1."""
+    channels = _with_validity(_dse_channels())
+    s2_valid = torch.ones(2, 20, 20, dtype=torch.float64)
+    s2_valid[:, :10, :10] = 0
+    s2_valid[:, 10:12, 10:12] = 0
+    s2_valid[:, 11, 11] = 1
+    s2_valid[:, 12:14, 12:14] = 0
+    viirs_valid = torch.ones_like(s2_valid)
+    viirs_valid[0, :5, :5] = 0
+    viirs_valid[1] = 0
+    valid = {"sentinel2/2020-08-11/valid": s2_valid, "viirs/2020-08-04/valid": viirs_valid}
+    generator = torch.Generator().manual_seed(4)
+    physical, x, stats = _standardised_with_validity(channels, valid, generator, size=20)
+    model = GalileoSegmentation(channels, 4, cell_px=10, input_stats=stats, pretrained=True,
+                                weights_path=galileo_dir, patch_size=5, resolution_m=100,
+                                time="acquisition").eval()  # fmt: skip
+    inputs = model.encoder_inputs(x)
+    norm = json.loads((galileo_dir / "normalization.json").read_text())
+    b2 = SPACE_TIME_BANDS.index("B2")
+    mean, std = norm["13"]["mean"][b2], norm["13"]["std"][b2]
+    b02 = physical[:, channels.index("sentinel2/2020-08-11/B02")]
+    got = inputs.space_time[:, 2, b2].double() * (4 * std) + (mean - 2 * std)  # physical
+    # a pooled pixel is the mean of its pixels that have data
+    close(got[:, 5, 5], b02[:, 11, 11])
+    close(got[:, 7, 7], b02[:, 14:16, 14:16].mean(dim=(1, 2)))
+    # one without any takes its token's mean of the others
+    pooled = torch.nn.functional.avg_pool2d(b02[:, None], 2)[:, 0]
+    pooled[:, 5, 5] = b02[:, 11, 11]
+    others = torch.ones(5, 5, dtype=torch.bool)
+    others[1, 1] = False
+    close(got[:, 6, 6], pooled[:, 5:10, 5:10][:, others].mean(dim=1))
+    # a token without data masks the date's Sentinel-2 groups there, and only there
+    mask = inputs.space_time_mask[:, :, :, 2]  # (B, h, w, groups) at the Sentinel-2 date
+    s2_groups = [GROUPS.index(g) for g in GROUPS[1:]]
+    assert mask[:, 0, 0][:, s2_groups].all()
+    assert not mask[:, 0, 1][:, s2_groups].any() and not mask[:, 1, 1][:, s2_groups].any()
+    assert not inputs.space_time_mask[..., :2, GROUPS.index("S1")].any()
+    # VIIRS: the mean radiance of the pixels that have data; none at all: missing
+    v = 5
+    viirs_mean, viirs_std = norm["6"]["mean"][v], norm["6"]["std"][v]
+    radiance = physical[0, channels.index("viirs/2020-08-04/DNB")][viirs_valid[0] > 0].mean()
+    close(
+        inputs.time[0, 1, v].double(), (radiance - (viirs_mean - 2 * viirs_std)) / (4 * viirs_std)
+    )
+    assert inputs.time_mask[:, 1, 2].tolist() == [False, True]
+    # so the values filled in at no-data pixels change nothing, while a measured one does
+    filled = x.clone()
+    s2 = [
+        i
+        for i, name in enumerate(channels)
+        if name.startswith("sentinel2/") and "valid" not in name
+    ]
+    no_data = (s2_valid == 0)[:, None].expand(-1, len(s2), -1, -1)
+    filled[:, s2] = torch.where(no_data, filled[:, s2] + 50, filled[:, s2])
+    viirs = channels.index("viirs/2020-08-04/DNB")
+    filled[:, viirs] = torch.where(
+        viirs_valid == 0, filled[:, viirs] + 50, filled[:, viirs]
+    ).float()
+    encoder_only = GalileoSegmentation(
+        [c for c in channels if not c.startswith(("viirs/max", "landsat8"))], 4, cell_px=10,
+        input_stats=([stats[0][i] for i, c in enumerate(channels)
+                      if not c.startswith(("viirs/max", "landsat8"))],
+                     [stats[1][i] for i, c in enumerate(channels)
+                      if not c.startswith(("viirs/max", "landsat8"))]),
+        pretrained=True, weights_path=galileo_dir, patch_size=5, resolution_m=100,
+        time="acquisition",
+    ).eval()  # fmt: skip
+    keep = [i for i, c in enumerate(channels) if not c.startswith(("viirs/max", "landsat8"))]
+    with torch.no_grad():
+        # the VIIRS branch reads every VIIRS pixel (with its validity channel): without it,
+        # Galileo's output ignores the filled values
+        features = encoder_only.token_features
+        torch.testing.assert_close(features(filled[:, keep]), features(x[:, keep]))
+        measured = x.clone()
+        measured[:, s2[3], 15, 15] += 50  # B04 at a pixel with data
+        assert not torch.allclose(features(measured[:, keep]), features(x[:, keep]))
+
+
+def test_validity_channels_of_full_data_change_nothing(galileo_dir):
+    """Validity channels that say every pixel has data give Galileo the inputs it gets without
+    them; in a monthly composite, a pixel without data on one date takes the other's value."""
+    channels = [
+        "viirs/2020-08-04/DNB",
+        *(f"sentinel1/2020-08-04/{b}" for b in ("VV", "VH")),
+        *(f"sentinel2/{d}/{b}" for d in ("2020-08-11", "2020-08-16") for b in S2),
+    ]
+    masked = _with_validity(channels)
+    physical, x, stats = _standardised_with_validity(masked, {}, torch.Generator().manual_seed(5))
+    plain = [masked.index(c) for c in channels]
+    build = functools.partial(GalileoSegmentation, out_channels=4, cell_px=10, pretrained=True,
+                              weights_path=galileo_dir, patch_size=5, resolution_m=50,
+                              time="monthly")  # fmt: skip
+    with_validity = build(masked, input_stats=stats)
+    without = build(channels, input_stats=([stats[0][i] for i in plain],
+                                           [stats[1][i] for i in plain]))  # fmt: skip
+    assert with_validity.masks_pixels and not without.masks_pixels
+    ours, theirs = with_validity.encoder_inputs(x), without.encoder_inputs(x[:, plain])
+    for field in ("space_time", "time", "space_time_mask", "time_mask", "months"):
+        torch.testing.assert_close(getattr(ours, field), getattr(theirs, field))
+    # the 11th has no data at (2, 3): August's composite there is the 16th's image alone
+    valid = torch.ones(2, 10, 10, dtype=torch.float64)
+    valid[:, 2, 3] = 0
+    physical, x, stats = _standardised_with_validity(
+        masked, {"sentinel2/2020-08-11/valid": valid}, torch.Generator().manual_seed(5)
+    )
+    inputs = build(masked, input_stats=stats).encoder_inputs(x)
+    norm = json.loads((galileo_dir / "normalization.json").read_text())
+    b2 = SPACE_TIME_BANDS.index("B2")
+    mean, std = norm["13"]["mean"][b2], norm["13"]["std"][b2]
+    got = inputs.space_time[:, 0, b2].double() * (4 * std) + (mean - 2 * std)
+    image = {
+        d: physical[:, masked.index(f"sentinel2/{d}/B02")] for d in ("2020-08-11", "2020-08-16")
+    }
+    close(got[:, 2, 3], image["2020-08-16"][:, 2, 3])
+    close(got[:, 4, 4], (image["2020-08-11"][:, 4, 4] + image["2020-08-16"][:, 4, 4]) / 2)

@@ -327,15 +327,19 @@ def test_to_dict_is_json_ready_and_from_dict_inverts_it():
     assert values["s2_clip_quantiles"] == [0.2, 0.8] and values["spectral_indices"] == ["NDBI"]
     assert all(not isinstance(v, tuple) for v in values.values())
     assert values["s1_log_floor"] == 1e-4 and values["viirs_max_projection"] is False
-    # Every field, except the default recipe's name: folders prepared before recipes existed
-    # keep their identity.
-    assert set(values) == {f.name for f in dataclasses.fields(PreprocessConfig)} - {"recipe"}
+    # Every field, except the default recipe's name and no validity channels: folders
+    # prepared before they existed keep their identity.
+    fields = {f.name for f in dataclasses.fields(PreprocessConfig)}
+    assert set(values) == fields - {"recipe", "valid_masks"}
     again = PreprocessConfig.from_dict(json.loads(json.dumps(values)))
     assert again == config
     assert again.s2_clip_quantiles == (0.2, 0.8)
     physical = dataclasses.replace(config, recipe="physical").to_dict()
     assert physical == {**values, "recipe": "physical"}
     assert PreprocessConfig.from_dict(physical).recipe == "physical"
+    masked = dataclasses.replace(config, valid_masks=True).to_dict()
+    assert masked == {**values, "valid_masks": True}
+    assert PreprocessConfig.from_dict(masked).valid_masks is True
 
 
 # --- building blocks -----------------------------------------------------------------------------

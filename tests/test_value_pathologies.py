@@ -94,8 +94,10 @@ def test_every_pathology_prepares_with_counts_and_trains_finite(corpus, tmp_path
     processed = tmp_path / "processed"
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
+        # the physical recipe (Galileo's) with the validity channels that Galileo masks with
+        preprocessing = PreprocessConfig(recipe=recipe, valid_masks=recipe == "physical")
         prepare_dataset(corpus, processed, tile_size_gt=4, val_fraction=0.5, seed=0, workers=2,
-                        preprocessing=PreprocessConfig(recipe=recipe))  # fmt: skip
+                        preprocessing=preprocessing)  # fmt: skip
     messages = [str(w.message) for w in caught]
     summary = next(m for m in messages if m.startswith("no data filled"))
     for product in ("VNP46A1", "Landsat 8 L1", "Landsat 8 L1 (NaN/inf)", "Sentinel-1 GRD (NaN/inf)",
@@ -115,6 +117,8 @@ def test_every_pathology_prepares_with_counts_and_trains_finite(corpus, tmp_path
         assert any(m.startswith("200 pixel(s) in 1 file(s) above 65504") for m in messages)
     stored = np.load(processed / "tiles" / "Tile1.npy")
     assert np.isfinite(stored).all()
+    if recipe == "physical":
+        _check_validity_channels(processed, stored)
     manifest = json.loads((processed / "manifest.json").read_text())
     assert all(map(math.isfinite, manifest["mean"] + manifest["std"]))
     train(tiny(processed, tmp_path, max_epochs=1, embedding_size=4), summary=False)
@@ -123,3 +127,33 @@ def test_every_pathology_prepares_with_counts_and_trains_finite(corpus, tmp_path
     values = [float(r[k]) for r in rows for k in ("train_loss", "val_loss") if r.get(k)]
     assert len(values) >= 2 and all(map(math.isfinite, values)), values
     shutil.rmtree(processed)
+
+
+def _check_validity_channels(processed: Path, stored: np.ndarray) -> None:
+    """Each date's validity channel is 0 exactly where a band of it held no data: the planted
+    pathologies, and the 193 pixels per date where Tile1's Sentinel-2 B01 and B09 have none."""
+    channels = json.loads((processed / "tiles" / "Tile1.json").read_text())["channels"]
+    invalid = {
+        name.removesuffix("/valid"): stored[i] == 0
+        for i, name in enumerate(channels)
+        if name.endswith("/valid")
+    }
+    assert len(invalid) == 9 + 4 + 4 + 3  # a channel per date of each sensor
+    for date in invalid:
+        values = np.unique(stored[channels.index(f"{date}/valid")])
+        assert set(values.tolist()) <= {0.0, 1.0}, date
+    assert invalid["viirs/2020-08-11"].all()  # fill everywhere
+    footprint = np.zeros((800, 800), bool)
+    footprint[:, :40] = True
+    assert np.array_equal(invalid["landsat8/2020-08-14"], footprint)
+    nan_and_inf = np.zeros((800, 800), bool)
+    nan_and_inf[:3, :3] = nan_and_inf[500, 500] = True
+    assert np.array_equal(invalid["landsat8/2020-08-30"], nan_and_inf)
+    assert np.array_equal(invalid["sentinel1/2020-08-16"], nan_and_inf)
+    assert not invalid["sentinel1/2020-08-04"].any()  # outliers are measurements
+    s2 = [mask for date, mask in invalid.items() if date.startswith("sentinel2/")]
+    assert [int(mask.sum()) for mask in s2] == [193] * 4  # saturation is a measurement
+    untouched = [
+        m for d, m in invalid.items() if d.startswith("viirs/") and d != "viirs/2020-08-11"
+    ]
+    assert not any(mask.any() for mask in untouched)

@@ -130,6 +130,7 @@ class PrepareSummary:
             + f"{len(self.manifest.channels)} channels, {self.manifest.tile_shape[0]} px tiles, "
             f"{self.manifest.cell_px} px per label cell, "
             f"{self.manifest.preprocessing.get('recipe', 'course')} recipe"
+            + (", validity channels" if self.manifest.preprocessing.get("valid_masks") else "")
         )
 
 
@@ -334,6 +335,19 @@ def _run_tiles(
             stacklevel=3,
         )
     return records
+
+
+def filled_pixels(processed_dir: Path, manifest: Manifest) -> int:
+    """How many no-data pixels preparation filled in the folder's tiles (their records)."""
+    total = 0
+    for tile in manifest.tiles.values():
+        record_path = Path(processed_dir) / Path(tile.image).with_suffix(".json")
+        try:
+            record = json.loads(record_path.read_text())
+        except (OSError, ValueError):
+            continue
+        total += sum(c["fill"] + c["non_finite"] for c in record.get("no_data", {}).values())
+    return total
 
 
 def no_data_summary(records: dict[str, dict]) -> str:

@@ -15,6 +15,7 @@ from src.esd_data.sensors import (
     MAX_PROJECTION_DATE,
     SENSORS_BY_NAME,
     SPECTRAL_INDICES,
+    VALID_BAND,
     spectral_index_names,
 )
 
@@ -33,8 +34,9 @@ def check_band_selection(bands: object) -> None:
 
     Each value must be None or a list of band names of that sensor (for Sentinel-2 and
     Landsat 8 also the spectral indices NDVI, NDBI, NDWI, which exist when the data were
-    prepared with `spectral_indices`), dates (YYYY-MM-DD, or `max` for the VIIRS projection)
-    or `date/band`; ValueError lists every problem.
+    prepared with `spectral_indices`, and `valid` for every sensor, with `valid_masks`), dates
+    (YYYY-MM-DD, or `max` for the VIIRS projection) or `date/band`; ValueError lists every
+    problem.
     """
     if bands is None:
         return
@@ -51,7 +53,7 @@ def check_band_selection(bands: object) -> None:
         if not isinstance(names, list) or not names:
             problems.append(f"{sensor}: expected a list of names or None, got {names!r}")
             continue
-        known = (*spec.bands, *spectral_index_names(sensor))
+        known = (*spec.bands, *spectral_index_names(sensor), VALID_BAND)
         for name in names:
             *date, band = str(name).split("/")
             if not date and _is_date(band, sensor):
@@ -284,6 +286,11 @@ class Manifest:
                         hint = (
                             f"; prepare the data with --preprocessing "
                             f"'{{spectral_indices: [{index}]}}' for this index"
+                        )
+                    elif index == VALID_BAND:
+                        hint = (
+                            "; prepare the data with --preprocessing '{valid_masks: true}' for "
+                            "the validity channels"
                         )
                     problems.append(
                         f"{sensor} has no band or date {name!r} (available: {', '.join(names)})"

@@ -12,7 +12,10 @@ Every product of the contest marks missing pixels with a value of its own (DATA.
 and any non-finite value (NaN, ±inf) of a float raster. Such pixels are no data in both
 recipes: `fill_no_data` replaces each by the median of the valid pixels of its (date, band)
 plane (0 when the plane has none), as non-finite pixels always were, and returns how many it
-replaced per raster, which the reader reports per file. Saturated values (a Landsat 8 DN of
+replaced per raster, which the reader reports per file, and where: a pixel of a date is
+missing when any band of that date has no data there (the `valid` channels of
+`PreprocessConfig.valid_masks`, which a model with a notion of missing input masks with
+instead of reading the filled values). Saturated values (a Landsat 8 DN of
 65 535, a bright Sentinel-2 pixel) are measurements and are kept.
 """
 
@@ -59,21 +62,33 @@ NO_DATA = {
 """Each sensor's no-data rule (see the module's table)."""
 
 
-def fill_no_data(sensor: str, data: np.ndarray) -> np.ndarray:
+@dataclass(frozen=True)
+class FilledNoData:
+    """What `fill_no_data` replaced in a (date, band, H, W) stack."""
+
+    counts: np.ndarray
+    """(2, date, band): pixels replaced per raster, by kind (no-data value, non-finite)."""
+    missing: np.ndarray
+    """(date, H, W) bool: the pixels where any band of the date had no data."""
+
+
+def fill_no_data(sensor: str, data: np.ndarray) -> FilledNoData:
     """Replace, in place, the no-data pixels of a (date, band, H, W) stack by the median of
     the valid pixels of their plane (0 without any; rounded for an integer raster); return
-    the (date, band) counts of pixels replaced, by kind: (no-data value, non-finite)."""
+    how many were replaced per raster and where, per date."""
     rule = NO_DATA[sensor]
     counts = np.zeros((2, *data.shape[:2]), dtype=np.int64)
+    missing = np.zeros((data.shape[0], *data.shape[2:]), dtype=bool)
     for index in np.ndindex(*data.shape[:2]):
         plane = data[index]
         bad = rule.mask(plane)
         if not bad.any():
             continue
+        missing[index[0]] |= bad
         non_finite = ~np.isfinite(plane) if plane.dtype.kind == "f" else np.zeros_like(bad)
         counts[1][index] = int(non_finite.sum())
         counts[0][index] = int(bad.sum()) - counts[1][index]
         valid = plane[~bad]
         fill = float(np.median(valid)) if valid.size else 0.0
         plane[bad] = np.round(fill) if plane.dtype.kind in "ui" else fill
-    return counts
+    return FilledNoData(counts, missing)

@@ -29,6 +29,12 @@ within a date the sensor's bands in natural order, then that date's indices (in
 `SPECTRAL_INDICES` order: NDVI, NDBI, NDWI), so `sentinel2/2020-08-11/NDBI` directly follows
 `sentinel2/2020-08-11/B12`; the VIIRS maximum projection follows the VIIRS dates. Without
 indices the stack is exactly the 99 channels of the recipe.
+
+With `valid_masks`, in either recipe, each sensor's channels are followed by one validity
+channel per date, `sentinel2/2020-08-11/valid`: 1 where every band of that date has data, 0
+where one had none and was filled (`src.esd_data.nodata`). A model with a notion of missing
+input (Galileo) masks those pixels instead of reading the filled values; to any other model
+they are input channels like the rest.
 """
 
 from __future__ import annotations
@@ -44,7 +50,7 @@ import torch
 from scipy import ndimage
 
 from src.esd_data.reader import RawTile, SensorStack
-from src.esd_data.sensors import MAX_PROJECTION_DATE, SENSORS, SPECTRAL_INDICES
+from src.esd_data.sensors import MAX_PROJECTION_DATE, SENSORS, SPECTRAL_INDICES, VALID_BAND
 
 
 @dataclass(frozen=True)
@@ -65,6 +71,8 @@ class PreprocessConfig:
     spectral_indices: tuple[str, ...] = ()
     """Indices appended per date to Sentinel-2 and Landsat 8 (`NDVI`, `NDBI`, `NDWI`); kept
     in `SPECTRAL_INDICES` order whatever the order given, so a set gives one cache."""
+    valid_masks: bool = False
+    """A validity channel per sensor and date (module docstring)."""
 
     def __post_init__(self) -> None:
         names = self.spectral_indices
@@ -99,17 +107,21 @@ class PreprocessConfig:
             raise ValueError(f"s1_log_floor must be positive, got {self.s1_log_floor}")
         if self.s2_gamma <= 0 or self.landsat_gamma <= 0:
             raise ValueError("gamma values must be positive")
+        if not isinstance(self.valid_masks, bool):
+            raise ValueError(f"valid_masks must be true or false, got {self.valid_masks!r}")
         if self.s1_blur_sigma < 0:
             raise ValueError(f"s1_blur_sigma must be >= 0, got {self.s1_blur_sigma}")
 
     def to_dict(self) -> dict[str, object]:
-        """JSON-ready parameters (the default `course` recipe unnamed, so that the folders and
-        checkpoints made before recipes existed keep their identity)."""
+        """JSON-ready parameters (the default `course` recipe and no `valid_masks` unnamed, so
+        that the folders and checkpoints made before they existed keep their identity)."""
         values = {
             k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()
         }
         if values["recipe"] == "course":
             del values["recipe"]
+        if not values["valid_masks"]:
+            del values["valid_masks"]
         return values
 
     @classmethod
@@ -379,7 +391,17 @@ def sensor_channel_names(stack: SensorStack, config: PreprocessConfig) -> list[s
     names = [f"{stack.sensor}/{d.isoformat()}/{b}" for d in stack.dates for b in bands]
     if stack.sensor == "viirs" and config.viirs_max_projection:
         names += [f"viirs/{MAX_PROJECTION_DATE}/{band}" for band in stack.bands]
+    if config.valid_masks:
+        names += [f"{stack.sensor}/{d.isoformat()}/{VALID_BAND}" for d in stack.dates]
     return names
+
+
+def store_valid_masks(stack: SensorStack, out: np.ndarray) -> None:
+    """One (H, W) validity channel per date: 0 where a band of the date had no data, else 1."""
+    if stack.missing is None:
+        out[:] = 1
+    else:
+        np.logical_not(stack.missing, out=out, casting="unsafe")
 
 
 Preprocessor = Callable[[SensorStack, PreprocessConfig, np.ndarray], None]
@@ -412,14 +434,19 @@ def preprocess_tile(
     maximum projection, when enabled, follows the VIIRS dates as `viirs/max/DNB`. Requested
     `spectral_indices` are extra bands of each Sentinel-2 / Landsat 8 date, after its bands
     (`…/2020-08-11/B12`, `…/2020-08-11/NDVI`, `…/2020-08-11/NDBI`, `…/2020-08-16/B01`), each
-    computed from the raw values and written straight into its slice of the stack.
+    computed from the raw values and written straight into its slice of the stack; with
+    `valid_masks`, each sensor's `sensor/date/valid` channels follow its other channels.
     """
     names = {spec.name: sensor_channel_names(tile.sensors[spec.name], config) for spec in SENSORS}
     stack = np.empty((sum(map(len, names.values())), *tile.shape), dtype=dtype)
     start = 0
     for spec in SENSORS:
+        sensor = tile.sensors[spec.name]
         count = len(names[spec.name])
+        valid = len(sensor.dates) if config.valid_masks else 0
         preprocess = PREPROCESSORS[config.recipe][spec.name]
-        preprocess(tile.sensors[spec.name], config, stack[start : start + count])
+        preprocess(sensor, config, stack[start : start + count - valid])
+        if valid:
+            store_valid_masks(sensor, stack[start + count - valid : start + count])
         start += count
     return stack, [name for sensor_names in names.values() for name in sensor_names]

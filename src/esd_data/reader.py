@@ -73,6 +73,9 @@ class SensorStack:
     bands: tuple[str, ...]
     files: tuple[tuple[str, ...], ...]
     """files[t][b] is the file name of date t, band b."""
+    missing: np.ndarray | None = None
+    """(time, H, W) bool: where a band of the date had no data (filled in `data`); None: no
+    pixel is known to be missing."""
 
 
 @dataclass(frozen=True)
@@ -243,10 +246,11 @@ def inspect_tile(tile_dir: Path, require_labels: bool = True) -> TileInventory:
 
 def _fill_no_data(
     sensor: str, stack: np.ndarray, files: tuple[tuple[str, ...], ...], tile: Path
-) -> None:
+) -> np.ndarray:
     """Fill the stack's no-data pixels (`src.esd_data.nodata`), warning once per file with
-    how many there were and why."""
-    counts = fill_no_data(sensor, stack)
+    how many there were and why; return where, per date, a band had none."""
+    filled = fill_no_data(sensor, stack)
+    counts = filled.counts
     rule = NO_DATA[sensor]
     for t, b in zip(*np.nonzero(counts.sum(axis=0)), strict=True):
         fill, non_finite = (int(c) for c in counts[:, t, b])
@@ -260,6 +264,7 @@ def _fill_no_data(
             f"({'; '.join(reasons)}) and filled with the median of the others"
         )
         warnings.warn(NoDataWarning(message, name, fill, non_finite, rule.product), stacklevel=3)
+    return filled.missing
 
 
 def read_tile(tile_dir: Path, require_labels: bool = True) -> RawTile:
@@ -284,8 +289,8 @@ def read_inventory(inventory: TileInventory) -> RawTile:
                     raise TileError(
                         tile_dir, [(name, f"pixel data unreadable ({error})")]
                     ) from error
-        _fill_no_data(spec.name, data, grid, tile_dir)
+        missing = _fill_no_data(spec.name, data, grid, tile_dir)
         stacks[spec.name] = SensorStack(
-            spec.name, data, inventory.dates[spec.name], spec.bands, grid
+            spec.name, data, inventory.dates[spec.name], spec.bands, grid, missing
         )
     return RawTile(tile_dir.name, stacks, inventory.labels)

@@ -113,6 +113,10 @@ def spectral_index_names(sensor: str) -> tuple[str, ...]:
     return tuple(name for name, bands in SPECTRAL_INDICES.items() if sensor in bands)
 
 
+VALID_BAND = "valid"
+"""Band name of a date's validity channel (`PreprocessConfig.valid_masks`): 1 where every band
+of that date has data, 0 where one had none (`src.esd_data.nodata`) and was filled."""
+
 MAX_PROJECTION_DATE = "max"
 """Date part of the name of the VIIRS maximum-projection channel: `viirs/max/DNB`."""
 

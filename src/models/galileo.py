@@ -33,12 +33,13 @@ from __future__ import annotations
 import datetime
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
+from src.esd_data.sensors import VALID_BAND
 from src.models.checks import check_input_size, check_positive_int
 from src.models.galileo_encoder import (
     NANO,
@@ -55,7 +56,7 @@ from src.models.galileo_weights import (
     read_pretraining_statistics,
 )
 from src.models.pretrained import check_pretrained_options
-from src.models.temporal_fusion import ChannelLayout, parse_channels
+from src.models.temporal_fusion import ChannelLayout, SensorLayout, parse_channels
 
 CELL_M = 500
 """Ground size of a label cell (metres)."""
@@ -81,8 +82,39 @@ one per calendar month, each sensor's images of the month averaged, as Galileo w
 (monthly composites, at most 12 steps)."""
 
 
+def _valid_channel(layout: SensorLayout, channel_indexes: Sequence[int]) -> int | None:
+    """The index of a date's validity channel (`…/valid`) among its `channel_indexes`."""
+    if VALID_BAND not in layout.bands:
+        return None
+    return channel_indexes[layout.bands.index(VALID_BAND)]
+
+
 def _month_start(date: str) -> str:
     return f"{date[:7]}-01"
+
+
+def masked_mean(
+    values: torch.Tensor, valid: torch.Tensor | None, reduce: Callable[[torch.Tensor], torch.Tensor]
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """`reduce` (a weighted average: linear, weights ≥ 0) of `values` over their `valid` (0 or
+    1) entries only, 0 where none is valid, and where some is (1, else 0); with `valid` None
+    (every entry valid), `reduce(values)` and None."""
+    if valid is None:
+        return reduce(values), None
+    weight = reduce(valid)
+    has = weight > 0
+    mean = torch.where(has, reduce(values * valid) / torch.where(has, weight, 1), 0)
+    return mean, has.to(values.dtype)
+
+
+def _pool(values: torch.Tensor, size: int) -> torch.Tensor:
+    """(B, T, K, H, W) averaged over `size`×`size` pixels."""
+    pooled = F.avg_pool2d(values.flatten(1, 2), size)
+    return pooled.view(*values.shape[:3], *pooled.shape[-2:])
+
+
+def _spatial_mean(values: torch.Tensor) -> torch.Tensor:
+    return values.mean(dim=(-2, -1))
 
 
 class GalileoSegmentation(nn.Module):
@@ -170,6 +202,7 @@ class GalileoSegmentation(nn.Module):
         """Index buffers from the channel names onto Galileo's bands (−1: not selected)."""
         bands = SPACE_TIME.bands
         index = torch.full((len(self.dates), len(bands)), -1, dtype=torch.long)
+        valid_index = torch.full_like(index, -1)
         for sensor, names in GALILEO_SENSORS.items():
             if sensor not in layout.sensors:
                 continue
@@ -183,14 +216,30 @@ class GalileoSegmentation(nn.Module):
                         index[t, bands.index(names[band])] = channel
                 if sensor == "sentinel2" and set(NDVI_BANDS) <= set(sensor_layout.bands):
                     index[t, bands.index("NDVI")] = 0  # computed, see forward
+                valid = _valid_channel(sensor_layout, channel_indexes)
+                if valid is not None:
+                    read = [b for b, name in enumerate(bands) if name in names.values()]
+                    read += [bands.index("NDVI")] if sensor == "sentinel2" else []
+                    valid_index[t, read] = valid
         self.ndvi_bands = (bands.index(S2_BANDS["B08"]), bands.index(S2_BANDS["B04"]))
         self.register_buffer("space_time_index", index, persistent=False)
+        self.register_buffer(
+            "space_time_valid_index", torch.where(index >= 0, valid_index, -1), persistent=False
+        )
         viirs_time = torch.full((len(self.dates),), -1, dtype=torch.long)
+        viirs_valid = torch.full_like(viirs_time, -1)
         if VIIRS in layout.sensors:
             viirs = layout.sensors[VIIRS]
             for date, channel_indexes in zip(viirs.dates, viirs.indexes, strict=True):
-                viirs_time[self.dates.index(date)] = channel_indexes[0]
+                if "DNB" not in viirs.bands:  # only its validity channels selected
+                    break
+                t = self.dates.index(date)
+                viirs_time[t] = channel_indexes[viirs.bands.index("DNB")]
+                valid = _valid_channel(viirs, channel_indexes)
+                viirs_valid[t] = -1 if valid is None else valid
         self.register_buffer("viirs_time_index", viirs_time, persistent=False)
+        self.register_buffer("viirs_valid_index", viirs_valid, persistent=False)
+        self.masks_pixels = bool((valid_index >= 0).any() or (viirs_valid >= 0).any())
         self._register_timeline(index, viirs_time)
 
     def _register_timeline(self, index: torch.Tensor, viirs_time: torch.Tensor) -> None:
@@ -327,16 +376,29 @@ class GalileoSegmentation(nn.Module):
             nn.ReLU(inplace=True),
         )
 
+    def _valid_pixels(self, x: torch.Tensor, index: torch.Tensor) -> torch.Tensor | None:
+        """(B, *index.shape, H, W): 1 where the validity channel `index` says the pixel has data
+        (every pixel where `index` is −1); None without any validity channel."""
+        if not self.masks_pixels:
+            return None
+        flat = index.clamp(min=0).flatten()
+        values = x.index_select(1, flat) * self.input_std[flat, None, None]
+        valid = (values + self.input_mean[flat, None, None] > 0.5) | (index.flatten() < 0)[
+            None, :, None, None
+        ]
+        return valid.to(x.dtype).view(x.shape[0], *index.shape, *x.shape[-2:])
+
     def encoder_inputs(self, x: torch.Tensor) -> GalileoInputs:
         """Galileo's normalised inputs and masks for a batch of standardised channels."""
         batch = x.shape[0]
         dates, bands = self.space_time_index.shape
-        steps = len(self.steps)
         index = self.space_time_index.clamp(min=0).flatten()
         physical = x.index_select(1, index) * self.input_std[index, None, None]
         physical = physical + self.input_mean[index, None, None]
         physical = physical.view(batch, dates, bands, *physical.shape[-2:])
-        physical = self._to_steps(physical, self.composite)  # a month's images averaged
+        valid = self._valid_pixels(x, self.space_time_valid_index)
+        # a month's images averaged, each pixel over the images that have data there
+        physical, valid = masked_mean(physical, valid, lambda t: self._to_steps(t, self.composite))
         # NDVI of each pixel, as in pretraining (10 m), then averaged with the bands
         nir, red = (physical[:, :, band] for band in self.ndvi_bands)
         total = nir + red
@@ -344,30 +406,63 @@ class GalileoSegmentation(nn.Module):
         physical = physical.clone()
         physical[:, :, SPACE_TIME.bands.index("NDVI")] = ndvi.clamp(-1, 1)
         if self.pool > 1:
-            pooled = F.avg_pool2d(physical.flatten(1, 2), self.pool)
-            physical = pooled.view(batch, steps, bands, *pooled.shape[-2:])
+            physical, valid = masked_mean(physical, valid, lambda t: _pool(t, self.pool))
+        token_valid = None
+        if valid is not None:  # a token's no-data pixels take its other pixels' mean
+            token_mean, token_valid = masked_mean(
+                physical, valid, lambda t: _pool(t, self.patch_size)
+            )
+            spread = token_mean.repeat_interleave(self.patch_size, -2)
+            spread = spread.repeat_interleave(self.patch_size, -1)
+            physical = torch.where(valid > 0, physical, spread)
         scale, shift = self.band_scale[..., None, None], self.band_shift[..., None, None]
         space_time = physical * scale + shift
         space_time = space_time * self.present[..., None, None]
         h, w = space_time.shape[-2] // self.patch_size, space_time.shape[-1] // self.patch_size
-        viirs_index = self.viirs_time_index.clamp(min=0)
-        viirs = x.index_select(1, viirs_index).mean(dim=(2, 3)) * self.input_std[viirs_index]
-        viirs = self._to_steps(viirs + self.input_mean[viirs_index], self.viirs_composite)
-        viirs = viirs * self.viirs_scale + self.viirs_shift
-        time = x.new_zeros(batch, steps, len(TIME.bands))
-        time[..., TIME.bands.index("avg_rad")] = viirs * self.viirs_present
-        grid = (batch, h, w)
+        time, time_mask = self._time_inputs(x)
         return GalileoInputs(
             space_time=space_time,
             space=x.new_zeros(batch, len(SPACE.bands), *space_time.shape[-2:]),
             time=time,
             static=x.new_zeros(batch, len(STATIC.bands)),
-            space_time_mask=self.space_time_missing.expand(*grid, steps, -1),
-            space_mask=torch.ones(*grid, len(SPACE.groups), dtype=torch.bool, device=x.device),
-            time_mask=self.time_missing.expand(batch, -1, -1),
-            static_mask=torch.ones(batch, len(STATIC.groups), dtype=torch.bool, device=x.device),
+            space_time_mask=self._space_time_mask(token_valid, (batch, h, w)),
+            space_mask=x.new_ones(batch, h, w, len(SPACE.groups), dtype=torch.bool),
+            time_mask=time_mask,
+            static_mask=x.new_ones(batch, len(STATIC.groups), dtype=torch.bool),
             months=self.months.expand(batch, -1),
         )
+
+    def _space_time_mask(
+        self, token_valid: torch.Tensor | None, grid: tuple[int, int, int]
+    ) -> torch.Tensor:
+        """(B, h, w, T, groups): a group is missing where its sensor has no image at that step,
+        where a band of it is not selected, or where a band of it has no data in the token
+        (`token_valid`, (B, T, bands, h, w))."""
+        missing = self.space_time_missing.expand(*grid, -1, -1)
+        if token_valid is None:
+            return missing
+        no_data = torch.stack(
+            [(token_valid[:, :, group] == 0).any(dim=2) for _, group in SPACE_TIME.group_slices()],
+            dim=2,
+        )  # (B, T, groups, h, w)
+        return missing | no_data.permute(0, 3, 4, 1, 2)
+
+    def _time_inputs(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Galileo's time bands (B, T, bands), VIIRS's mean radiance over the input's pixels
+        that have data, and their mask (B, T, groups): missing without a VIIRS image, or
+        without a pixel of data, at that step."""
+        viirs_index = self.viirs_time_index.clamp(min=0)
+        valid = self._valid_pixels(x, self.viirs_valid_index)
+        viirs, has = masked_mean(x.index_select(1, viirs_index), valid, _spatial_mean)
+        viirs = viirs * self.input_std[viirs_index] + self.input_mean[viirs_index]
+        viirs, has = masked_mean(viirs, has, lambda t: self._to_steps(t, self.viirs_composite))
+        viirs = viirs * self.viirs_scale + self.viirs_shift
+        present = self.viirs_present if has is None else self.viirs_present & (has > 0)
+        time = x.new_zeros(x.shape[0], len(self.steps), len(TIME.bands))
+        time[..., TIME.bands.index("avg_rad")] = viirs * present
+        time_mask = self.time_missing.expand(x.shape[0], -1, -1).clone()
+        time_mask[..., [g for g, _ in TIME.groups].index("VIIRS")] = ~present
+        return time, time_mask
 
     def token_features(self, x: torch.Tensor) -> torch.Tensor:
         """(B, D, h, w): per place, the mean of the encoder's present tokens (its dates and band

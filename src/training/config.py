@@ -28,6 +28,9 @@ TemporalAggregator = Literal["attention", "mean", "convgru", "ltae"]
 
 GALILEO_RECIPE = "physical"
 """The preprocessing recipe Galileo needs (it was pretrained on physical units)."""
+GALILEO_PREPROCESSING = f"'{{recipe: {GALILEO_RECIPE}, valid_masks: true}}'"
+"""The `--preprocessing` to advise for Galileo: physical units, and the validity channels it
+masks no data with."""
 PATH_FIELDS = ("raw_dir", "processed_dir", "weights_path", "checkpoint_dir", "log_dir", "resume")
 
 
@@ -329,8 +332,8 @@ class ESDConfig(FigureOptions):
         recipe = (self.preprocessing or {}).get("recipe")
         if recipe is not None and recipe != GALILEO_RECIPE:
             problems.append(
-                f"Galileo takes physical units: use --preprocessing "
-                f"'{{recipe: {GALILEO_RECIPE}}}', not {recipe!r}"
+                f"Galileo takes physical units: use --preprocessing {GALILEO_PREPROCESSING}, "
+                f"not {recipe!r}"
             )
         if self.galileo_exit_layer is not None and not 1 <= self.galileo_exit_layer <= 4:
             problems.append(f"galileo_exit_layer must be 1 to 4, got {self.galileo_exit_layer}")

@@ -34,6 +34,7 @@ from lightning.pytorch.trainer.states import TrainerStatus
 from src.atomic import check_writable, is_output_error, output_error
 from src.cli import config_values
 from src.esd_data.augmentation import AugmentConfig
+from src.esd_data.cache import filled_pixels
 from src.esd_data.datamodule import ESDDataModule
 from src.esd_data.identity import DataIdentity
 from src.esd_data.manifest import Manifest
@@ -43,7 +44,12 @@ from src.models.registry import without_pretrained_loading
 from src.progress import show_progress
 from src.training.checkpoint_io import AtomicCheckpointIO
 from src.training.checkpoints import check_weights_fit, data_identity, read_checkpoint
-from src.training.config import GALILEO_RECIPE, ESDConfig, validation_problem
+from src.training.config import (
+    GALILEO_PREPROCESSING,
+    GALILEO_RECIPE,
+    ESDConfig,
+    validation_problem,
+)
 from src.training.loggers import build_loggers
 from src.training.module import ESDSegmentation, NonFiniteError
 from src.training.quiet import quiet_third_party
@@ -122,7 +128,7 @@ def build_module(config: ESDConfig, data: ESDDataModule) -> ESDSegmentation:
         raise ValueError(
             f"Galileo takes physical units, but {config.processed_dir} was prepared with the "
             f"{recipe} recipe: prepare another folder with --preprocessing "
-            f"'{{recipe: {GALILEO_RECIPE}}}' --processed_dir NEW_DIR"
+            f"{GALILEO_PREPROCESSING} --processed_dir NEW_DIR"
         )
     return ESDSegmentation(
         model_type=config.model_type,
@@ -369,6 +375,20 @@ def _train_claimed(config: ESDConfig, extra_callbacks: list[L.Callback] | None, 
         return _fit(config, trainer, data, test, log_folder, owns_folder, resume_hint)
 
 
+def _unmasked_no_data(config: ESDConfig, module: ESDSegmentation, data: ESDDataModule) -> str:
+    """A Galileo model without validity channels on tiles where no data was filled: say that
+    it reads the filled values, and how it would mask them ('' otherwise)."""
+    if config.model_type != "Galileo" or module.model.masks_pixels:
+        return ""
+    filled = filled_pixels(config.processed_dir, data.manifest)
+    if not filled:
+        return ""
+    return (
+        f"Galileo reads the {filled} no-data pixel(s) filled in these tiles as measurements: "
+        f"to mask them, prepare a folder with --preprocessing {GALILEO_PREPROCESSING}"
+    )
+
+
 def _check_splits(config: ESDConfig, manifest: Manifest) -> None:
     """ValueError, before the Trainer starts, for splits this run cannot train or validate on."""
     labelled = len(manifest.split["train"]) + len(manifest.split["val"])
@@ -389,6 +409,8 @@ def _fit(config: ESDConfig, trainer: L.Trainer, data: ESDDataModule, test: bool,
     if is_local_zero():
         print(f"data: {path}")
     module = build_module(config, data)
+    if is_local_zero() and (note := _unmasked_no_data(config, module, data)):
+        print(f"data: {note}")
     if config.resume is not None:
         checkpoint = read_checkpoint(config.resume)
         check_same_data(data_identity(checkpoint, config.resume),
