@@ -20,6 +20,7 @@ import tifffile
 import torch
 
 from src.esd_data.cache import prepare_dataset
+from src.esd_data.manifest import Manifest
 from src.esd_data.preprocessing import PreprocessConfig
 from src.models.galileo import GalileoSegmentation
 from src.models.galileo_encoder import GalileoEncoder, GalileoInputs
@@ -522,29 +523,47 @@ def test_galileo_trains_frozen_and_unfrozen_and_evaluates_without_its_weights(
     assert code != 0 and "recipe: physical" in err
 
 
-def test_galileo_without_validity_channels_says_it_reads_filled_no_data(
-    synthetic_raw,
+def _galileo_note(train_main, run: Path, processed: Path, *flags: str) -> str:  # noqa: F811
+    """The line a one-batch Galileo training prints about filled no-data ('' without)."""
+    code, out, err = train_main(
+        run, "--model_type", "Galileo", "--raw_dir", "none", "--processed_dir", str(processed),
+        "--wandb_mode", "disabled", "--tile_size_gt", "2", "--galileo_resolution_m", "250",
+        "--galileo_patch_size", "2", "--max_epochs", "1", "--limit_train_batches", "1",
+        "--limit_val_batches", "0", *flags,
+    )  # fmt: skip
+    assert code == 0, err[-2000:]
+    return next((line for line in out.splitlines() if "no-data pixel(s)" in line), "")
+
+
+def test_galileo_says_when_it_reads_filled_no_data_and_how_to_mask_it(
+    synthetic_copy,
+    physical_processed,
     tmp_path,
     train_main,  # noqa: F811
 ):
-    processed = tmp_path / "physical"
+    """Counted in the channels Galileo reads only: the synthetic tiles' B01/B09 no-data (which
+    it does not read) says nothing; B04's does, until its validity channel is selected."""
+    labelled = len(Manifest.load(physical_processed).labelled_tiles())
+    # a folder without validity channels: the synthetic B01/B09 no-data only, then B04's
+    plain = tmp_path / "plain"
     physical = PreprocessConfig(recipe="physical")
-    summary = prepare_dataset(
-        synthetic_raw, processed, tile_size_gt=4, val_fraction=0.25, workers=1,
-        preprocessing=physical,
-    )  # fmt: skip
-    records = [json.loads(p.read_text()) for p in (processed / "tiles").glob("*.json")]
-    filled = sum(c["fill"] for r in records for c in r.get("no_data", {}).values())
-    assert filled > 0 and len(records) == len(summary.manifest.tiles)  # the synthetic B01/B09
-    code, out, err = train_main(
-        tmp_path / "run", "--model_type", "Galileo", "--raw_dir", "none", "--processed_dir",
-        str(processed), "--wandb_mode", "disabled", "--tile_size_gt", "2",
-        "--galileo_resolution_m", "250", "--galileo_patch_size", "2", "--max_epochs", "1",
-        "--limit_train_batches", "1", "--limit_val_batches", "0",
-    )  # fmt: skip
-    assert code == 0, err[-2000:]
-    note = f"Galileo reads the {filled} no-data pixel(s) filled in these tiles as measurements"
-    assert note in out and "valid_masks: true" in out
+    prepare_dataset(synthetic_copy, plain, tile_size_gt=4, val_fraction=0.25, workers=1,
+                    preprocessing=physical)  # fmt: skip
+    assert _galileo_note(train_main, tmp_path / "a", plain) == ""
+    for path in synthetic_copy.rglob(NO_DATA_FILE):
+        values = tifffile.imread(path)
+        values[:8, :8] = 0
+        tifffile.imwrite(path, values)
+    prepare_dataset(synthetic_copy, plain, tile_size_gt=4, val_fraction=0.25, workers=1,
+                    preprocessing=physical)  # fmt: skip
+    note = _galileo_note(train_main, tmp_path / "b", plain)
+    assert f"reads the {64 * labelled} no-data pixel(s)" in note, note
+    assert "--preprocessing '{recipe: physical, valid_masks: true}'" in note
+    # a folder with them, Sentinel-2's left out of --bands: select them
+    bands = "{sentinel1: null, sentinel2: [B02, B03, B04, B08], viirs: [DNB, valid]}"
+    note = _galileo_note(train_main, tmp_path / "c", physical_processed, "--bands", bands)
+    assert f"reads the {64 * labelled} no-data pixel(s)" in note
+    assert "add valid to --bands" in note
 
 
 class StopAfterFoldError(Exception):

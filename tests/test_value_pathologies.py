@@ -4,8 +4,9 @@ naming each file and its pixel count, and trains with finite losses, in both rec
 One copy of Tile1 carries every pathology, each in its own file (so one preparation per recipe
 checks them all): a VIIRS date that is fill everywhere, Sentinel-2 pixels saturated at the
 uint16 maximum, a constant Landsat 8 band, Landsat 8 fill outside the scene footprint, extreme
-Sentinel-1 outliers, and NaN and inf in each float sensor (Sentinel-1, Landsat 8; the uint16
-products, VIIRS and Sentinel-2, cannot hold them and mark no data with their fill values).
+Sentinel-1 outliers, Sentinel-2 pixels without data in a 10 m band, and NaN and inf in each
+float sensor (Sentinel-1, Landsat 8; the uint16 products, VIIRS and Sentinel-2, cannot hold
+them and mark no data with their fill values).
 """
 
 from __future__ import annotations
@@ -54,6 +55,10 @@ def _footprint(values):
     values[:, :40] = 0.0  # Landsat 8 fill outside the scene: 800 × 40 pixels
 
 
+def _s2_no_data(values):
+    values[200:210, 300:305] = 0  # 50 Sentinel-2 pixels without data in a 10 m band
+
+
 def _outliers(values):
     values[::100, ::100] = 1e30  # 64 absurd Sentinel-1 backscatters
 
@@ -66,6 +71,7 @@ def _nan_and_inf(values):
 PATHOLOGIES = {
     "DNB_VNP46A1_A2020224.tif": _fill(65535),  # a VIIRS date that is fill everywhere
     "L2A_20200816_B03.tif": _saturate,
+    "L2A_20200826_B04.tif": _s2_no_data,
     "LC08_L1TP_2020-07-29_B2.tif": _fill(7000.0),  # a constant band
     "LC08_L1TP_2020-08-14_B5.tif": _footprint,
     "LC08_L1TP_2020-08-30_B7.tif": _nan_and_inf,
@@ -110,6 +116,7 @@ def test_every_pathology_prepares_with_counts_and_trains_finite(corpus, tmp_path
     assert record["Tile1/LC08_L1TP_2020-08-30_B7.tif"]["non_finite"] == 10
     assert record["Tile1/S1A_IW_GRDH_20200816_VV.tif"]["non_finite"] == 10
     assert "Tile1/L2A_20200816_B03.tif" not in record  # saturated is measured, not no data
+    assert record["Tile1/L2A_20200826_B04.tif"]["fill"] == 50
     assert "Tile1/LC08_L1TP_2020-07-29_B2.tif" not in record  # constant is measured too
     if recipe == "physical":  # 65 535 does not fit the float16 cache: capped, counted
         capped = json.loads((processed / "tiles" / "Tile1.json").read_text())["capped"]
@@ -131,7 +138,8 @@ def test_every_pathology_prepares_with_counts_and_trains_finite(corpus, tmp_path
 
 def _check_validity_channels(processed: Path, stored: np.ndarray) -> None:
     """Each date's validity channel is 0 exactly where a band of it held no data: the planted
-    pathologies, and the 193 pixels per date where Tile1's Sentinel-2 B01 and B09 have none."""
+    pathologies, not the 193 pixels per date where Tile1's Sentinel-2 B01 and B09 (60 m) have
+    none and every other band has data."""
     channels = json.loads((processed / "tiles" / "Tile1.json").read_text())["channels"]
     invalid = {
         name.removesuffix("/valid"): stored[i] == 0
@@ -151,8 +159,13 @@ def _check_validity_channels(processed: Path, stored: np.ndarray) -> None:
     assert np.array_equal(invalid["landsat8/2020-08-30"], nan_and_inf)
     assert np.array_equal(invalid["sentinel1/2020-08-16"], nan_and_inf)
     assert not invalid["sentinel1/2020-08-04"].any()  # outliers are measurements
-    s2 = [mask for date, mask in invalid.items() if date.startswith("sentinel2/")]
-    assert [int(mask.sum()) for mask in s2] == [193] * 4  # saturation is a measurement
+    s2_block = np.zeros((800, 800), bool)
+    s2_block[200:210, 300:305] = True
+    assert np.array_equal(invalid["sentinel2/2020-08-26"], s2_block)
+    s2 = [
+        m for d, m in invalid.items() if d.startswith("sentinel2/") and d != "sentinel2/2020-08-26"
+    ]
+    assert not any(mask.any() for mask in s2)  # saturation is a measurement; B01, B09 aside
     untouched = [
         m for d, m in invalid.items() if d.startswith("viirs/") and d != "viirs/2020-08-11"
     ]

@@ -7,6 +7,7 @@ image only. Both take an optional torch.Generator so that a training run is repr
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -61,12 +62,19 @@ class FlipRotate:
 
 
 class NoiseBlur(nn.Module):
-    """Per-sample Gaussian noise and Gaussian blur on a (B, C, H, W) batch, on its device."""
+    """Per-sample Gaussian noise and Gaussian blur on a (B, C, H, W) batch, on its device.
 
-    def __init__(self, config: AugmentConfig) -> None:
+    The `validity` channels (`…/valid`, indicators, not measurements) get no noise, and where
+    a sample is blurred they are eroded over the blur's window instead: a pixel whose blurred
+    value took in a filled no-data pixel is no data itself, so the filled values still never
+    reach a model that masks with them.
+    """
+
+    def __init__(self, config: AugmentConfig, validity: Sequence[int] = ()) -> None:
         super().__init__()
         self.config = config
         self.kernel_size = 2 * int(3 * config.blur_sigma + 0.5) + 1
+        self.validity = list(validity)
 
     def forward(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """Return an augmented copy of `x` (`x` itself when no sample is chosen).
@@ -80,10 +88,16 @@ class NoiseBlur(nn.Module):
         noise &= self.config.noise_std > 0
         if not (blur.any() or noise.any()):
             return x
+        validity = x[:, self.validity].clone()
         x = x.clone()
         if blur.any():
             x[blur] = F.gaussian_blur(x[blur], [self.kernel_size] * 2, [self.config.blur_sigma] * 2)
+            if self.validity:  # the window's minimum: a validity channel is lowest at no data
+                validity[blur] = -nn.functional.max_pool2d(
+                    -validity[blur], self.kernel_size, stride=1, padding=self.kernel_size // 2
+                )
         if noise.any():
             chosen = x[noise]
             x[noise] = chosen + torch.randn(chosen.shape, **draw) * self.config.noise_std
+        x[:, self.validity] = validity
         return x

@@ -46,7 +46,7 @@ from src.esd_data.reader import (
     read_inventory,
     tile_number,
 )
-from src.esd_data.sensors import GROUND_TRUTH_FILE, LABEL_GRID
+from src.esd_data.sensors import GROUND_TRUTH_FILE, LABEL_GRID, identify
 from src.esd_data.split import check_fractions, split_tiles
 from src.esd_data.subtiles import check_tile_size_gt
 from src.progress import progress_disabled
@@ -337,16 +337,20 @@ def _run_tiles(
     return records
 
 
-def filled_pixels(processed_dir: Path, manifest: Manifest) -> int:
-    """How many no-data pixels preparation filled in the folder's tiles (their records)."""
+def filled_pixels(processed_dir: Path, manifest: Manifest, channels: set[str]) -> int:
+    """How many no-data pixels preparation filled in the named `channels` of the folder's
+    labelled tiles (from their records)."""
     total = 0
-    for tile in manifest.tiles.values():
-        record_path = Path(processed_dir) / Path(tile.image).with_suffix(".json")
+    for tile in manifest.labelled_tiles():
+        record_path = Path(processed_dir) / Path(manifest.tiles[tile].image).with_suffix(".json")
         try:
             record = json.loads(record_path.read_text())
         except (OSError, ValueError):
             continue
-        total += sum(c["fill"] + c["non_finite"] for c in record.get("no_data", {}).values())
+        for file, counts in record.get("no_data", {}).items():
+            spec, date, band = identify(file.rsplit("/", 1)[-1]) or (None, None, None)
+            if spec is not None and f"{spec.name}/{date.isoformat()}/{band}" in channels:
+                total += counts["fill"] + counts["non_finite"]
     return total
 
 

@@ -24,7 +24,7 @@ from src.esd_data.device_data import (
 from src.esd_data.manifest import BandSelection, Manifest
 from src.esd_data.preparation import PrepareRequest, prepare_requested
 from src.esd_data.sampler import EpochShuffleSampler, ShardSampler
-from src.esd_data.sensors import N_CLASSES
+from src.esd_data.sensors import N_CLASSES, VALID_BAND
 from src.esd_data.subtiles import check_tile_size_gt
 
 
@@ -151,6 +151,9 @@ class ESDDataModule(L.LightningDataModule):
                     seed=self.seed,
                     normalise=False,  # on the device, in on_after_batch_transfer
                 )
+        names = next(iter(self.datasets.values())).channel_names if self.datasets else []
+        validity = [i for i, name in enumerate(names) if name.endswith(f"/{VALID_BAND}")]
+        self.batch_augment = NoiseBlur(self.augment, validity)
 
     def teardown(self, stage: str | None = None) -> None:
         """Free the tiles the device path holds (a later loader loads its split again)."""

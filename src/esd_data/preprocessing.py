@@ -32,7 +32,8 @@ indices the stack is exactly the 99 channels of the recipe.
 
 With `valid_masks`, in either recipe, each sensor's channels are followed by one validity
 channel per date, `sentinel2/2020-08-11/valid`: 1 where every band of that date has data, 0
-where one had none and was filled (`src.esd_data.nodata`). A model with a notion of missing
+where one had none and was filled (`src.esd_data.nodata`; Sentinel-2's 60 m B01 and B09 do not
+count, `VALIDITY_IGNORES`). A model with a notion of missing
 input (Galileo) masks those pixels instead of reading the filled values; to any other model
 they are input channels like the rest.
 """

@@ -24,6 +24,7 @@ from src.esd_data.sensors import (
     LABEL_GRID,
     N_CLASSES,
     SENSORS,
+    SENSORS_BY_NAME,
     SensorSpec,
     identify,
 )
@@ -249,7 +250,7 @@ def _fill_no_data(
 ) -> np.ndarray:
     """Fill the stack's no-data pixels (`src.esd_data.nodata`), warning once per file with
     how many there were and why; return where, per date, a band had none."""
-    filled = fill_no_data(sensor, stack)
+    filled = fill_no_data(sensor, stack, SENSORS_BY_NAME[sensor].bands)
     counts = filled.counts
     rule = NO_DATA[sensor]
     for t, b in zip(*np.nonzero(counts.sum(axis=0)), strict=True):

@@ -145,9 +145,9 @@ def processed_tiles(config: EvalConfig, models: Models) -> TileSource:
     processed_dir = config.processed_dir or Path(default_dir)
     manifest = Manifest.load(processed_dir)
     manifest.check_files(processed_dir)
-    for each in identities:
-        check_compatible(each, manifest, processed_dir)
+    for each in identities:  # other preprocessing first: it also explains other channels
         _check_preprocessing(manifest, each, processed_dir)
+        check_compatible(each, manifest, processed_dir)
     if config.tiles is not None:
         tiles, label = list(config.tiles), split
     elif split == "predict":

@@ -376,6 +376,15 @@ class GalileoSegmentation(nn.Module):
             nn.ReLU(inplace=True),
         )
 
+    def unmasked_channels(self) -> list[str]:
+        """The channels the encoder reads as measurements without a validity channel of their
+        date to mask their no-data with (NDVI is computed from B08 and B04)."""
+        read = (self.space_time_index >= 0) & (self.space_time_valid_index < 0)
+        read[:, SPACE_TIME.bands.index("NDVI")] = False
+        viirs = (self.viirs_time_index >= 0) & (self.viirs_valid_index < 0)
+        indexes = {*self.space_time_index[read].tolist(), *self.viirs_time_index[viirs].tolist()}
+        return [self.channels[i] for i in sorted(indexes)]
+
     def _valid_pixels(self, x: torch.Tensor, index: torch.Tensor) -> torch.Tensor | None:
         """(B, *index.shape, H, W): 1 where the validity channel `index` says the pixel has data
         (every pixel where `index` is −1); None without any validity channel."""

@@ -39,6 +39,7 @@ from src.esd_data.datamodule import ESDDataModule
 from src.esd_data.identity import DataIdentity
 from src.esd_data.manifest import Manifest
 from src.esd_data.preparation import preparation_lock, record_run
+from src.esd_data.sensors import VALID_BAND
 from src.hardware import check_accelerator
 from src.models.registry import without_pretrained_loading
 from src.progress import show_progress
@@ -322,8 +323,9 @@ def train(
     The result holds the last epoch's logged metrics, `best_model_score`, `best_model_path`
     (empty without validation), `last_model_path`, `run_name` and, with test tiles, the
     chosen checkpoint's `test_*`. With `config.resume`, the checkpoint must belong to a run
-    of this config on the same data; `summary` prints the model's layers. A run name whose
-    folders hold another run, or that another process trains, is refused before any work
+    of this config on the same data; `summary` prints the model's layers and the notes that
+    one run of several says for all. A run name whose folders hold another run, or that
+    another process trains, is refused before any work
     (`RunFolderError`); Ctrl-C or SIGTERM raises `TrainingInterrupted` after `status.json`
     says `interrupted` (and, with `resume_hint`, the command that resumes the run is printed:
     a run of a command's own folder is resumed by that command).
@@ -372,20 +374,29 @@ def _train_claimed(config: ESDConfig, extra_callbacks: list[L.Callback] | None, 
         manifest = data.manifest  # read once: the folder cannot change while the lock is held
         manifest.check_files(config.processed_dir)
         _check_splits(config, manifest)
-        return _fit(config, trainer, data, test, log_folder, owns_folder, resume_hint)
+        return _fit(config, trainer, data, test, log_folder, owns_folder, resume_hint, summary)
 
 
 def _unmasked_no_data(config: ESDConfig, module: ESDSegmentation, data: ESDDataModule) -> str:
-    """A Galileo model without validity channels on tiles where no data was filled: say that
-    it reads the filled values, and how it would mask them ('' otherwise)."""
-    if config.model_type != "Galileo" or module.model.masks_pixels:
+    """A Galileo model that reads filled no-data pixels as measurements (channels without a
+    validity channel of their date selected): say how many, and how to mask them ('' when it
+    reads none)."""
+    if config.model_type != "Galileo":
         return ""
-    filled = filled_pixels(config.processed_dir, data.manifest)
+    unmasked = set(module.model.unmasked_channels())
+    filled = filled_pixels(config.processed_dir, data.manifest, unmasked)
     if not filled:
         return ""
+    dates = sorted({name.rsplit("/", 1)[0] for name in unmasked})
+    in_folder = [d for d in dates if f"{d}/{VALID_BAND}" in data.manifest.channels]
+    advice = (
+        f"select their validity channels (add {VALID_BAND} to --bands)"
+        if in_folder
+        else f"prepare a folder with --preprocessing {GALILEO_PREPROCESSING}"
+    )
     return (
         f"Galileo reads the {filled} no-data pixel(s) filled in these tiles as measurements: "
-        f"to mask them, prepare a folder with --preprocessing {GALILEO_PREPROCESSING}"
+        f"to mask them, {advice}"
     )
 
 
@@ -401,15 +412,17 @@ def _check_splits(config: ESDConfig, manifest: Manifest) -> None:
 
 
 def _fit(config: ESDConfig, trainer: L.Trainer, data: ESDDataModule, test: bool,
-         log_folder: Path, owns_folder: bool, resume_hint: bool) -> dict[str, Any]:  # fmt: skip
-    """Fit (and test) on prepared data; status.json follows the run."""
+         log_folder: Path, owns_folder: bool, resume_hint: bool,
+         summary: bool) -> dict[str, Any]:  # fmt: skip
+    """Fit (and test) on prepared data; status.json follows the run (`summary`: say what
+    one run of several need say only once)."""
     if data.summary is not None and (is_local_zero() or data.summary.rebuilt):
         print(f"data: {data.summary}")
     path = data.choose_data_path(trainer.strategy.root_device)
     if is_local_zero():
         print(f"data: {path}")
     module = build_module(config, data)
-    if is_local_zero() and (note := _unmasked_no_data(config, module, data)):
+    if summary and is_local_zero() and (note := _unmasked_no_data(config, module, data)):
         print(f"data: {note}")
     if config.resume is not None:
         checkpoint = read_checkpoint(config.resume)
