@@ -184,8 +184,18 @@ def test_checkpoint_for_other_data_is_a_clear_error(checkpoint, synthetic_raw, t
         workers=1,
         preprocessing=PreprocessConfig(viirs_max_projection=False),
     )
-    with pytest.raises(CheckpointError, match=r"trained on 99 channels, 1 of which .* lacks"):
+    # other preprocessing is named first: it explains the channel that is missing
+    with pytest.raises(
+        CheckpointError, match=r"viirs_max_projection differ\): evaluate with --raw_dir"
+    ):
         evaluate(EvalConfig(model_path=checkpoint, processed_dir=no_projection))
+    another_date = tmp_path / "another_date"
+    raw = Path(shutil.copytree(synthetic_raw, tmp_path / "raw"))
+    for path in raw.rglob("DNB_VNP46A1_A2020224.tif"):  # 2020-08-11 moved to the 17th
+        path.rename(path.with_name("DNB_VNP46A1_A2020230.tif"))
+    prepare_dataset(raw, another_date, workers=1)
+    with pytest.raises(CheckpointError, match=r"trained on 99 channels, 1 of which .* lacks"):
+        evaluate(EvalConfig(model_path=checkpoint, processed_dir=another_date))
     blurred = tmp_path / "blurred"
     prepare_dataset(
         synthetic_raw, blurred, workers=1, preprocessing=PreprocessConfig(s1_blur_sigma=2.0)
