@@ -394,6 +394,18 @@ def test_every_subtile_size(cells):
     assert model(x).shape == (1, 4, cells, cells)
 
 
+def test_galileo_refuses_a_selection_without_a_band_it_reads():
+    """Validity channels, or B01/B09, alone leave the encoder nothing: refused, not trained."""
+    for channels in (
+        ["sentinel2/2020-08-11/valid", "sentinel1/2020-08-04/valid", "viirs/2020-08-04/DNB"],
+        ["sentinel2/2020-08-11/B01", "sentinel2/2020-08-11/B09"],
+        ["viirs/2020-08-04/DNB", "landsat8/2020-07-29/B1"],
+    ):
+        with pytest.raises(ValueError, match="Galileo needs a Sentinel-1 or Sentinel-2 band"):
+            GalileoSegmentation(channels, 4, cell_px=10)
+    GalileoSegmentation(["sentinel1/2020-08-04/VH", "sentinel2/2020-08-11/valid"], 4, cell_px=10)
+
+
 def test_resolution_and_patch_must_tile_a_label_cell():
     with pytest.raises(ValueError, match="multiple of 50"):
         GalileoSegmentation(_dse_channels(), 4, cell_px=10, resolution_m=75)

@@ -35,7 +35,8 @@ channel per date, `sentinel2/2020-08-11/valid`: 1 where every band of that date 
 where one had none and was filled (`src.esd_data.nodata`; Sentinel-2's 60 m B01 and B09 do not
 count, `VALIDITY_IGNORES`). A model with a notion of missing
 input (Galileo) masks those pixels instead of reading the filled values; to any other model
-they are input channels like the rest.
+they are input channels like the rest. (The course recipe's Sentinel-1 blur spreads a filled
+value into its valid neighbours; Galileo takes the physical recipe, which does not blur.)
 """
 
 from __future__ import annotations

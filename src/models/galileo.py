@@ -158,8 +158,16 @@ class GalileoSegmentation(nn.Module):
         self.tokens_per_cell = int(tokens_per_cell)
         layout = parse_channels(channels)
         sensors = layout.sensors
-        if not set(GALILEO_SENSORS) & set(sensors):
-            raise ValueError("Galileo needs Sentinel-1 or Sentinel-2 channels: none selected")
+        if not any(
+            band in names
+            for sensor, names in GALILEO_SENSORS.items()
+            if sensor in sensors
+            for band in sensors[sensor].bands
+        ):
+            raise ValueError(
+                "Galileo needs a Sentinel-1 or Sentinel-2 band it reads (VV, VH, B02–B08, B8A, "
+                "B11, B12): none selected"
+            )
         self.dates = sorted(
             {d for s in (*GALILEO_SENSORS, VIIRS) if s in sensors for d in sensors[s].dates}
         )

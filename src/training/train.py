@@ -383,12 +383,13 @@ def _unmasked_no_data(config: ESDConfig, module: ESDSegmentation, data: ESDDataM
     reads none)."""
     if config.model_type != "Galileo":
         return ""
+    manifest = data.manifest
     unmasked = set(module.model.unmasked_channels())
-    filled = filled_pixels(config.processed_dir, data.manifest, unmasked)
+    filled = filled_pixels(config.processed_dir, manifest, unmasked)
     if not filled:
         return ""
-    dates = sorted({name.rsplit("/", 1)[0] for name in unmasked})
-    in_folder = [d for d in dates if f"{d}/{VALID_BAND}" in data.manifest.channels]
+    dates = {name.rsplit("/", 1)[0] for name in unmasked}
+    in_folder = [d for d in dates if f"{d}/{VALID_BAND}" in manifest.channels]
     advice = (
         f"select their validity channels (add {VALID_BAND} to --bands)"
         if in_folder
