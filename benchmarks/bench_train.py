@@ -8,7 +8,10 @@ Per model: subtiles per second at t=4 (200×200 pixels at the contest's 50 px pe
 batch 8, on the CPU, for `ESDSegmentation` under a Lightning Trainer (loss, torchmetrics
 updates, optimiser) and for the same model, batches, loss and optimiser in a plain loop;
 and the peak resident memory of each run (every run is its own process). `Galileo-frozen` is
-Galileo with `freeze_backbone=1`.
+Galileo with `freeze_backbone=1`; `Galileo-masked` is Galileo with a validity channel per
+sensor and date (`valid_masks`; 5 % of the pixels without data, so every batch is masked), and
+`Galileo-valid` the same where every pixel has data (a batch without no-data costs what it
+costs without validity channels).
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader
 
-from src.esd_data.sensors import reference_channel_names
+from src.esd_data.sensors import VALID_BAND, reference_channel_names
 from src.models.registry import MODEL_TYPES
 from src.training.losses import SegmentationLoss
 from src.training.module import ESDSegmentation
@@ -33,30 +36,50 @@ CHANNELS, T, BATCH = 99, 4, 8
 WARMUP = 2
 
 
-def batches(count: int, cell_px: int) -> list[dict[str, torch.Tensor]]:
-    """Fixed random batches shaped like t=4 subtiles of `cell_px` px per label cell."""
+def batches(count: int, cell_px: int, name: str) -> list[dict[str, torch.Tensor]]:
+    """Fixed random batches for the benchmark model `name`, shaped like t=4 subtiles of
+    `cell_px` px per label cell; a validity channel is 0 at its variant's share of pixels."""
+    channels, no_data = channels_of(name), WITH_VALIDITY.get(name, 0.0)
     generator = torch.Generator().manual_seed(0)
     side = T * cell_px
-    return [
-        {
-            "X": torch.randn(BATCH, CHANNELS, side, side, generator=generator),
-            "y": torch.randint(0, 4, (BATCH, T, T), generator=generator),
-        }
-        for _ in range(count)
-    ]
+    validity = [i for i, name in enumerate(channels) if name.endswith(f"/{VALID_BAND}")]
+    data = []
+    for _ in range(count):
+        x = torch.randn(BATCH, len(channels), side, side, generator=generator)
+        shape = (BATCH, len(validity), side, side)
+        x[:, validity] = (torch.rand(shape, generator=generator) >= no_data).float()
+        data.append({"X": x, "y": torch.randint(0, 4, (BATCH, T, T), generator=generator)})
+    return data
 
 
 SMALL_HPARAMS = {"SMP": {"smp_encoder": "resnet18"}}
 """Options that keep a model at the size the comparison uses (SMP: a ResNet-18 encoder)."""
-VARIANTS = {"Galileo-frozen": ("Galileo", {"freeze_backbone": 1.0})}
+VARIANTS = {
+    "Galileo-frozen": ("Galileo", {"freeze_backbone": 1.0}),
+    "Galileo-masked": ("Galileo", None),
+    "Galileo-valid": ("Galileo", None),
+}
 """Benchmark names for a model with options: Galileo with its whole encoder frozen (its speed
-does not depend on whether the weights are pretrained, so no weights folder is needed)."""
+does not depend on whether the weights are pretrained, so no weights folder is needed), and
+Galileo with validity channels."""
+WITH_VALIDITY = {"Galileo-masked": 0.05, "Galileo-valid": 0.0}
+"""The variants with validity channels, and the share of their pixels without data."""
+
+
+def channels_of(name: str) -> list[str]:
+    """The channel names a benchmark model reads (TemporalFusion and Galileo read sensors and
+    dates): the contest's 99, and with validity channels one per sensor and date more."""
+    channels = reference_channel_names()
+    if name in WITH_VALIDITY:
+        dates = dict.fromkeys(c.rsplit("/", 1)[0] for c in channels if "/max/" not in c)
+        channels += [f"{date}/{VALID_BAND}" for date in dates]
+    return channels
 
 
 def build(name: str, cell_px: int) -> ESDSegmentation:
     torch.manual_seed(0)
     model_type, hparams = VARIANTS.get(name, (name, SMALL_HPARAMS.get(name)))
-    channels = reference_channel_names()  # TemporalFusion and Galileo read sensors and dates
+    channels = channels_of(name)
     return ESDSegmentation(
         model_type, channels, cell_px, T, model_hparams=hparams, scheduler="none"
     )
@@ -72,7 +95,7 @@ class _Timer(L.Callback):
 
 
 def run_lightning(model_type: str, steps: int, cell_px: int) -> float:
-    data = batches(steps + WARMUP, cell_px)
+    data = batches(steps + WARMUP, cell_px, model_type)
     loader = DataLoader(data, batch_size=None, shuffle=False)
     timer = _Timer()
     trainer = L.Trainer(
@@ -84,7 +107,7 @@ def run_lightning(model_type: str, steps: int, cell_px: int) -> float:
 
 
 def run_bare(model_type: str, steps: int, cell_px: int) -> float:
-    data = batches(steps + WARMUP, cell_px)
+    data = batches(steps + WARMUP, cell_px, model_type)
     model = build(model_type, cell_px).model.train()
     loss_fn = SegmentationLoss("ce")
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-3)
@@ -120,8 +143,8 @@ def main() -> None:
         return
     side = T * args.cell_px
     print(
-        f"t={T} ({side}×{side} px, {args.cell_px} px per cell), {CHANNELS} channels, batch "
-        f"{BATCH}, CPU, "
+        f"t={T} ({side}×{side} px, {args.cell_px} px per cell), {CHANNELS} channels "
+        f"({len(channels_of('Galileo-masked'))} with validity channels), batch {BATCH}, CPU, "
         f"{args.steps} timed steps after {WARMUP} warm-up steps"
     )
     print(

@@ -476,7 +476,7 @@ def test_galileo_trains_frozen_and_unfrozen_and_evaluates_without_its_weights(
     # 26th change nothing, a measured value of another date does
     module = load_module(tmp_path / "1/checkpoints/Galileo/cli/last.ckpt")
     channels = module.hparams.channels
-    assert "sentinel2/2020-08-26/valid" in channels and module.model.masks_pixels
+    assert "sentinel2/2020-08-26/valid" in channels and not module.model.unmasked_channels()
     stored = torch.from_numpy(np.load(physical_processed / "tiles" / "Tile1.npy")).float()
     assert (stored[channels.index("sentinel2/2020-08-26/valid"), :8, :8] == 0).all()
     model = module.model
@@ -758,7 +758,7 @@ def test_validity_channels_of_full_data_change_nothing(galileo_dir):
     with_validity = build(masked, input_stats=stats)
     without = build(channels, input_stats=([stats[0][i] for i in plain],
                                            [stats[1][i] for i in plain]))  # fmt: skip
-    assert with_validity.masks_pixels and not without.masks_pixels
+    assert not with_validity.unmasked_channels() and len(without.unmasked_channels()) == 23
     ours, theirs = with_validity.encoder_inputs(x), without.encoder_inputs(x[:, plain])
     for field in ("space_time", "time", "space_time_mask", "time_mask", "months"):
         torch.testing.assert_close(getattr(ours, field), getattr(theirs, field))

@@ -247,7 +247,6 @@ class GalileoSegmentation(nn.Module):
                 viirs_valid[t] = -1 if valid is None else valid
         self.register_buffer("viirs_time_index", viirs_time, persistent=False)
         self.register_buffer("viirs_valid_index", viirs_valid, persistent=False)
-        self.masks_pixels = bool((valid_index >= 0).any() or (viirs_valid >= 0).any())
         self._register_timeline(index, viirs_time)
 
     def _register_timeline(self, index: torch.Tensor, viirs_time: torch.Tensor) -> None:
@@ -395,15 +394,20 @@ class GalileoSegmentation(nn.Module):
 
     def _valid_pixels(self, x: torch.Tensor, index: torch.Tensor) -> torch.Tensor | None:
         """(B, *index.shape, H, W): 1 where the validity channel `index` says the pixel has data
-        (every pixel where `index` is −1); None without any validity channel."""
-        if not self.masks_pixels:
+        (every pixel where `index` is −1); None when there is nothing to mask: no validity
+        channel, or data everywhere in the batch (the unmasked computation is the same)."""
+        used = index[index >= 0].unique()  # sorted
+        if not used.numel():
             return None
-        flat = index.clamp(min=0).flatten()
-        values = x.index_select(1, flat) * self.input_std[flat, None, None]
-        valid = (values + self.input_mean[flat, None, None] > 0.5) | (index.flatten() < 0)[
-            None, :, None, None
-        ]
-        return valid.to(x.dtype).view(x.shape[0], *index.shape, *x.shape[-2:])
+        std, mean = self.input_std[used, None, None], self.input_mean[used, None, None]
+        valid = x.index_select(1, used) * std + mean > 0.5
+        if bool(valid.all()):
+            return None
+        planes = torch.cat([valid.to(x.dtype), x.new_ones(x.shape[0], 1, *x.shape[-2:])], dim=1)
+        position = torch.where(index >= 0, torch.searchsorted(used, index.clamp(min=0)), len(used))
+        return planes.index_select(1, position.flatten()).view(
+            x.shape[0], *index.shape, *x.shape[-2:]
+        )
 
     def encoder_inputs(self, x: torch.Tensor) -> GalileoInputs:
         """Galileo's normalised inputs and masks for a batch of standardised channels."""
