@@ -19,7 +19,11 @@ them onto Galileo's inputs (`galileo_encoder`):
   and TerraClimate are missing, as are all space and static bands;
 * normalisation as in pretraining, (x − (mean − 2·std)) / (4·std) per band, NDVI as is, with
   the pretraining statistics (`normalization.json`) when the encoder is pretrained and the
-  training data's own per-channel statistics when it starts from random weights.
+  training data's own per-channel statistics when it starts from random weights;
+* no data masked, not filled, where the channels include the dates' validity channels
+  (`…/valid`, `PreprocessConfig.valid_masks`): composites and averages take only the pixels
+  with data, a pooled pixel without any takes its token's mean of the others, a token without
+  any marks the date's band groups missing there, and a VIIRS step without any is missing.
 
 The head sees, per token, the mean of the encoder's present tokens of that place (its dates and
 band groups, and the VIIRS date tokens), and beside it two small convolutional branches at the
@@ -93,7 +97,7 @@ def _month_start(date: str) -> str:
     return f"{date[:7]}-01"
 
 
-def masked_mean(
+def _masked_mean(
     values: torch.Tensor, valid: torch.Tensor | None, reduce: Callable[[torch.Tensor], torch.Tensor]
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """`reduce` (a weighted average: linear, weights ≥ 0) of `values` over their `valid` (0 or
@@ -236,11 +240,9 @@ class GalileoSegmentation(nn.Module):
         )
         viirs_time = torch.full((len(self.dates),), -1, dtype=torch.long)
         viirs_valid = torch.full_like(viirs_time, -1)
-        if VIIRS in layout.sensors:
-            viirs = layout.sensors[VIIRS]
+        viirs = layout.sensors.get(VIIRS)
+        if viirs is not None and "DNB" in viirs.bands:  # not only its validity channels
             for date, channel_indexes in zip(viirs.dates, viirs.indexes, strict=True):
-                if "DNB" not in viirs.bands:  # only its validity channels selected
-                    break
                 t = self.dates.index(date)
                 viirs_time[t] = channel_indexes[viirs.bands.index("DNB")]
                 valid = _valid_channel(viirs, channel_indexes)
@@ -419,7 +421,7 @@ class GalileoSegmentation(nn.Module):
         physical = physical.view(batch, dates, bands, *physical.shape[-2:])
         valid = self._valid_pixels(x, self.space_time_valid_index)
         # a month's images averaged, each pixel over the images that have data there
-        physical, valid = masked_mean(physical, valid, lambda t: self._to_steps(t, self.composite))
+        physical, valid = _masked_mean(physical, valid, lambda t: self._to_steps(t, self.composite))
         # NDVI of each pixel, as in pretraining (10 m), then averaged with the bands
         nir, red = (physical[:, :, band] for band in self.ndvi_bands)
         total = nir + red
@@ -427,10 +429,10 @@ class GalileoSegmentation(nn.Module):
         physical = physical.clone()
         physical[:, :, SPACE_TIME.bands.index("NDVI")] = ndvi.clamp(-1, 1)
         if self.pool > 1:
-            physical, valid = masked_mean(physical, valid, lambda t: _pool(t, self.pool))
+            physical, valid = _masked_mean(physical, valid, lambda t: _pool(t, self.pool))
         token_valid = None
         if valid is not None:  # a token's no-data pixels take its other pixels' mean
-            token_mean, token_valid = masked_mean(
+            token_mean, token_valid = _masked_mean(
                 physical, valid, lambda t: _pool(t, self.patch_size)
             )
             spread = token_mean.repeat_interleave(self.patch_size, -2)
@@ -474,9 +476,9 @@ class GalileoSegmentation(nn.Module):
         without a pixel of data, at that step."""
         viirs_index = self.viirs_time_index.clamp(min=0)
         valid = self._valid_pixels(x, self.viirs_valid_index)
-        viirs, has = masked_mean(x.index_select(1, viirs_index), valid, _spatial_mean)
+        viirs, has = _masked_mean(x.index_select(1, viirs_index), valid, _spatial_mean)
         viirs = viirs * self.input_std[viirs_index] + self.input_mean[viirs_index]
-        viirs, has = masked_mean(viirs, has, lambda t: self._to_steps(t, self.viirs_composite))
+        viirs, has = _masked_mean(viirs, has, lambda t: self._to_steps(t, self.viirs_composite))
         viirs = viirs * self.viirs_scale + self.viirs_shift
         present = self.viirs_present if has is None else self.viirs_present & (has > 0)
         time = x.new_zeros(x.shape[0], len(self.steps), len(TIME.bands))
