@@ -21,9 +21,12 @@ from src.cross_validation.claims import FAILED_FILE
 from src.cross_validation.config import CVConfig
 from src.cross_validation.run import cross_validate
 from src.esd_data.cache import prepare_dataset
+from src.esd_data.folds import fold_manifest
 from src.esd_data.manifest import Manifest
+from src.esd_data.preprocessing import PreprocessConfig
 from src.evaluation.cv_record import FOLD_RESULT_FILE, SUMMARY_FILE
 from src.run_listing import studies
+from src.run_listing.records import data_use
 from src.sweeps import results
 from src.sweeps.optuna_backend import OptunaRun, run_optuna
 from src.sweeps.spec import parse_sweep_spec
@@ -205,3 +208,21 @@ def test_a_running_run_says_where_and_one_whose_process_is_gone_is_killed(layout
     _, out = listing(tmp_path, capsys)
     (row,) = rows(out, "run")
     assert "killed after 1 epoch" in row
+
+
+def test_a_view_whose_shared_tiles_were_prepared_again_is_listed_as_rebuilt(
+    synthetic_raw, tmp_path
+):
+    """A fold's, a refit's or a student's data is a view of another folder's tiles: its own
+    manifest never changes, so the tiles themselves say whether that folder was rebuilt."""
+    shared = tmp_path / "shared"
+    manifest = prepare_dataset(synthetic_raw, shared, val_fraction=0.25, workers=1).manifest
+    tiles = list(manifest.tiles)
+    fold_manifest(manifest, shared, tiles[:6], tiles[6:9], tiles[9:]).save(tmp_path / "view")
+    trained_on = Manifest.load(tmp_path / "view").fingerprint
+    assert not data_use(tmp_path / "view", trained_on).rebuilt
+    prepare_dataset(synthetic_raw, shared, val_fraction=0.25, workers=1,
+                    preprocessing=PreprocessConfig(s1_blur_sigma=2.0))  # fmt: skip
+    use = data_use(tmp_path / "view", trained_on)
+    assert use.current == trained_on and use.shared_changed and use.rebuilt
+    assert not data_use(shared, Manifest.load(shared).fingerprint).rebuilt  # its own: current

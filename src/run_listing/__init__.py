@@ -7,8 +7,9 @@ inside a cross-validation or a sweep are part of it, not listed on their own. Ea
 (`listing`) with its status, its main score (with the OPTIMISTIC label where the score's tiles
 chose the model), what differs between the configurations of those of a kind (the options
 that determine the result, `result_config`), and whether the processed folder it trained on
-was rebuilt since: its manifest's fingerprint is no longer the one it trained on, or the
-manifest is gone.
+was rebuilt since: its manifest's fingerprint is no longer the one it trained on, the
+manifest is gone, or, for a view of another folder's tiles (a fold's, a refit's, a student's
+data), those tiles are no longer the recorded files.
 
 Nothing is written: a listing never changes a run, a study or a processed folder.
 """

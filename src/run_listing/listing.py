@@ -149,6 +149,8 @@ def _names(labels: list[str]) -> str:
 
 def _rebuilt_text(entry: Listed, use: DataUse, folder: Path) -> str:
     now = "its manifest is gone" if use.current is None else f"now {use.current[:8]}"
+    if use.shared_changed:
+        now = "the shared cache its tiles are in was prepared again"
     return (f"{entry.kind} {_where(entry.path, folder)}: trained on "
             f"{_where(use.processed_dir, folder.resolve())} (fingerprint "
             f"{str(use.fingerprint)[:8]}), since rebuilt ({now})")  # fmt: skip

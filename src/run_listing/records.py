@@ -13,30 +13,54 @@ from src.esd_data.manifest import Manifest
 @dataclass
 class DataUse:
     """A processed folder something trained on, with the manifest fingerprint it trained on
-    (None: unknown) and the folder's fingerprint now (None: its manifest is gone or damaged)."""
+    (None: unknown), the folder's fingerprint now (None: its manifest is gone or damaged) and,
+    for a view of another folder's tiles (a fold's, a refit's, a student's data), whether
+    those tiles are no longer the ones it records (that folder was prepared again)."""
 
     processed_dir: str
     fingerprint: str | None
     current: str | None = None
+    shared_changed: bool = False
 
     @property
     def rebuilt(self) -> bool:
-        """Whether the folder changed since (a known fingerprint that is no longer its own)."""
-        return self.fingerprint is not None and self.fingerprint != self.current
+        """Whether the folder changed since (a known fingerprint that is no longer its own, or
+        a view whose shared tiles changed)."""
+        known = self.fingerprint is not None
+        return self.shared_changed or (known and self.fingerprint != self.current)
 
 
-def current_fingerprint(processed_dir: str | Path) -> str | None:
-    """The fingerprint of the folder's manifest now (None: gone or damaged)."""
+def _load(processed_dir: str | Path) -> Manifest | None:
     try:
-        return Manifest.load(Path(processed_dir)).fingerprint
+        return Manifest.load(Path(processed_dir))
     except (OSError, ValueError):
         return None
 
 
+def current_fingerprint(processed_dir: str | Path) -> str | None:
+    """The fingerprint of the folder's manifest now (None: gone or damaged)."""
+    manifest = _load(processed_dir)
+    return None if manifest is None else manifest.fingerprint
+
+
+def _shared_changed(manifest: Manifest | None, folder: Path) -> bool:
+    """Whether a view's tiles, in another folder, are no longer the recorded files (a sample
+    of each is read; a folder of its own tiles is checked by its fingerprint instead)."""
+    if manifest is None or not any(Path(r.image).is_absolute() for r in manifest.tiles.values()):
+        return False
+    try:
+        manifest.check_files(folder)
+    except ValueError:
+        return True
+    return False
+
+
 def data_use(processed_dir: str | Path, fingerprint: str | None) -> DataUse:
-    """The use of a processed folder (its absolute path) with the folder's fingerprint now."""
-    folder = str(Path(processed_dir).resolve())
-    return DataUse(folder, fingerprint, current_fingerprint(folder))
+    """The use of a processed folder (its absolute path) with the folder's state now."""
+    folder = Path(processed_dir).resolve()
+    manifest = _load(folder)
+    current = None if manifest is None else manifest.fingerprint
+    return DataUse(str(folder), fingerprint, current, _shared_changed(manifest, folder))
 
 
 @dataclass
