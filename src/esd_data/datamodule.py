@@ -153,7 +153,7 @@ class ESDDataModule(L.LightningDataModule):
                 )
         names = next(iter(self.datasets.values())).channel_names if self.datasets else []
         validity = [i for i, name in enumerate(names) if name.endswith(f"/{VALID_BAND}")]
-        self.batch_augment = NoiseBlur(self.augment, validity)
+        self.batch_augment.validity = validity
 
     def teardown(self, stage: str | None = None) -> None:
         """Free the tiles the device path holds (a later loader loads its split again)."""

@@ -249,6 +249,8 @@ class GalileoSegmentation(nn.Module):
                 viirs_valid[t] = -1 if valid is None else valid
         self.register_buffer("viirs_time_index", viirs_time, persistent=False)
         self.register_buffer("viirs_valid_index", viirs_valid, persistent=False)
+        for name in ("space_time", "viirs"):
+            self._register_validity_gather(name, getattr(self, f"{name}_valid_index"))
         self._register_timeline(index, viirs_time)
 
     def _register_timeline(self, index: torch.Tensor, viirs_time: torch.Tensor) -> None:
@@ -394,11 +396,21 @@ class GalileoSegmentation(nn.Module):
         indexes = {*self.space_time_index[read].tolist(), *self.viirs_time_index[viirs].tolist()}
         return [self.channels[i] for i in sorted(indexes)]
 
-    def _valid_pixels(self, x: torch.Tensor, index: torch.Tensor) -> torch.Tensor | None:
-        """(B, *index.shape, H, W): 1 where the validity channel `index` says the pixel has data
-        (every pixel where `index` is −1); None when there is nothing to mask: no validity
-        channel, or data everywhere in the batch (the unmasked computation is the same)."""
-        used = index[index >= 0].unique()  # sorted
+    def _register_validity_gather(self, name: str, index: torch.Tensor) -> None:
+        """For `_valid_pixels`: the validity channels `index` names (`{name}_valid_channels`,
+        sorted) and, per entry of `index`, its position among them (`{name}_valid_position`;
+        one past the last for −1: a plane of ones)."""
+        used = index[index >= 0].unique()
+        position = torch.where(index >= 0, torch.searchsorted(used, index.clamp(min=0)), len(used))
+        self.register_buffer(f"{name}_valid_channels", used, persistent=False)
+        self.register_buffer(f"{name}_valid_position", position, persistent=False)
+
+    def _valid_pixels(self, x: torch.Tensor, name: str) -> torch.Tensor | None:
+        """(B, *index.shape, H, W), `index` being `{name}_valid_index`: 1 where its validity
+        channel says the pixel has data (every pixel where it is −1); None when there is
+        nothing to mask: no validity channel, or data everywhere in the batch (the unmasked
+        computation is the same)."""
+        used = getattr(self, f"{name}_valid_channels")
         if not used.numel():
             return None
         std, mean = self.input_std[used, None, None], self.input_mean[used, None, None]
@@ -406,9 +418,9 @@ class GalileoSegmentation(nn.Module):
         if bool(valid.all()):
             return None
         planes = torch.cat([valid.to(x.dtype), x.new_ones(x.shape[0], 1, *x.shape[-2:])], dim=1)
-        position = torch.where(index >= 0, torch.searchsorted(used, index.clamp(min=0)), len(used))
+        position = getattr(self, f"{name}_valid_position")
         return planes.index_select(1, position.flatten()).view(
-            x.shape[0], *index.shape, *x.shape[-2:]
+            x.shape[0], *position.shape, *x.shape[-2:]
         )
 
     def encoder_inputs(self, x: torch.Tensor) -> GalileoInputs:
@@ -419,7 +431,7 @@ class GalileoSegmentation(nn.Module):
         physical = x.index_select(1, index) * self.input_std[index, None, None]
         physical = physical + self.input_mean[index, None, None]
         physical = physical.view(batch, dates, bands, *physical.shape[-2:])
-        valid = self._valid_pixels(x, self.space_time_valid_index)
+        valid = self._valid_pixels(x, "space_time")
         # a month's images averaged, each pixel over the images that have data there
         physical, valid = _masked_mean(physical, valid, lambda t: self._to_steps(t, self.composite))
         # NDVI of each pixel, as in pretraining (10 m), then averaged with the bands
@@ -475,7 +487,7 @@ class GalileoSegmentation(nn.Module):
         that have data, and their mask (B, T, groups): missing without a VIIRS image, or
         without a pixel of data, at that step."""
         viirs_index = self.viirs_time_index.clamp(min=0)
-        valid = self._valid_pixels(x, self.viirs_valid_index)
+        valid = self._valid_pixels(x, "viirs")
         viirs, has = _masked_mean(x.index_select(1, viirs_index), valid, _spatial_mean)
         viirs = viirs * self.input_std[viirs_index] + self.input_mean[viirs_index]
         viirs, has = _masked_mean(viirs, has, lambda t: self._to_steps(t, self.viirs_composite))
